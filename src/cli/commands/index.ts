@@ -1,0 +1,4 @@
+import type { CliCommand } from '../cli-command.js'
+
+/** Every command, lazily imported so `vm-pool --help` stays fast. Add one line per command. */
+export const commands: Record<string, () => Promise<CliCommand>> = {}

@@ -1,0 +1,167 @@
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { isAbsolute, join } from 'node:path'
+import { z } from 'zod'
+import { VmPoolError, invalidOptions } from '../errors.js'
+import { buildShellScript } from '../transport/shell.js'
+import { runProcess } from '../transport/process-runner.js'
+import { writeFileAtomic } from '../util/fs-atomic.js'
+import { getStateDir } from '../util/state-dir.js'
+import { sleep } from '../util/timeouts.js'
+import { validateVmName } from '../util/vm-name.js'
+import { formatZodError } from '../config/zod-error.js'
+import type { ExecOptions, ExecResult, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
+
+const PROVIDER = 'fake'
+
+export const fakeProviderOptionsSchema = z
+  .object({
+    /** @default `VM_POOL_STATE_DIR` or `~/.cache/vm-pool` */
+    stateDir: z.string().min(1).optional(),
+    /** Simulated boot time of `create`, in milliseconds. @default 0 */
+    bootDelayMs: z.number().int().min(0).default(0),
+    /** Failure injection for tests. */
+    faults: z
+      .object({
+        /** `true`: every create fails; a string: creates of names containing it fail. */
+        create: z.union([z.boolean(), z.string()]).optional(),
+        /** Exec of a command containing this string throws `VMPOOL_EXEC_FAILED`. */
+        exec: z.string().min(1).optional(),
+      })
+      .strict()
+      .default({}),
+  })
+  .strict()
+
+export type FakeProviderOptions = z.input<typeof fakeProviderOptionsSchema>
+
+/**
+ * No VM at all: each "VM" is a sandbox directory on the host and exec runs `sh` there.
+ * For tests and demos only — it isolates nothing. State lives under `<stateDir>/fake/` so other
+ * processes (the CLI, Vitest workers) see and reach the same "VMs".
+ */
+export function fakeProvider(options: FakeProviderOptions = {}): VmProvider {
+  const parsed = fakeProviderOptionsSchema.safeParse(options)
+  if (!parsed.success) throw invalidOptions(`invalid fakeProvider options: ${formatZodError(parsed.error)}`, { provider: PROVIDER })
+  const config = Object.freeze(parsed.data)
+  const root = () => join(getStateDir(config.stateDir), 'fake')
+  const vmDir = (name: string) => join(root(), name)
+
+  const provider: VmProvider = {
+    name: PROVIDER,
+
+    async create(spec: VmSpec): Promise<VmRecord> {
+      const name = validateVmName(spec.name, PROVIDER)
+      const fault = config.faults.create
+      if (fault === true || (typeof fault === 'string' && name.includes(fault))) {
+        throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: PROVIDER, operation: 'create', vm: name, message: `injected create failure for ${name}` })
+      }
+      const dir = vmDir(name)
+      await mkdir(root(), { recursive: true, mode: 0o700 })
+      try {
+        await mkdir(dir, { mode: 0o700 })
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
+        throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: PROVIDER, operation: 'create', vm: name, message: `a VM named ${name} already exists`, hint: `delete it first: vm-pool gc --provider fake --prefix ${name}` })
+      }
+      await mkdir(join(dir, 'home'), { mode: 0o700 })
+      if (config.bootDelayMs > 0) await sleep(config.bootDelayMs)
+      const record: VmRecord = {
+        name,
+        provider: PROVIDER,
+        createdAt: new Date().toISOString(),
+        spec: { ...spec, labels: spec.labels ? { ...spec.labels } : undefined },
+        data: { home: join(dir, 'home') },
+      }
+      if (record.spec.labels === undefined) delete record.spec.labels
+      await writeFileAtomic(join(dir, 'record.json'), JSON.stringify(record, null, 2))
+      return record
+    },
+
+    async connect(record: VmRecord): Promise<Vm> {
+      const name = validateVmName(record.name, PROVIDER)
+      if (!(await exists(join(vmDir(name), 'record.json')))) throw notFound(name, 'connect')
+      return createFakeVm(record, vmDir(name), config.faults.exec)
+    },
+
+    async delete(name: string): Promise<void> {
+      validateVmName(name, PROVIDER)
+      await rm(vmDir(name), { recursive: true, force: true })
+    },
+
+    async list(): Promise<VmInfo[]> {
+      let names: string[]
+      try {
+        names = await readdir(root())
+      } catch {
+        return []
+      }
+      const infos: VmInfo[] = []
+      for (const name of names.sort()) {
+        try {
+          const record = JSON.parse(await readFile(join(vmDir(name), 'record.json'), 'utf8')) as VmRecord
+          infos.push({ name, provider: PROVIDER, state: 'running', createdAt: record.createdAt, labels: record.spec.labels, record })
+        } catch {
+          // still being created (no record yet) or half deleted: report what we know
+          infos.push({ name, provider: PROVIDER, state: 'starting' })
+        }
+      }
+      return infos
+    },
+
+    async probe(): Promise<ProviderProbe> {
+      return { usable: true, reason: 'always usable: no VM, each "VM" is a sandbox directory on this host (tests and demos only)', details: { stateDir: root() } }
+    },
+  }
+  return provider
+}
+
+function createFakeVm(record: VmRecord, dir: string, execFault: string | undefined): Vm {
+  const home = join(dir, 'home')
+  const ensureAlive = async (operation: string) => {
+    if (!(await exists(join(dir, 'record.json')))) throw notFound(record.name, operation)
+  }
+  const resolvePath = (path: string) => (isAbsolute(path) ? path : join(home, path))
+  const vm: Vm = {
+    name: record.name,
+    provider: PROVIDER,
+    record,
+    async exec(command: string | string[], options: ExecOptions = {}): Promise<ExecResult> {
+      await ensureAlive('exec')
+      const script = buildShellScript(command, options)
+      if (execFault !== undefined && script.includes(execFault)) {
+        throw new VmPoolError({ code: 'VMPOOL_EXEC_FAILED', provider: PROVIDER, operation: 'exec', vm: record.name, message: `injected exec failure (command contains ${JSON.stringify(execFault)})` })
+      }
+      return runProcess('sh', ['-c', script], {
+        ...options,
+        cwd: home,
+        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home, LANG: 'C.UTF-8', VM_POOL_VM: record.name },
+        provider: PROVIDER,
+        vm: record.name,
+      })
+    },
+    async putFile(path: string, data: string | Buffer): Promise<void> {
+      await ensureAlive('putFile')
+      await writeFile(resolvePath(path), data)
+    },
+    async getFile(path: string): Promise<Buffer> {
+      await ensureAlive('getFile')
+      return readFile(resolvePath(path))
+    },
+    async close() {},
+    async [Symbol.asyncDispose]() {},
+  }
+  return vm
+}
+
+function notFound(name: string, operation: string): VmPoolError {
+  return new VmPoolError({ code: 'VMPOOL_VM_NOT_FOUND', provider: PROVIDER, operation, vm: name, message: `VM ${name} does not exist (deleted, or never created)` })
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path)
+    return true
+  } catch {
+    return false
+  }
+}

@@ -1,0 +1,133 @@
+import { spawn } from 'node:child_process'
+import { StringDecoder } from 'node:string_decoder'
+import { VmPoolError } from '../errors.js'
+import type { ExecOptions, ExecResult } from '../providers/vm-provider.js'
+
+/** Exit code reported for a command killed by `timeoutMs`, as coreutils `timeout` does. */
+export const TIMED_OUT_EXIT_CODE = 124
+
+export interface RunProcessOptions extends Omit<ExecOptions, 'cwd' | 'env'> {
+  cwd?: string
+  /** The complete environment of the child. */
+  env?: NodeJS.ProcessEnv
+  /** For error messages. */
+  provider?: string
+  vm?: string
+}
+
+/**
+ * Run a local program and collect an `ExecResult`. The child gets its own process group so a
+ * timeout or an abort kills everything it started (a `sh -c` line forks), not just the shell.
+ * A program that cannot start rejects with `VMPOOL_EXEC_FAILED`; a non-zero exit does not reject.
+ */
+export function runProcess(file: string, args: readonly string[], options: RunProcessOptions = {}): Promise<ExecResult> {
+  const started = performance.now()
+  return new Promise((resolve, reject) => {
+    if (options.signal?.aborted) {
+      reject(abortedError(options))
+      return
+    }
+    const child = spawn(file, args, {
+      cwd: options.cwd,
+      env: options.env,
+      detached: true,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    })
+    const stdout = collect(child.stdout, options.onStdout)
+    const stderr = collect(child.stderr, options.onStderr)
+    let timedOut = false
+    let aborted = false
+    let timer: NodeJS.Timeout | undefined
+
+    const killGroup = () => {
+      try {
+        if (child.pid) process.kill(-child.pid, 'SIGKILL')
+      } catch {
+        // the group is already gone
+      }
+    }
+    const onAbort = () => {
+      aborted = true
+      killGroup()
+    }
+    options.signal?.addEventListener('abort', onAbort, { once: true })
+    if (options.timeoutMs !== undefined) {
+      timer = setTimeout(() => {
+        timedOut = true
+        killGroup()
+      }, options.timeoutMs)
+    }
+
+    // EPIPE on stdin is expected when the command exits without reading its input.
+    child.stdin.on('error', () => {})
+    if (options.input !== undefined) child.stdin.end(options.input)
+    else child.stdin.end()
+
+    child.once('error', (error) => {
+      clearTimeout(timer)
+      options.signal?.removeEventListener('abort', onAbort)
+      reject(
+        new VmPoolError({
+          code: 'VMPOOL_EXEC_FAILED',
+          provider: options.provider,
+          vm: options.vm,
+          operation: 'exec',
+          message: `could not run ${file}: ${error.message}`,
+          cause: error,
+        }),
+      )
+    })
+    child.once('close', (code, signal) => {
+      clearTimeout(timer)
+      options.signal?.removeEventListener('abort', onAbort)
+      if (aborted) {
+        reject(abortedError(options))
+        return
+      }
+      const result: ExecResult = {
+        exitCode: timedOut ? TIMED_OUT_EXIT_CODE : (code ?? 128 + signalNumber(signal)),
+        stdout: stdout(),
+        stderr: stderr(),
+        durationMs: Math.round(performance.now() - started),
+        timedOut,
+      }
+      if (signal) result.signal = signal
+      resolve(result)
+    })
+  })
+}
+
+function collect(stream: NodeJS.ReadableStream, onChunk?: (chunk: string) => void): () => string {
+  const decoder = new StringDecoder('utf8')
+  const parts: string[] = []
+  stream.on('data', (data: Buffer) => {
+    const text = decoder.write(data)
+    if (text === '') return
+    parts.push(text)
+    onChunk?.(text)
+  })
+  return () => {
+    const rest = decoder.end()
+    if (rest) {
+      parts.push(rest)
+      onChunk?.(rest)
+    }
+    return parts.join('')
+  }
+}
+
+function signalNumber(signal: NodeJS.Signals | null): number {
+  const numbers: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 }
+  return (signal && numbers[signal]) ?? 0
+}
+
+export function abortedError(options: { signal?: AbortSignal; provider?: string; vm?: string }): VmPoolError {
+  return new VmPoolError({
+    code: 'VMPOOL_EXEC_ABORTED',
+    provider: options.provider,
+    vm: options.vm,
+    operation: 'exec',
+    message: 'exec was aborted and the command was killed',
+    cause: options.signal?.reason,
+  })
+}

@@ -1,0 +1,51 @@
+import { readFileSync } from 'node:fs'
+import { hostname } from 'node:os'
+
+/**
+ * A process identity that survives pid reuse: pid plus the kernel's start time of that pid
+ * (field 22 of /proc/<pid>/stat, in clock ticks since boot). A dead owner whose pid was reused
+ * by another process has a different start time.
+ */
+export interface ProcessIdentity {
+  pid: number
+  host: string
+  /** `null` when /proc is not available (then only pid liveness is checked). */
+  startTime: number | null
+}
+
+export function getProcessStartTime(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    const value = Number(fields[19])
+    return Number.isFinite(value) ? value : null
+  } catch {
+    return null
+  }
+}
+
+export function getCurrentProcessIdentity(): ProcessIdentity {
+  return { pid: process.pid, host: hostname(), startTime: getProcessStartTime(process.pid) }
+}
+
+export function isPidAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+/** Alive and the same process (not a reused pid). Processes on another host count as alive: we cannot tell. */
+export function isProcessAlive(identity: ProcessIdentity): boolean {
+  if (identity.host !== hostname()) return true
+  if (!isPidAlive(identity.pid)) return false
+  if (identity.startTime === null) return true
+  const current = getProcessStartTime(identity.pid)
+  // A zombie or a process that exited between the two checks: current is null.
+  if (current === null) return false
+  return current === identity.startTime
+}

@@ -1,0 +1,16 @@
+import { VmPoolError } from '../errors.js'
+
+export const VM_NAME_PATTERN = /^[a-z0-9][a-z0-9-]{0,62}$/
+
+/** Refuse a bad name before any command runs: names reach CLIs, file paths and remote shells. */
+export function validateVmName(name: unknown, provider?: string): string {
+  if (typeof name !== 'string' || !VM_NAME_PATTERN.test(name)) {
+    throw new VmPoolError({
+      code: 'VMPOOL_INVALID_NAME',
+      provider,
+      message: `invalid VM name ${JSON.stringify(name)}: names must match ${VM_NAME_PATTERN.source}`,
+      hint: 'use lower-case letters, digits and dashes, at most 63 characters, starting with a letter or digit',
+    })
+  }
+  return name
+}
