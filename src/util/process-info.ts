@@ -29,13 +29,24 @@ export function getCurrentProcessIdentity(): ProcessIdentity {
   return { pid: process.pid, host: hostname(), startTime: getProcessStartTime(process.pid) }
 }
 
+/** Alive means running: a zombie (exited, not yet reaped — common where PID 1 does not reap) is dead. */
 export function isPidAlive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false
   try {
     process.kill(pid, 0)
-    return true
   } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM'
+    if ((error as NodeJS.ErrnoException).code !== 'EPERM') return false
+  }
+  return getProcessStateLetter(pid) !== 'Z'
+}
+
+/** The state letter of /proc/<pid>/stat (R, S, D, Z, ...), or null without /proc. */
+export function getProcessStateLetter(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0] ?? null
+  } catch {
+    return null
   }
 }
 

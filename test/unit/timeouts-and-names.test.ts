@@ -1,0 +1,38 @@
+import { describe, expect, test } from 'vitest'
+import { isVmPoolError } from '../../src/errors.js'
+import { getStateDir } from '../../src/util/state-dir.js'
+import { getTimeoutScale, scaleTimeout, withTimeout } from '../../src/util/timeouts.js'
+import { validateVmName } from '../../src/util/vm-name.js'
+
+describe('timeouts', () => {
+  test('VM_POOL_TIMEOUT_SCALE multiplies timeouts and rejects nonsense', () => {
+    expect(scaleTimeout(1000, {})).toBe(1000)
+    expect(scaleTimeout(1000, { VM_POOL_TIMEOUT_SCALE: '2.5' })).toBe(2500)
+    expect(() => getTimeoutScale({ VM_POOL_TIMEOUT_SCALE: 'fast' })).toThrow(/VM_POOL_TIMEOUT_SCALE.*"fast"/)
+    expect(() => getTimeoutScale({ VM_POOL_TIMEOUT_SCALE: '0' })).toThrow()
+  })
+
+  test('withTimeout rejects with a named timeout error and passes results through', async () => {
+    await expect(withTimeout(Promise.resolve(7), { name: 'X_MS', ms: 50, what: 'x' })).resolves.toBe(7)
+    const error = await withTimeout(new Promise(() => {}), { name: 'SSH_READY_TIMEOUT_MS', ms: 30, what: 'ssh to answer', provider: 'qemu', code: 'VMPOOL_BOOT_TIMEOUT' }).catch((e) => e)
+    expect(isVmPoolError(error, 'VMPOOL_BOOT_TIMEOUT')).toBe(true)
+    expect(error.message).toContain('[vm-pool] [qemu] timed out after 30 ms waiting for ssh to answer (SSH_READY_TIMEOUT_MS)')
+    expect(error.message).toContain('VM_POOL_TIMEOUT_SCALE')
+  })
+})
+
+describe('names and paths', () => {
+  test.each(['vitest-worker-abc-1', 'a', '0-x', 'pytest-worker-123-1700000000', 'x'.repeat(63)])('accepts %s', (name) => {
+    expect(validateVmName(name)).toBe(name)
+  })
+  test.each(['', 'Upper', '-lead', 'a_b', 'a b', 'a;rm', '../x', 'x'.repeat(64), 42])('refuses %j', (name) => {
+    expect(() => validateVmName(name)).toThrow(/invalid VM name/)
+  })
+
+  test('state dir: option, then VM_POOL_STATE_DIR, then XDG cache, then ~/.cache', () => {
+    expect(getStateDir('/opt/x', { VM_POOL_STATE_DIR: '/y' })).toBe('/opt/x')
+    expect(getStateDir(undefined, { VM_POOL_STATE_DIR: '/y' })).toBe('/y')
+    expect(getStateDir(undefined, { XDG_CACHE_HOME: '/c' })).toBe('/c/vm-pool')
+    expect(getStateDir(undefined, {})).toMatch(/\.cache\/vm-pool$/)
+  })
+})
