@@ -1,0 +1,42 @@
+import { createHash } from 'node:crypto'
+import ssh2 from 'ssh2'
+import { invalidOptions } from '../errors.js'
+
+export interface SshKeyPair {
+  /** OpenSSH private key text (`-----BEGIN OPENSSH PRIVATE KEY-----`). A secret: never log it. */
+  privateKey: string
+  /** One OpenSSH public key line: `ssh-ed25519 AAAA... comment`. */
+  publicKey: string
+}
+
+/** A fresh ed25519 key pair, for test sshds, guest images and per-run client keys. */
+export function generateSshKeyPair(comment = 'vm-pool'): SshKeyPair {
+  const pair = ssh2.utils.generateKeyPairSync('ed25519', { comment })
+  return { privateKey: pair.private, publicKey: pair.public.trim() }
+}
+
+/** The raw key blob of an OpenSSH public key line (`type base64 [comment]`). */
+export function getPublicKeyBlob(publicKeyLine: string): Buffer {
+  const [type, base64] = publicKeyLine.trim().split(/\s+/)
+  if (!type || !base64 || !/^[A-Za-z0-9+/]+={0,2}$/.test(base64)) {
+    throw invalidOptions(`not an OpenSSH public key line: ${JSON.stringify(publicKeyLine.slice(0, 40))}`, { hint: "expected 'ssh-ed25519 AAAA...'" })
+  }
+  const blob = Buffer.from(base64, 'base64')
+  // The blob starts with the key type as an SSH string: a line whose type and blob disagree is corrupt.
+  const embedded = blob.length >= 4 ? blob.subarray(4, 4 + blob.readUInt32BE(0)).toString('latin1') : ''
+  if (embedded !== type) throw invalidOptions(`OpenSSH public key line names type ${type} but its key is ${JSON.stringify(embedded)}`)
+  return blob
+}
+
+/** OpenSSH's `SHA256:...` fingerprint (unpadded base64) of a key blob or public key line. */
+export function getSshFingerprint(key: Buffer | string): string {
+  const blob = typeof key === 'string' ? getPublicKeyBlob(key) : key
+  return `SHA256:${createHash('sha256').update(blob).digest('base64').replace(/=+$/, '')}`
+}
+
+/** Normalize a pinned host key (a public key line or a `SHA256:` fingerprint) to a fingerprint. */
+export function normalizeHostKeyPin(pin: string): string {
+  const trimmed = pin.trim()
+  if (/^SHA256:[A-Za-z0-9+/]{43}=?$/.test(trimmed)) return trimmed.replace(/=$/, '')
+  return getSshFingerprint(trimmed)
+}

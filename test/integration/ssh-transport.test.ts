@@ -1,0 +1,172 @@
+/**
+ * SshTransport against a real OpenSSH sshd on 127.0.0.1 (started here, as the current user, with
+ * generated keys). The QEMU tests cover the same transport against dropbear inside a guest.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir, userInfo } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, test } from 'vitest'
+import { isVmPoolError } from '../../src/errors.js'
+import { generateSshKeyPair, getSshFingerprint } from '../../src/transport/ssh-keys.js'
+import { SshTransport } from '../../src/transport/ssh-transport.js'
+
+const SSHD = '/usr/sbin/sshd'
+const skipReason = existsSync(SSHD) ? undefined : 'OpenSSH sshd is not installed (apt-get install openssh-server)'
+if (skipReason && process.env.CI === 'true') throw new Error(`CI needs ${SSHD}: ${skipReason}`)
+if (skipReason) console.warn(`skipping ssh transport tests: ${skipReason}`)
+
+async function freePort(): Promise<number> {
+  const server = createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as { port: number }).port
+  await new Promise((resolve) => server.close(resolve))
+  return port
+}
+
+describe.skipIf(Boolean(skipReason))('SshTransport against OpenSSH sshd on loopback', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vm-pool-sshd-'))
+  const work = join(dir, 'work')
+  const clientKey = generateSshKeyPair('vm-pool-test')
+  let hostPublicKey: string
+  let port: number
+  let sshd: ChildProcess
+  let sshdLog = ''
+  const transports: SshTransport[] = []
+  const make = (extra: Partial<ConstructorParameters<typeof SshTransport>[0]> = {}) => {
+    const transport = new SshTransport({ host: '127.0.0.1', port, username: userInfo().username, privateKey: clientKey.privateKey, hostKey: hostPublicKey, provider: 'ssh', ...extra })
+    transports.push(transport)
+    return transport
+  }
+  const acceptedConnections = () => sshdLog.split('\n').filter((line) => line.includes('Accepted publickey')).length
+
+  beforeAll(async () => {
+    mkdirSync(work)
+    const keygen = spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'host_key')])
+    if (keygen.status !== 0) throw new Error(`ssh-keygen failed: ${keygen.stderr}`)
+    hostPublicKey = readFileSync(join(dir, 'host_key.pub'), 'utf8').trim()
+    writeFileSync(join(dir, 'authorized_keys'), `${clientKey.publicKey}\n`, { mode: 0o600 })
+    port = await freePort()
+    writeFileSync(
+      join(dir, 'sshd_config'),
+      [
+        `Port ${port}`,
+        'ListenAddress 127.0.0.1',
+        `HostKey ${join(dir, 'host_key')}`,
+        `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
+        `PidFile ${join(dir, 'sshd.pid')}`,
+        'StrictModes no',
+        'UsePAM no',
+        'PasswordAuthentication no',
+        'KbdInteractiveAuthentication no',
+        'PermitRootLogin prohibit-password',
+        'LogLevel INFO',
+      ].join('\n'),
+    )
+    // sshd's privilege separation directory (exists when the openssh-server service ever ran).
+    if (process.getuid?.() === 0) mkdirSync('/run/sshd', { recursive: true, mode: 0o755 })
+    sshd = spawn(SSHD, ['-D', '-e', '-f', join(dir, 'sshd_config')], { stdio: ['ignore', 'ignore', 'pipe'] })
+    sshd.stderr!.on('data', (data: Buffer) => (sshdLog += data.toString()))
+    for (let i = 0; !sshdLog.includes('Server listening'); i++) {
+      if (sshd.exitCode !== null || i > 100) throw new Error(`sshd did not start: ${sshdLog}`)
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+  })
+
+  afterAll(async () => {
+    for (const transport of transports) await transport.close()
+    sshd?.kill('SIGTERM')
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  test('runs shell lines and argv over one persistent connection', async () => {
+    const ssh = make()
+    const before = acceptedConnections()
+    expect(await ssh.exec('echo out; echo err >&2; exit 3')).toMatchObject({ exitCode: 3, stdout: 'out\n', stderr: 'err\n', timedOut: false })
+    const words = ['a b', "it's", '$(echo pwned)', '`id`', '', '*']
+    expect((await ssh.exec(['printf', '%s|', ...words])).stdout).toBe(words.map((w) => `${w}|`).join(''))
+    expect((await ssh.exec('pwd; printf %s "$X"', { cwd: work, env: { X: "q'uote $HOME" } })).stdout).toBe(`${work}\nq'uote $HOME`)
+    expect((await ssh.exec(['wc', '-c'], { input: Buffer.alloc(300_000, 'y') })).stdout.trim()).toBe('300000')
+    const chunks: string[] = []
+    const streamed = await ssh.exec('echo one; sleep 0.2; echo two', { onStdout: (chunk) => chunks.push(chunk) })
+    expect(chunks.join('')).toBe(streamed.stdout)
+    expect(chunks.length).toBeGreaterThanOrEqual(2)
+    // Twelve at once: more than OpenSSH's MaxSessions (10); the transport queues instead of failing.
+    const parallel = await Promise.all(Array.from({ length: 12 }, (_, i) => ssh.exec(`sleep 0.3; echo ${i}`)))
+    expect(parallel.map((r) => r.stdout.trim())).toEqual(Array.from({ length: 12 }, (_, i) => String(i)))
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    expect(acceptedConnections() - before).toBe(1)
+  })
+
+  test('a timeout kills the command and its background children; the connection stays usable', async () => {
+    const ssh = make()
+    const tag = `${4000 + Math.floor(Math.random() * 1000)}.${randomBytes(2).readUInt16BE()}`
+    const result = await ssh.exec(`sleep ${tag} & sleep ${tag}; echo not-reached`, { timeoutMs: 500 })
+    expect(result).toMatchObject({ timedOut: true, exitCode: 124, stdout: '' })
+    expect(result.durationMs).toBeLessThan(5_000)
+    const leftover = spawnSync('pgrep', ['-f', `sleep ${tag}`], { encoding: 'utf8' })
+    expect(leftover.stdout.trim()).toBe('')
+    expect((await ssh.exec('echo alive')).stdout).toBe('alive\n')
+  })
+
+  test('an AbortSignal kills the command and rejects with VMPOOL_EXEC_ABORTED', async () => {
+    const ssh = make()
+    const marker = join(work, 'abort-marker')
+    const controller = new AbortController()
+    const pending = ssh.exec(['sh', '-c', 'sleep 1; touch "$1"', 'sh', marker], { signal: controller.signal })
+    setTimeout(() => controller.abort(), 200)
+    await expect(pending).rejects.toSatisfy((error) => isVmPoolError(error, 'VMPOOL_EXEC_ABORTED'))
+    await new Promise((resolve) => setTimeout(resolve, 1_300))
+    expect(existsSync(marker)).toBe(false)
+  })
+
+  test('putFile / getFile / execBuffer are binary-safe', async () => {
+    const ssh = make()
+    const data = randomBytes(1_000_000)
+    const path = join(work, 'blob.bin')
+    await ssh.putFile(path, data)
+    expect(Buffer.compare(readFileSync(path), data)).toBe(0)
+    expect(Buffer.compare(await ssh.getFile(path), data)).toBe(0)
+    expect(Buffer.compare((await ssh.execBuffer(['cat', path])).stdout, data)).toBe(0)
+    await expect(ssh.getFile(join(work, 'missing'))).rejects.toSatisfy((error) => isVmPoolError(error, 'VMPOOL_EXEC_FAILED'))
+  })
+
+  test('reconnects once when the connection dropped', async () => {
+    const ssh = make()
+    expect((await ssh.exec('echo first')).stdout).toBe('first\n')
+    const before = acceptedConnections()
+    // Kill the per-connection sshd processes (children of the listener): the connection drops.
+    const children = spawnSync('pgrep', ['-P', String(sshd.pid)], { encoding: 'utf8' }).stdout.trim().split('\n').filter(Boolean)
+    expect(children.length).toBeGreaterThan(0)
+    for (const child of children) process.kill(Number(child), 'SIGKILL')
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    expect((await ssh.exec('echo second')).stdout).toBe('second\n')
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    expect(acceptedConnections() - before).toBe(1)
+  })
+
+  test('host key: the pinned key or its SHA256 fingerprint is accepted, another key is refused', async () => {
+    expect((await make({ hostKey: getSshFingerprint(hostPublicKey) }).exec('echo pinned')).stdout).toBe('pinned\n')
+    const other = generateSshKeyPair().publicKey
+    const error = await make({ hostKey: other }).exec('echo never').catch((e: unknown) => e)
+    expect(isVmPoolError(error, 'VMPOOL_HOST_KEY_MISMATCH')).toBe(true)
+    expect((error as Error).message).toContain(getSshFingerprint(hostPublicKey))
+  })
+
+  test('a key the server does not trust fails with VMPOOL_AUTH_FAILED and no key material', async () => {
+    const stranger = generateSshKeyPair()
+    const error = await make({ privateKey: stranger.privateKey }).exec('true').catch((e: unknown) => e)
+    expect(isVmPoolError(error, 'VMPOOL_AUTH_FAILED')).toBe(true)
+    const text = `${(error as Error).message} ${JSON.stringify(error)}`
+    expect(text).not.toContain('PRIVATE KEY')
+    expect(text).not.toContain(stranger.privateKey.split('\n')[1]!.slice(0, 20))
+  })
+
+  test('nothing listening: a VmPoolError naming the target', async () => {
+    const error = await make({ port: await freePort() }).exec('true').catch((e: unknown) => e)
+    expect(isVmPoolError(error, 'VMPOOL_EXEC_FAILED')).toBe(true)
+    expect((error as Error).message).toMatch(/could not connect to .*@127\.0\.0\.1:\d+/)
+  })
+})
