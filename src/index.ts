@@ -9,3 +9,7 @@ export { createProvider, getProviderNames } from './providers/provider-registry.
 export type { ProviderName } from './providers/provider-registry.js'
 export { quoteShellArg } from './transport/shell.js'
 export { validateVmName, VM_NAME_PATTERN } from './util/vm-name.js'
+export { SshTransport, SSH_READY_TIMEOUT_MS, EXEC_KILL_GRACE_MS } from './transport/ssh-transport.js'
+export type { SshTransportOptions, ExecBufferResult } from './transport/ssh-transport.js'
+export { generateSshKeyPair, getSshFingerprint } from './transport/ssh-keys.js'
+export type { SshKeyPair } from './transport/ssh-keys.js'
