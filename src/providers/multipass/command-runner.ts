@@ -1,0 +1,47 @@
+import { VmPoolError } from '../../errors.js'
+import { runProcess } from '../../transport/process-runner.js'
+import type { ExecResult } from '../vm-provider.js'
+import type { GuestRunOptions } from './cli-guest-vm.js'
+
+/** Runs a VM manager's CLI (`multipass`, `orbctl`) on this machine or on a remote host. */
+export interface CommandRunner {
+  /** Where the CLI runs, for messages: `this machine` or `user@host:port`. */
+  readonly where: string
+  /** Run argv; a non-zero exit resolves. A CLI that is not installed rejects with VMPOOL_PROVIDER_UNAVAILABLE. */
+  run(argv: string[], options?: GuestRunOptions): Promise<ExecResult>
+  close(): Promise<void>
+}
+
+export interface LocalCommandRunnerOptions {
+  provider: string
+  /** What to try when the binary is missing, e.g. `install Multipass (snap install multipass)`. */
+  missingHint: string
+}
+
+/** The CLI on this machine, via `runProcess` (own process group, killed on timeout/abort). */
+export function createLocalCommandRunner(options: LocalCommandRunnerOptions): CommandRunner {
+  return {
+    where: 'this machine',
+    async run(argv, runOptions = {}) {
+      const [file, ...args] = argv
+      if (file === undefined) throw new Error('createLocalCommandRunner: empty argv')
+      try {
+        // process.env read per call: tests and users may change PATH between calls.
+        return await runProcess(file, args, { ...runOptions, env: process.env, provider: options.provider })
+      } catch (error) {
+        const cause = (error as { cause?: NodeJS.ErrnoException }).cause
+        if (cause?.code === 'ENOENT' || cause?.code === 'EACCES') {
+          throw new VmPoolError({
+            code: 'VMPOOL_PROVIDER_UNAVAILABLE',
+            provider: options.provider,
+            message: `${file} is not installed or not executable on this machine (${cause.code})`,
+            hint: options.missingHint,
+            cause: error,
+          })
+        }
+        throw error
+      }
+    },
+    async close() {},
+  }
+}
