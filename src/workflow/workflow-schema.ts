@@ -49,7 +49,9 @@ export const workflowCommandSchema = z
   )
   .strict()
 
-const commandListSchema = z.array(workflowCommandSchema, { error: 'expected a list of commands (- run: ...)' })
+const commandListSchema = z.array(workflowCommandSchema, {
+  error: (issue) => (issue.input === undefined ? 'required: a list of commands (- run: ...)' : 'expected a list of commands (- run: ...)'),
+})
 
 /** The YAML document as written (kebab-case keys). */
 export const workflowInputSchema = z
