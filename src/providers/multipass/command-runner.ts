@@ -1,6 +1,7 @@
 import { VmPoolError } from '../../errors.js'
 import { runProcess } from '../../transport/process-runner.js'
 import type { ExecResult } from '../vm-provider.js'
+import type { SshTransport } from '../../transport/ssh-transport.js'
 import type { GuestRunOptions } from './cli-guest-vm.js'
 
 /** Runs a VM manager's CLI (`multipass`, `orbctl`) on this machine or on a remote host. */
@@ -44,4 +45,42 @@ export function createLocalCommandRunner(options: LocalCommandRunnerOptions): Co
     },
     async close() {},
   }
+}
+
+export interface SshCommandRunnerOptions {
+  provider: string
+  /** The CLI's name, to recognise "command not found" from the remote shell. */
+  binary: string
+  missingHint: string
+}
+
+/**
+ * The CLI on another machine over one persistent ssh2 connection (seed 004: the Multipass host needs
+ * no agent, only sshd). argv is quoted word by word (`toShellLine`), so nothing reaches the remote
+ * login shell unescaped; timeouts and aborts kill the remote process group (SshTransport).
+ */
+export function createSshCommandRunner(transport: SshTransport, options: SshCommandRunnerOptions): CommandRunner {
+  const notFound = new RegExp(`(^|\\W)${escapeRegExp(options.binary)}: (command )?not found`, 'm')
+  return {
+    where: transport.target,
+    async run(argv, runOptions = {}) {
+      const result = await transport.exec(argv, runOptions)
+      if (result.exitCode === 127 && notFound.test(result.stderr)) {
+        throw new VmPoolError({
+          code: 'VMPOOL_PROVIDER_UNAVAILABLE',
+          provider: options.provider,
+          message: `${options.binary} is not installed (not on PATH) on ${transport.target}`,
+          hint: options.missingHint,
+        })
+      }
+      return result
+    },
+    async close() {
+      await transport.close()
+    },
+  }
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
 }
