@@ -1,0 +1,109 @@
+import { mkdtemp, rm } from 'node:fs/promises'
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { z } from 'zod'
+import { formatZodError } from '../config/zod-error.js'
+import { VmPoolError, invalidOptions, isVmPoolError } from '../errors.js'
+import type { VmRecord, VmSpec } from '../providers/vm-provider.js'
+
+/** What the broker does for workers; the main-process run implements it (and owns every VM). */
+export interface FreshVmBrokerHandler {
+  create(owner: string, spec: Omit<VmSpec, 'name'>): Promise<VmRecord>
+  delete(owner: string, name: string): Promise<void>
+}
+
+export interface FreshVmBroker {
+  /** Unix socket the workers call (passed to them in `providedContext`). */
+  readonly socketPath: string
+  close(): Promise<void>
+}
+
+/** Request bodies are tiny JSON objects; anything bigger is not from our client. */
+const MAX_BODY_BYTES = 64 * 1024
+
+const specSchema = z
+  .object({
+    image: z.string().min(1).optional(),
+    cpus: z.number().int().positive().optional(),
+    memoryMiB: z.number().int().positive().optional(),
+    diskGiB: z.number().int().positive().optional(),
+    labels: z.record(z.string(), z.string()).optional(),
+  })
+  .strict()
+const createBody = z.object({ owner: z.string().min(1), spec: specSchema.default({}) }).strict()
+const deleteBody = z.object({ owner: z.string().min(1), name: z.string().min(1) }).strict()
+
+/**
+ * An HTTP server on a unix socket in a fresh 0700 temp dir: `POST /fresh` creates a VM for a worker,
+ * `POST /fresh/delete` deletes it. VMs are created by the main process, so a worker that crashes
+ * cannot leak one: the run deletes whatever a dead worker owned.
+ */
+export async function startFreshVmBroker(handler: FreshVmBrokerHandler): Promise<FreshVmBroker> {
+  const dir = await mkdtemp(join(tmpdir(), 'vm-pool-broker-'))
+  const socketPath = join(dir, 'broker.sock')
+  const server = createServer((request, response) => {
+    handle(handler, request, response).catch((error: unknown) => reply(response, 500, { error: serializeError(error) }))
+  })
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(socketPath, () => {
+      server.off('error', reject)
+      resolve()
+    })
+  })
+  // The broker must never keep `vitest run` alive on its own.
+  server.unref()
+  return {
+    socketPath,
+    async close() {
+      server.closeAllConnections()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+      await rm(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+async function handle(handler: FreshVmBrokerHandler, request: IncomingMessage, response: ServerResponse): Promise<void> {
+  if (request.method !== 'POST') return reply(response, 405, { error: serializeError(invalidOptions(`method ${request.method} not allowed`)) })
+  const body = await readJson(request)
+  if (request.url === '/fresh') {
+    const parsed = createBody.safeParse(body)
+    if (!parsed.success) throw invalidOptions(`invalid freshVm() spec: ${formatZodError(parsed.error)}`, { operation: 'freshVm' })
+    const record = await handler.create(parsed.data.owner, parsed.data.spec)
+    return reply(response, 200, { record })
+  }
+  if (request.url === '/fresh/delete') {
+    const parsed = deleteBody.safeParse(body)
+    if (!parsed.success) throw invalidOptions(`invalid delete request: ${formatZodError(parsed.error)}`, { operation: 'freshVm' })
+    await handler.delete(parsed.data.owner, parsed.data.name)
+    return reply(response, 200, {})
+  }
+  return reply(response, 404, { error: serializeError(invalidOptions(`no route ${request.url}`)) })
+}
+
+async function readJson(request: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of request as AsyncIterable<Buffer>) {
+    size += chunk.length
+    if (size > MAX_BODY_BYTES) throw invalidOptions(`request body over ${MAX_BODY_BYTES} bytes`)
+    chunks.push(chunk)
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+  } catch (error) {
+    throw invalidOptions('request body is not JSON', { cause: error })
+  }
+}
+
+function reply(response: ServerResponse, status: number, body: unknown): void {
+  if (response.headersSent) return
+  response.writeHead(status, { 'content-type': 'application/json' })
+  response.end(JSON.stringify(body))
+}
+
+function serializeError(error: unknown) {
+  if (isVmPoolError(error)) return error.toJSON()
+  return new VmPoolError({ code: 'VMPOOL_INTERNAL', message: `freshVm broker failed: ${error instanceof Error ? error.message : String(error)}`, cause: error }).toJSON()
+}

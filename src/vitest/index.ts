@@ -1,0 +1,16 @@
+/**
+ * `vm-pool/vitest`: one VM per Vitest worker slot, `workerVm`, `freshVm()`. See docs/vitest.md.
+ * The plugin side (`vmPool`) loads Vitest's node API lazily, so test files importing `test`,
+ * `expect` and `freshVm` from here stay light.
+ */
+export { vmPool } from './vm-pool-plugin.js'
+export { vmPoolOptionsSchema } from './vm-pool-options.js'
+export type { VmPoolOptions, ResolvedVmPoolOptions } from './vm-pool-options.js'
+export { test, expect } from './test-with-vm.js'
+export type { VmPoolFixtures } from './test-with-vm.js'
+export { freshVm } from './fresh-vm.js'
+export type { FreshVm, FreshVmSpec } from './fresh-vm.js'
+export type { VmPoolReport, VmPoolReportVm } from './vitest-vm-pool-run.js'
+export type { VmPoolWorkerContext } from './worker-context.js'
+export { VM_POOL_RUNNER_NAMES } from './vm-pool-runner.js'
+export type { ExecOptions, ExecResult, Vm, VmRecord, VmSpec } from '../providers/vm-provider.js'

@@ -1,0 +1,108 @@
+import { isAbsolute, resolve } from 'node:path'
+import { z } from 'zod'
+import { formatZodError } from '../config/zod-error.js'
+import { invalidOptions } from '../errors.js'
+import type { JsonValue, VmSpec } from '../providers/vm-provider.js'
+import { VM_NAME_PATTERN } from '../util/vm-name.js'
+
+const jsonValue: z.ZodType<JsonValue> = z.lazy(() => z.union([z.string(), z.number(), z.boolean(), z.null(), z.array(jsonValue), z.record(z.string(), jsonValue)]))
+
+export const vmPoolOptionsSchema = z
+  .object({
+    /** Provider name from the registry (`qemu`, `fake`, ...). @default 'qemu' */
+    provider: z.string().min(1).default('qemu'),
+    /**
+     * Options for that provider. Must be plain JSON: workers rebuild the provider from
+     * `createProvider(provider, providerOptions)` to reconnect to the slot's VM.
+     * @default {}
+     */
+    providerOptions: z.record(z.string(), jsonValue).default({}),
+    /** Name prefix of the worker-slot VMs: `<prefix>-<runId>-<slot>`. @default 'vitest-worker' */
+    prefix: z
+      .string()
+      .regex(/^[a-z][a-z0-9-]{0,30}$/, 'must be lower-case letters, digits and dashes, starting with a letter, at most 31 characters')
+      .default('vitest-worker'),
+    /** Boot one VM per worker slot (maxWorkers) in parallel in globalSetup, before any file runs. @default true */
+    prewarm: z.boolean().default(true),
+    /**
+     * Hand the worker VMs back warm at the end of the run instead of deleting them, so the next
+     * run (or a parallel CI job on this host) adopts them instead of booting. `true` = the pool's defaults.
+     * @default false
+     */
+    keepWarm: z
+      .union([
+        z.boolean(),
+        z.object({ ttlMs: z.number().int().positive().optional(), max: z.number().int().min(0).optional() }).strict(),
+      ])
+      .default(false),
+    /** Write the end-of-run numbers as JSON to this path (relative to the Vitest root). */
+    report: z.string().min(1).optional(),
+    /** Multiplies every named timeout, as `VM_POOL_TIMEOUT_SCALE` does (set for the whole run). */
+    timeoutScale: z.number().positive().optional(),
+    /** Which Vitest worker kind runs the test files. @default 'forks' */
+    workers: z.enum(['forks', 'threads']).default('forks'),
+    /** The spec of the worker VMs (the name is chosen by vm-pool). */
+    spec: z
+      .object({
+        image: z.string().min(1).optional(),
+        cpus: z.number().int().positive().optional(),
+        memoryMiB: z.number().int().positive().optional(),
+        diskGiB: z.number().int().positive().optional(),
+        labels: z.record(z.string(), z.string()).optional(),
+      })
+      .strict()
+      .default({}),
+  })
+  .strict()
+
+/** What a user passes to `vmPool()`. */
+export type VmPoolOptions = z.input<typeof vmPoolOptionsSchema>
+
+/** Validated, defaults applied, frozen: what the rest of `vm-pool/vitest` sees. */
+export interface ResolvedVmPoolOptions {
+  readonly provider: string
+  readonly providerOptions: Readonly<Record<string, JsonValue>>
+  readonly prefix: string
+  readonly prewarm: boolean
+  readonly keepWarm: false | { ttlMs?: number | undefined; max?: number | undefined }
+  /** Absolute once `resolveReportPath` ran (the Vitest root is known in the config hook). */
+  readonly report: string | undefined
+  readonly timeoutScale: number | undefined
+  readonly workers: 'forks' | 'threads'
+  readonly spec: Readonly<Omit<VmSpec, 'name'>>
+}
+
+export function resolveVmPoolOptions(options: unknown, providerNames: readonly string[]): ResolvedVmPoolOptions {
+  const parsed = vmPoolOptionsSchema.safeParse(options ?? {})
+  if (!parsed.success) {
+    throw invalidOptions(`invalid vmPool() options: ${formatZodError(parsed.error)}`, { operation: 'vmPool', hint: 'see docs/vitest.md#options' })
+  }
+  const data = parsed.data
+  if (!providerNames.includes(data.provider)) {
+    throw invalidOptions(`invalid vmPool() options: provider: unknown provider ${JSON.stringify(data.provider)}`, {
+      operation: 'vmPool',
+      hint: `choose one of: ${providerNames.join(', ')}`,
+    })
+  }
+  // The slot VM name is `<prefix>-<runId>-<slot>`: keep it inside the provider name rules.
+  if (!VM_NAME_PATTERN.test(`${data.prefix}-xxxxxxxx-99`)) {
+    throw invalidOptions(`invalid vmPool() options: prefix: ${JSON.stringify(data.prefix)} makes VM names too long`, { operation: 'vmPool' })
+  }
+  return Object.freeze({
+    provider: data.provider,
+    providerOptions: Object.freeze({ ...data.providerOptions }),
+    prefix: data.prefix,
+    prewarm: data.prewarm,
+    keepWarm: data.keepWarm === true ? {} : data.keepWarm,
+    report: data.report,
+    timeoutScale: data.timeoutScale,
+    workers: data.workers,
+    spec: Object.freeze({ ...data.spec }),
+  })
+}
+
+/** `report` relative to the Vitest root. */
+export function resolveReportPath(report: string | undefined, root: string): string | undefined {
+  if (report === undefined) return undefined
+  return isAbsolute(report) ? report : resolve(root, report)
+}
