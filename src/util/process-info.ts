@@ -60,3 +60,27 @@ export function isProcessAlive(identity: ProcessIdentity): boolean {
   if (current === null) return false
   return current === identity.startTime
 }
+
+/** Kernel clock ticks per second for /proc start times (USER_HZ: 100 on every Linux architecture Node supports). */
+const USER_HZ = 100
+
+/** Boot time of this host in Unix milliseconds (`btime` in /proc/stat), or `null`. */
+export function getBootTimeMs(): number | null {
+  try {
+    const match = /^btime (\d+)$/m.exec(readFileSync('/proc/stat', 'utf8'))
+    return match ? Number(match[1]) * 1000 : null
+  } catch {
+    return null
+  }
+}
+
+/**
+ * When `pid` started, in Unix milliseconds (resolution 10 ms, and `btime` itself is whole seconds),
+ * or `null` when unknown. Used to judge names that carry a pid and a time (`pytest-worker-<pid>-<unix time>`).
+ */
+export function getProcessStartUnixMs(pid: number): number | null {
+  const ticks = getProcessStartTime(pid)
+  const boot = getBootTimeMs()
+  if (ticks === null || boot === null) return null
+  return boot + Math.round((ticks * 1000) / USER_HZ)
+}

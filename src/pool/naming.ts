@@ -1,0 +1,76 @@
+import { randomBytes } from 'node:crypto'
+import { invalidOptions } from '../errors.js'
+import { validateVmName } from '../util/vm-name.js'
+
+/**
+ * VM names carry who made them, so `vm-pool gc` can find leftovers even without a lease store:
+ * `vitest-worker-<runId>-<slot>`, `vitest-fresh-<runId>-<n>`, `vm-pool-wf-<runId>-<n>`.
+ */
+export const WORKER_PREFIX = 'vitest-worker'
+export const FRESH_PREFIX = 'vitest-fresh'
+export const WORKFLOW_PREFIX = 'vm-pool-wf'
+/** seed 003: `pytest-worker-<pid>-<unix time>`, judged by that pid and time. */
+export const PYTEST_WORKER_PREFIX = 'pytest-worker'
+
+/** Name prefixes `vm-pool gc` sweeps by default (each followed by `-`). */
+export const SWEEP_PREFIXES: readonly string[] = Object.freeze([WORKER_PREFIX, FRESH_PREFIX, WORKFLOW_PREFIX, PYTEST_WORKER_PREFIX, 'test-vm'])
+
+const PREFIX_PATTERN = /^[a-z0-9][a-z0-9-]{0,39}$/
+const RUN_ID_PATTERN = /^[a-z0-9]{1,16}$/
+const KEY_PATTERN = /^[a-z0-9][a-z0-9-]{0,31}$/
+
+export function validatePrefix(prefix: string): string {
+  if (!PREFIX_PATTERN.test(prefix) || prefix.endsWith('-')) {
+    throw invalidOptions(`invalid name prefix ${JSON.stringify(prefix)}: expected ${PREFIX_PATTERN.source} without a trailing dash`)
+  }
+  return prefix
+}
+
+export function validateRunId(runId: string): string {
+  if (!RUN_ID_PATTERN.test(runId)) throw invalidOptions(`invalid runId ${JSON.stringify(runId)}: expected ${RUN_ID_PATTERN.source}`)
+  return runId
+}
+
+/**
+ * A lease key becomes part of a VM name. Numbers (Vitest's `VITEST_POOL_ID`) are accepted as is;
+ * anything else must already be a name part — we refuse rather than mangle, so two keys never map to one name.
+ */
+export function normalizeLeaseKey(key: string | number): string {
+  const text = String(key)
+  if (!KEY_PATTERN.test(text)) {
+    throw invalidOptions(`invalid lease key ${JSON.stringify(key)}: expected a number or ${KEY_PATTERN.source}`, { operation: 'acquire' })
+  }
+  return text
+}
+
+/** 8 random base-36 characters: short enough for names, unique enough between runs on one host. */
+export function generateRunId(): string {
+  const bytes = randomBytes(8)
+  return Array.from(bytes, (byte) => (byte % 36).toString(36)).join('')
+}
+
+export function makeVmName(prefix: string, runId: string, suffix: string): string {
+  return validateVmName(`${prefix}-${runId}-${suffix}`)
+}
+
+/** Where `fresh()` VMs of a pool with `prefix` are named: Vitest workers get `vitest-fresh`, other pools their own prefix. */
+export function getFreshPrefix(prefix: string): string {
+  return prefix === WORKER_PREFIX ? FRESH_PREFIX : prefix
+}
+
+export function matchesSweepPrefix(name: string, prefixes: readonly string[]): boolean {
+  return prefixes.some((prefix) => name.startsWith(`${prefix}-`))
+}
+
+export interface PytestWorkerName {
+  pid: number
+  /** Unix milliseconds (the name has whole seconds). */
+  createdAtMs: number
+}
+
+/** `pytest-worker-<pid>-<unix seconds>` → its pid and time; anything else → null. */
+export function parsePytestWorkerName(name: string): PytestWorkerName | null {
+  const match = /^pytest-worker-(\d{1,10})-(\d{9,11})$/.exec(name)
+  if (!match) return null
+  return { pid: Number(match[1]), createdAtMs: Number(match[2]) * 1000 }
+}
