@@ -1,0 +1,208 @@
+import { existsSync } from 'node:fs'
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { execa, type Options } from 'execa'
+import { beforeAll, beforeEach, describe, expect, test } from 'vitest'
+import type { StepResult, WorkflowResult } from '../../src/workflow/run-workflow.js'
+
+// The built bin, run as a user runs it (`npm test` builds first).
+const root = resolve(import.meta.dirname, '../..')
+const bin = join(root, 'dist/cli/main.js')
+const workflows = join(root, 'fixtures/workflows')
+
+let stateDir: string
+
+beforeAll(() => {
+  if (!existsSync(bin)) throw new Error(`${bin} is missing: run npm run build first`)
+})
+
+beforeEach(async () => {
+  stateDir = await mkdtemp(join(tmpdir(), 'vm-pool-cli-run-'))
+})
+
+function cliEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, VM_POOL_STATE_DIR: stateDir, ...extra }
+  for (const name of ['DEBUG', 'VM_POOL_PROVIDER', 'VM_POOL_PROVIDER_OPTIONS', 'VM_POOL_TIMEOUT_SCALE']) if (!(name in extra)) delete env[name]
+  return env
+}
+
+function vmPool(args: string[], options: Options & { env?: Record<string, string> } = {}) {
+  return execa(process.execPath, [bin, ...args], { cwd: workflows, reject: false, ...options, env: cliEnv(options.env), extendEnv: false })
+}
+
+/** Fake VMs still present in the state dir (each is a directory). */
+async function leftoverVms(): Promise<string[]> {
+  try {
+    return await readdir(join(stateDir, 'fake'))
+  } catch {
+    return []
+  }
+}
+
+function commandLines(stdout: string, workflow: string): string[] {
+  return stdout.split('\n').filter((line) => new RegExp(`^\\[${workflow}\\]\\s+(setup|step|cleanup)\\s`).test(line))
+}
+
+describe('vm-pool run (built bin, fake provider)', () => {
+  test('success: one line per command with phase, status, exit code and duration; a summary; exit 0; no VM left', async () => {
+    const result = await vmPool(['run', '--provider', 'fake', 'build-project.yml', 'run-tests.yml'])
+    expect(result.stderr).toBe('')
+    expect(result.exitCode).toBe(0)
+    const build = commandLines(String(result.stdout), 'build-project')
+    expect(build).toHaveLength(7)
+    expect(build[1]).toMatch(/^\[build-project\]\s+step\s+ok\s+exit 0\s+\d+ ms\s+step 1$/)
+    expect(build[6]).toMatch(/^\[build-project\]\s+cleanup\s+ok\s+exit 0\s+\d+ m?s\s+report$/)
+    expect(commandLines(String(result.stdout), 'run-tests')).toHaveLength(5)
+    expect(result.stdout).toMatch(/\n\[build-project\] vm vm-pool-wf-[0-9a-f]{8}-\d deleted\n/)
+    expect(String(result.stdout).trimEnd().split('\n').at(-1)).toMatch(/^vm-pool run: 2 workflows, 2 succeeded in \d/)
+    expect(await leftoverVms()).toEqual([])
+  })
+
+  test('a failing step: exit 1, its output shown, later steps skipped, cleanup ran, no VM left', async () => {
+    const result = await vmPool(['run', '-p', 'fake', 'failing-step.yml'])
+    expect(result.exitCode).toBe(1)
+    const stdout = String(result.stdout)
+    expect(stdout).toMatch(/\[failing-step\] step\s+FAIL\s+exit 3\s+\d+ ms\s+test\n    stdout \| running 3 tests\n    stderr \| expected 42, got 41\n/)
+    expect(stdout).toMatch(/\[failing-step\] step\s+skip\s+package\n/)
+    expect(stdout).toMatch(/\[failing-step\] cleanup\s+ok\s+exit 0\s+\d+ ms\s+remove work dir\n/)
+    expect(stdout).toContain('vm-pool run: 1 workflow, 0 succeeded, 1 failed (failing-step: step "test") in ')
+    expect(await leftoverVms()).toEqual([])
+  })
+
+  test('--json prints the WorkflowResult array on stdout, progress on stderr', async () => {
+    const result = await vmPool(['run', '-p', 'fake', '--json', 'run-tests.yml', 'setup-fails.yml'])
+    expect(result.exitCode).toBe(1)
+    const results = JSON.parse(String(result.stdout)) as WorkflowResult[]
+    expect(results.map((r) => [r.name, r.status])).toEqual([
+      ['run-tests', 'success'],
+      ['setup-fails', 'failure'],
+    ])
+    for (const r of results) expect(r.steps.every((step: StepResult) => step.vm === r.vm)).toBe(true)
+    expect(results[0]!.vm).not.toBe(results[1]!.vm)
+    expect(results[1]!.steps.map((s) => [s.phase, s.exitCode, s.skipped ?? false])).toEqual([
+      ['setup', 100, false],
+      ['step', -1, true],
+      ['cleanup', 0, false],
+    ])
+    expect(result.stderr).toMatch(/\[setup-fails\]\s+setup\s+FAIL\s+exit 100/)
+    expect(await leftoverVms()).toEqual([])
+  })
+
+  test('--max-concurrent 1: each workflow gets its VM only after the previous one was deleted', async () => {
+    const result = await vmPool(['run', '-p', 'fake', '--max-concurrent', '1', 'run-tests.yml', 'deploy.yml', 'ten-steps.yml'])
+    expect(result.exitCode).toBe(0)
+    const vmLines = String(result.stdout)
+      .split('\n')
+      .filter((line) => / vm vm-pool-wf-/.test(line))
+      .map((line) => line.replace(/^\[(\S+)\]\s+vm vm-pool-wf-[0-9a-f]{8}-(\d+) (\w+).*$/, '$1 $2 $3'))
+    expect(vmLines).toEqual(['run-tests 1 ready', 'run-tests 1 deleted', 'deploy 2 ready', 'deploy 2 deleted', 'ten-steps 3 ready', 'ten-steps 3 deleted'])
+  })
+
+  test('--keep-vm leaves exactly that VM and prints how to reach and delete it', async () => {
+    const result = await vmPool(['run', '-p', 'fake', '--keep-vm', 'run-tests.yml'])
+    expect(result.exitCode).toBe(0)
+    const name = /delete it: vm-pool gc --provider fake --prefix (vm-pool-wf-[0-9a-f]{8}-1)\n/.exec(String(result.stdout))?.[1]
+    expect(name).toBeDefined()
+    expect(await leftoverVms()).toEqual([name])
+    const home = /reach it:  cd (\S+)/.exec(String(result.stdout))?.[1]
+    expect(await readFile(join(home!, 'owner'), 'utf8')).toBe('run-tests\n')
+    await rm(join(stateDir, 'fake', name!), { recursive: true })
+  })
+
+  test('--help explains the command', async () => {
+    const result = await vmPool(['run', '--help'])
+    expect(result.exitCode).toBe(0)
+    for (const text of ['Usage: vm-pool run <workflow.yml>...', '--provider NAME', '--keep-vm', '--max-concurrent N', '--json', 'Exit codes:', 'cleanup ALWAYS runs', 'timeout-seconds']) {
+      expect(result.stdout).toContain(text)
+    }
+    const main = await vmPool(['--help'])
+    expect(main.stdout).toMatch(/\n  run\s+run workflow files, each on exactly one VM\n/)
+  })
+
+  test('bad usage, a missing file, bad YAML, a bad schema and an unknown provider: exit 2, a clear message, no stack, nothing run', async () => {
+    const cases: Array<[string[], RegExp]> = [
+      [['run'], /^vm-pool run: missing workflow file: vm-pool run <workflow\.yml>\.\.\.\nRun 'vm-pool run --help' for usage\.$/],
+      [['run', '-p', 'fake', '--max-concurrent', 'two', 'run-tests.yml'], /--max-concurrent must be a whole number of at least 1, got "two"/],
+      [['run', '-p', 'fake', 'missing.yml'], /^\[vm-pool\] cannot read workflow file missing\.yml: no such file\n/],
+      [['run', '-p', 'fake', 'bad-yaml.yml'], /^\[vm-pool\] invalid YAML in bad-yaml\.yml:7:1: .*\n  7 \| cleanup: \[\]\n/],
+      [['run', '-p', 'fake', 'run-tests.yml', 'bad-schema.yml'], /bad-schema\.yml:7:22: steps\[2\]\.timeout-seconds: expected a positive number\n[\s\S]*nothing was run \(1 of 2 workflow files invalid\)/],
+      [['run', '-p', 'nope', 'run-tests.yml'], /^\[vm-pool\] unknown provider "nope"\n  hint: choose one of: .*fake/],
+    ]
+    for (const [args, message] of cases) {
+      const result = await vmPool(args)
+      expect({ args, exitCode: result.exitCode }).toEqual({ args, exitCode: 2 })
+      expect(result.stderr).toMatch(message)
+      expect(result.stderr).not.toMatch(/\n\s+at /)
+      expect(result.stdout).toBe('')
+    }
+    expect(await leftoverVms()).toEqual([])
+  })
+
+  test('DEBUG=vm-pool* shows the stack trace', async () => {
+    const result = await vmPool(['run', '-p', 'nope', 'run-tests.yml'], { env: { DEBUG: 'vm-pool*' } })
+    expect(result.exitCode).toBe(2)
+    expect(result.stderr).toMatch(/\n\s+at /)
+  })
+
+  test('SIGINT during a long step: the step is killed, cleanup runs, the VM is deleted, exit 130', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'vm-pool-cli-sigint-'))
+    const started = join(dir, 'started')
+    const cleaned = join(dir, 'cleaned')
+    const file = join(dir, 'long.yml')
+    // The long step records its pid so we can check it was killed, not left running.
+    await writeFile(
+      file,
+      `name: long
+steps:
+  - name: quick
+    run: echo quick
+  - name: long
+    run: echo $$ > ${started}.tmp && mv ${started}.tmp ${started} && exec sleep 60
+  - name: never
+    run: echo never
+cleanup:
+  - name: teardown
+    run: touch ${cleaned} && echo cleaned
+`,
+    )
+    const child = vmPool(['run', '-p', 'fake', file])
+    await waitForFile(started, child)
+    const stepPid = Number((await readFile(started, 'utf8')).trim())
+    expect(isAlive(stepPid)).toBe(true)
+    child.kill('SIGINT')
+    const result = await child
+    expect(result.exitCode).toBe(130)
+    expect(result.stderr).toContain('vm-pool: SIGINT, cleaning up')
+    const stdout = String(result.stdout)
+    expect(stdout).toMatch(/\[long\] step\s+FAIL\s+exit -\s+\d+ m?s\s+long\n    error  \| \[vm-pool\] \[fake\] exec was aborted/)
+    expect(stdout).toMatch(/\[long\] step\s+skip\s+never\n/)
+    expect(stdout).toMatch(/\[long\] cleanup\s+ok\s+exit 0\s+\d+ ms\s+teardown\n/)
+    expect(stdout).toMatch(/\[long\] vm vm-pool-wf-[0-9a-f]{8}-1 deleted\n/)
+    expect(stdout).toContain('interrupted: running commands killed, cleanup ran')
+    expect((await stat(cleaned)).isFile()).toBe(true)
+    expect(isAlive(stepPid)).toBe(false)
+    expect(await leftoverVms()).toEqual([])
+  })
+})
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Poll for a file the workflow writes, failing early if the CLI already exited. */
+async function waitForFile(path: string, child: ReturnType<typeof vmPool>): Promise<void> {
+  let exited = false
+  void child.then(() => {
+    exited = true
+  })
+  while (!existsSync(path)) {
+    if (exited) throw new Error(`vm-pool run exited before ${path} appeared:\n${String((await child).stdout)}\n${String((await child).stderr)}`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
