@@ -1,100 +1,129 @@
-import { randomBytes } from 'node:crypto'
-import type { VmProvider, VmRecord, VmSpec } from '../providers/vm-provider.js'
-import { validateVmName } from '../util/vm-name.js'
+import { isVmPoolError } from '../errors.js'
+import { createPool, type FreshVm, type VmLease, type VmPool } from '../pool/vm-pool.js'
+import type { JsonValue, VmProvider, VmRecord, VmSpec } from '../providers/vm-provider.js'
 
 /**
- * Where the Vitest integration gets its VMs from. Everything the plugin needs from the pool layer,
- * and nothing else, so the main-process run state does not care how VMs are leased.
+ * Where the Vitest integration gets its VMs: the pool (issue #4), keyed by worker slot.
+ * Kept as a small interface so the main-process run state only sees what it needs.
  */
 export interface SlotVmSource {
   /** Identifies this run in VM names. */
   readonly runId: string
   /** The slot's VM: booted (or adopted warm) on first use, the same one until `discard`. */
   acquire(slot: number): Promise<SlotVm>
-  /** The slot's VM state is unknown (its worker crashed): delete it; the next `acquire` gets a new one. */
+  /** The slot's VM state is unknown (its worker crashed): delete it, never keep it warm; the next `acquire` gets a new one. */
   discard(slot: number): Promise<void>
   /** A throwaway VM, deleted by `deleteFresh` or `drain`. */
   fresh(spec: Omit<VmSpec, 'name'>): Promise<VmRecord>
   deleteFresh(name: string): Promise<void>
-  /** Delete everything (or hand worker VMs back warm). Returns the names kept warm. */
-  drain(): Promise<{ keptWarm: string[] }>
+  /** Delete everything (or hand worker VMs back warm). */
+  drain(): Promise<{ keptWarm: string[]; leaked: string[] }>
 }
 
 export interface SlotVm {
   record: VmRecord
-  /** True when this VM was booted by an earlier run and adopted warm. */
+  /** True when this VM was booted by an earlier run (or `vm-pool warm`) and adopted warm. */
   adopted: boolean
 }
 
 export interface SlotVmSourceEvents {
-  onCreated?(record: VmRecord, kind: 'worker' | 'fresh', bootMs: number): void
+  /** A VM this run booted; `slot` is `null` for a fresh VM. */
+  onCreated?(record: VmRecord, slot: number | null, bootMs: number): void
   onDeleted?(name: string): void
 }
 
+export interface PoolSlotVmSourceOptions {
+  provider: VmProvider
+  /** How the reaper (a detached watchdog of this process) rebuilds the provider to clean up after a crash. */
+  providerName: string
+  providerOptions: Record<string, JsonValue>
+  prefix: string
+  spec: Omit<VmSpec, 'name'>
+  keepWarm: { ttlMs: number; max: number; reset?: string } | undefined
+  stateDir: string | undefined
+  events?: SlotVmSourceEvents
+}
+
 /**
- * A `SlotVmSource` straight on a provider: no lease store, no warm hand-over, no reaper.
- * Used until the pool (`createPool`, issue #4) is available.
+ * Slot VMs from `createPool`. The pool is created in the process that calls this — the Vitest main
+ * process — so that is the owner its reaper watches: Ctrl-C or `kill -9` of `vitest run`, which skip
+ * Vitest's teardown, still end with the run's VMs deleted.
  */
-export function providerSlotVmSource(options: { provider: VmProvider; prefix: string; spec: Omit<VmSpec, 'name'>; events?: SlotVmSourceEvents }): SlotVmSource {
-  const runId = Array.from(randomBytes(8), (byte) => (byte % 36).toString(36)).join('')
-  const freshPrefix = options.prefix === 'vitest-worker' ? 'vitest-fresh' : options.prefix
-  const slots = new Map<number, Promise<SlotVm>>()
-  const fresh = new Set<string>()
-  let freshCount = 0
-  const create = async (name: string, spec: Omit<VmSpec, 'name'>, kind: 'worker' | 'fresh') => {
-    const started = performance.now()
-    const record = await options.provider.create({ ...spec, name: validateVmName(name, options.provider.name) })
-    options.events?.onCreated?.(record, kind, performance.now() - started)
-    return record
-  }
-  const remove = async (name: string) => {
-    await options.provider.delete(name)
-    options.events?.onDeleted?.(name)
-  }
+export function poolSlotVmSource(options: PoolSlotVmSourceOptions): SlotVmSource {
+  const pool: VmPool = createPool({
+    provider: options.provider,
+    prefix: options.prefix,
+    spec: options.spec,
+    keepWarm: options.keepWarm,
+    stateDir: options.stateDir,
+    reaper: { providerName: options.providerName, providerOptions: options.providerOptions },
+  })
+  const leases = new Map<number, Promise<VmLease>>()
+  /** VMs a slot had so far: a replacement gets its own key (`<slot>-<n>`), so never the crashed VM's name. */
+  const generations = new Map<number, number>()
+  const fresh = new Map<string, FreshVm>()
+  const events = options.events ?? {}
+
   return {
-    runId,
-    acquire(slot) {
-      let vm = slots.get(slot)
-      if (!vm) {
-        vm = create(`${options.prefix}-${runId}-${slot}`, options.spec, 'worker').then((record) => ({ record, adopted: false }))
-        // a failed boot must not stick: the next acquire tries again
-        vm.catch(() => slots.delete(slot))
-        slots.set(slot, vm)
+    runId: pool.runId,
+    async acquire(slot) {
+      let lease = leases.get(slot)
+      if (!lease) {
+        const generation = (generations.get(slot) ?? 0) + 1
+        generations.set(slot, generation)
+        const started = performance.now()
+        const created = pool.acquire(generation === 1 ? slot : `${slot}-${generation}`).then((acquired) => {
+          if (!acquired.adopted) events.onCreated?.(acquired.vm.record, slot, performance.now() - started)
+          return acquired
+        })
+        lease = created
+        leases.set(slot, created)
+        // A failed boot must not stick: the next acquire tries again.
+        created.catch(() => {
+          if (leases.get(slot) === created) leases.delete(slot)
+        })
       }
-      return vm
+      const acquired = await lease
+      return { record: acquired.vm.record, adopted: acquired.adopted }
     },
     async discard(slot) {
-      const vm = slots.get(slot)
-      slots.delete(slot)
-      const settled = await vm?.catch(() => undefined)
-      if (settled) await remove(settled.record.name)
+      const lease = leases.get(slot)
+      leases.delete(slot)
+      const acquired = await lease?.catch(() => undefined)
+      if (!acquired) return
+      await acquired.release({ discard: true })
+      events.onDeleted?.(acquired.name)
     },
     async fresh(spec) {
-      const name = `${freshPrefix}-${runId}-${++freshCount}`
-      fresh.add(name)
-      try {
-        return await create(name, spec, 'fresh')
-      } catch (error) {
-        fresh.delete(name)
-        await options.provider.delete(name).catch(() => {})
-        throw error
-      }
+      const started = performance.now()
+      const vm = await pool.fresh(spec)
+      fresh.set(vm.name, vm)
+      events.onCreated?.(vm.record, null, performance.now() - started)
+      // The pool connected it here; the worker connects on its own.
+      await vm.close?.()
+      return vm.record
     },
     async deleteFresh(name) {
-      if (!fresh.delete(name)) return
-      await remove(name)
+      const vm = fresh.get(name)
+      if (!vm) return
+      fresh.delete(name)
+      await vm.delete()
+      events.onDeleted?.(name)
     },
     async drain() {
-      const names: string[] = []
-      for (const vm of slots.values()) {
-        const settled = await vm.catch(() => undefined)
-        if (settled) names.push(settled.record.name)
+      let result: { keptWarm: string[]; deleted: string[]; leaked: string[] }
+      try {
+        result = await pool.drain()
+      } catch (error) {
+        // drain() still did what it could; the details say what.
+        const details = isVmPoolError(error, 'VMPOOL_DELETE_FAILED') ? (error.details as typeof result | undefined) : undefined
+        if (!details) throw error
+        result = details
       }
-      slots.clear()
-      names.push(...fresh)
+      for (const name of result.deleted) events.onDeleted?.(name)
+      leases.clear()
       fresh.clear()
-      await Promise.all(names.map((name) => remove(name)))
-      return { keptWarm: [] }
+      return { keptWarm: result.keptWarm, leaked: result.leaked }
     },
   }
 }

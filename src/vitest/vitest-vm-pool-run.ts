@@ -6,7 +6,7 @@ import type { VmProvider, VmRecord, VmSpec } from '../providers/vm-provider.js'
 import { createDebug } from '../util/debug.js'
 import { writeFileAtomic } from '../util/fs-atomic.js'
 import { startFreshVmBroker, type FreshVmBroker } from './fresh-vm-broker.js'
-import { providerSlotVmSource, type SlotVmSource } from './slot-vm-source.js'
+import { poolSlotVmSource, type SlotVmSource } from './slot-vm-source.js'
 import type { ResolvedVmPoolOptions } from './vm-pool-options.js'
 import type { VmPoolWorkerContext } from './worker-context.js'
 
@@ -106,12 +106,16 @@ export class VitestVmPoolRun {
         })
       }
     }
-    this.source = providerSlotVmSource({
+    this.source = poolSlotVmSource({
       provider,
+      providerName: this.options.provider,
+      providerOptions: { ...this.options.providerOptions },
       prefix: this.options.prefix,
       spec: this.options.spec,
+      keepWarm: this.options.keepWarm,
+      stateDir: this.options.stateDir,
       events: {
-        onCreated: (record, kind, bootMs) => this.onCreated(record, kind, bootMs),
+        onCreated: (record, slot, bootMs) => this.addEntry(record, slot === null ? 'fresh' : 'worker', slot, Math.round(bootMs), false),
         onDeleted: (name) => this.onDeleted(name),
       },
     })
@@ -128,8 +132,7 @@ export class VitestVmPoolRun {
     const source = this.source!
     const pending = new Map<number, number>()
     const started = performance.now()
-    const names = Array.from({ length: slots }, (_, i) => `${this.options.prefix}-${source.runId}-${i + 1}`)
-    process.stderr.write(`vm-pool: booting ${slots} worker VM${slots === 1 ? '' : 's'} on ${this.options.provider}: ${names.join(', ')}\n`)
+    process.stderr.write(`vm-pool: booting ${slots} worker VM${slots === 1 ? '' : 's'} on ${this.options.provider} (run ${source.runId}, one per worker slot)\n`)
     const timer = setInterval(() => {
       const waiting = [...pending.keys()].map((slot) => `slot ${slot}`).join(', ')
       process.stderr.write(`vm-pool: still booting ${waiting} (${formatSeconds(performance.now() - started)})\n`)
@@ -201,19 +204,27 @@ export class VitestVmPoolRun {
     if (this.finished || !this.source) return
     const source = this.source
     const orphans = [...this.freshOwners].filter(([, o]) => o === owner).map(([name]) => name)
-    for (const name of orphans) {
+    const cleanups = orphans.map((name) => {
       this.freshOwners.delete(name)
-      source.deleteFresh(name).catch((error: unknown) => process.stderr.write(`vm-pool: could not delete ${name} of a stopped worker: ${String(error)}\n`))
-    }
-    if (!crashed || !binding?.vmName) return
-    const entry = this.vms.get(binding.vmName)
-    if (entry) entry.replacedAfterCrash = true
-    process.stderr.write(`vm-pool: the worker of slot ${binding.slot} exited unexpectedly; replacing its VM ${binding.vmName}\n`)
-    const previous = this.discarding.get(binding.slot) ?? Promise.resolve()
-    const discard = previous.then(() => source.discard(binding.slot)).catch((error: unknown) => {
-      process.stderr.write(`vm-pool: could not delete ${binding.vmName}: ${String(error)}\n`)
+      return source.deleteFresh(name).catch((error: unknown) => process.stderr.write(`vm-pool: could not delete ${name} of a stopped worker: ${String(error)}\n`))
     })
-    this.discarding.set(binding.slot, discard)
+    if (crashed && binding?.vmName) {
+      const entry = this.vms.get(binding.vmName)
+      if (entry) entry.replacedAfterCrash = true
+      process.stderr.write(`vm-pool: the worker of slot ${binding.slot} exited unexpectedly; replacing its VM ${binding.vmName}\n`)
+      const previous = this.discarding.get(binding.slot) ?? Promise.resolve()
+      cleanups.push(
+        previous
+          .then(() => source.discard(binding.slot))
+          .catch((error: unknown) => {
+            process.stderr.write(`vm-pool: could not delete ${binding.vmName}: ${String(error)}\n`)
+          }),
+      )
+    }
+    if (cleanups.length === 0 || !binding) return
+    // The slot's next worker waits for this: it must not meet the dead worker's VMs.
+    const done = Promise.all([this.discarding.get(binding.slot), ...cleanups]).then(() => {})
+    this.discarding.set(binding.slot, done)
   }
 
   private async createFresh(owner: string, spec: Omit<VmSpec, 'name'>): Promise<VmRecord> {
@@ -241,11 +252,6 @@ export class VitestVmPoolRun {
     const entry: VmPoolReportVm = { name: record.name, kind, slot, bootMs, adopted, files: 0, state: 'live', createdAt: record.createdAt }
     this.vms.set(record.name, entry)
     return entry
-  }
-
-  private onCreated(record: VmRecord, kind: 'worker' | 'fresh', bootMs: number): void {
-    const slot = kind === 'worker' ? Number(record.name.slice(record.name.lastIndexOf('-') + 1)) : null
-    this.addEntry(record, kind, slot, Math.round(bootMs), false)
   }
 
   private onDeleted(name: string): void {
@@ -279,14 +285,17 @@ export class VitestVmPoolRun {
         errors.push(error)
       }
     }
+    // The pool closed its provider in drain(): check what is left with a new one.
+    let checker: VmProvider | undefined
+    if (this.vms.size > 0) checker = await createProvider(this.options.provider, this.options.providerOptions).catch((error: unknown) => void errors.push(error))
     for (const name of keptWarm) {
       const entry = this.vms.get(name)
       if (entry) entry.state = 'warm'
     }
     let leaked = 0
-    if (this.provider && this.vms.size > 0) {
+    if (checker) {
       try {
-        const present = new Set((await this.provider.list()).map((vm) => vm.name))
+        const present = new Set((await checker.list()).map((vm) => vm.name))
         for (const entry of this.vms.values()) {
           if (entry.state === 'warm') continue
           if (present.has(entry.name)) {
@@ -302,7 +311,9 @@ export class VitestVmPoolRun {
       }
     }
     await this.broker?.close().catch((error: unknown) => errors.push(error))
-    await this.provider?.close?.().catch((error: unknown) => errors.push(error))
+    await checker?.close?.().catch((error: unknown) => errors.push(error))
+    // Nothing was created (setup failed early): the pool never took the provider over.
+    if (!this.source) await this.provider?.close?.().catch((error: unknown) => errors.push(error))
     const vms = [...this.vms.values()]
     const report: VmPoolReport = {
       runId: this.source?.runId ?? null,

@@ -5,6 +5,9 @@ import { invalidOptions } from '../errors.js'
 import type { JsonValue, VmSpec } from '../providers/vm-provider.js'
 import { VM_NAME_PATTERN } from '../util/vm-name.js'
 
+/** What `keepWarm: true` means. */
+export const KEEP_WARM_DEFAULTS = Object.freeze({ ttlMs: 30 * 60_000, max: 4 })
+
 const jsonValue: z.ZodType<JsonValue> = z.lazy(() => z.union([z.string(), z.number(), z.boolean(), z.null(), z.array(jsonValue), z.record(z.string(), jsonValue)]))
 
 export const vmPoolOptionsSchema = z
@@ -26,15 +29,28 @@ export const vmPoolOptionsSchema = z
     prewarm: z.boolean().default(true),
     /**
      * Hand the worker VMs back warm at the end of the run instead of deleting them, so the next
-     * run (or a parallel CI job on this host) adopts them instead of booting. `true` = the pool's defaults.
+     * run (or a parallel CI job on this host) adopts them instead of booting. `true` means
+     * `{ ttlMs: 30 minutes, max: 4 }`; `reset` is a shell line run in a VM before it goes back.
+     * A crashed worker's VM and fresh VMs are always deleted.
      * @default false
      */
     keepWarm: z
       .union([
         z.boolean(),
-        z.object({ ttlMs: z.number().int().positive().optional(), max: z.number().int().min(0).optional() }).strict(),
+        z
+          .object({
+            ttlMs: z.number().int().positive().default(KEEP_WARM_DEFAULTS.ttlMs),
+            max: z.number().int().min(0).default(KEEP_WARM_DEFAULTS.max),
+            reset: z.string().min(1).optional(),
+          })
+          .strict(),
       ])
       .default(false),
+    /**
+     * Where the pool keeps its lease file and reaper markers.
+     * @default `providerOptions.stateDir` when set, else `VM_POOL_STATE_DIR` or `~/.cache/vm-pool`
+     */
+    stateDir: z.string().min(1).optional(),
     /** Write the end-of-run numbers as JSON to this path (relative to the Vitest root). */
     report: z.string().min(1).optional(),
     /** Multiplies every named timeout, as `VM_POOL_TIMEOUT_SCALE` does (set for the whole run). */
@@ -64,7 +80,8 @@ export interface ResolvedVmPoolOptions {
   readonly providerOptions: Readonly<Record<string, JsonValue>>
   readonly prefix: string
   readonly prewarm: boolean
-  readonly keepWarm: false | { ttlMs?: number | undefined; max?: number | undefined }
+  readonly keepWarm: { readonly ttlMs: number; readonly max: number; readonly reset?: string | undefined } | undefined
+  readonly stateDir: string | undefined
   /** Absolute once `resolveReportPath` ran (the Vitest root is known in the config hook). */
   readonly report: string | undefined
   readonly timeoutScale: number | undefined
@@ -93,7 +110,8 @@ export function resolveVmPoolOptions(options: unknown, providerNames: readonly s
     providerOptions: Object.freeze({ ...data.providerOptions }),
     prefix: data.prefix,
     prewarm: data.prewarm,
-    keepWarm: data.keepWarm === true ? {} : data.keepWarm,
+    keepWarm: data.keepWarm === true ? { ...KEEP_WARM_DEFAULTS } : data.keepWarm === false ? undefined : Object.freeze({ ...data.keepWarm }),
+    stateDir: data.stateDir ?? (typeof data.providerOptions.stateDir === 'string' ? data.providerOptions.stateDir : undefined),
     report: data.report,
     timeoutScale: data.timeoutScale,
     workers: data.workers,
