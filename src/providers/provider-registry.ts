@@ -7,6 +7,7 @@ import type { VmProvider } from './vm-provider.js'
  * choosing `fake` never loads ssh2.
  */
 const factories: Record<string, (options: unknown) => Promise<VmProvider>> = {
+  qemu: async (options) => (await import('./qemu-provider.js')).qemuProvider(options as never),
   fake: async (options) => (await import('./fake-provider.js')).fakeProvider(options as never),
 }
 

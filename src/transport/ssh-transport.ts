@@ -102,8 +102,8 @@ export class SshTransport {
   }
 
   async exec(command: string | readonly string[], options: ExecOptions = {}): Promise<ExecResult> {
-    const result = await this.#run(command, options, false)
-    return { ...result, stdout: result.stdoutText }
+    const { stdoutText, ...result } = await this.#run(command, options, false)
+    return { ...result, stdout: stdoutText }
   }
 
   /** Like `exec`, with stdout as raw bytes (`onStdout` still receives decoded text). */

@@ -1,0 +1,458 @@
+import { copyFile, mkdir, open, readdir, readFile, rm } from 'node:fs/promises'
+import { hostname } from 'node:os'
+import { join } from 'node:path'
+import { z } from 'zod'
+import { formatZodError } from '../config/zod-error.js'
+import { VmPoolError, VmPoolTimeoutError, invalidOptions, isVmPoolError } from '../errors.js'
+import { runProcess } from '../transport/process-runner.js'
+import { SshTransport, type ExecBufferResult } from '../transport/ssh-transport.js'
+import { createDebug } from '../util/debug.js'
+import { writeFileAtomic } from '../util/fs-atomic.js'
+import { getProcessStartTime, isProcessAlive, type ProcessIdentity } from '../util/process-info.js'
+import { getStateDir } from '../util/state-dir.js'
+import { scaleTimeout, sleep } from '../util/timeouts.js'
+import { validateVmName } from '../util/vm-name.js'
+import { probeAccel, type AccelProbeResult } from './qemu/accel-probe.js'
+import { findQemuBinary, buildQemuArgs, type QemuAccel, type QemuMachine } from './qemu/qemu-command.js'
+import { DEFAULT_IMAGE_NAME, getImageDir, loadImage, type ResolvedImage } from './qemu/qemu-image.js'
+import { findFreeLoopbackPort } from './qemu/free-port.js'
+import { runQmpCommand } from './qemu/qmp-client.js'
+import type { ExecOptions, ExecResult, JsonValue, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
+
+const PROVIDER = 'qemu'
+
+/** From QEMU start to a command running in the guest (TCG boot is ~4-9 s alone, slower with several VMs per core). */
+export const BOOT_TIMEOUT_MS = 120_000
+/** How long `qemu -daemonize` may take to set the machine up and return. */
+export const QEMU_START_TIMEOUT_MS = 30_000
+/** After a QMP `quit`, how long QEMU may take to exit before it is killed. */
+export const DELETE_GRACE_MS = 5_000
+/** After SIGKILL, how long until the process must be gone. */
+export const KILL_WAIT_MS = 5_000
+/** One SSH attempt while the guest boots (the handshake runs on an emulated CPU). */
+export const BOOT_SSH_ATTEMPT_TIMEOUT_MS = 15_000
+/** Pause between boot checks. */
+const BOOT_POLL_INTERVAL_MS = 200
+/** New ports tried when another QEMU took the chosen one first. */
+const PORT_ATTEMPTS = 5
+const SERIAL_TAIL_LINES = 25
+/** sun_path is 108 bytes on Linux. */
+const MAX_UNIX_SOCKET_PATH = 107
+
+const debug = createDebug('vm-pool:qemu')
+
+export const qemuProviderOptionsSchema = z
+  .object({
+    /** An image name under `imageDir`, or an absolute path to an image directory. @default 'minimal' */
+    image: z.string().min(1).default(DEFAULT_IMAGE_NAME),
+    /** @default `VM_POOL_IMAGE_DIR`, else `<VM_POOL_STATE_DIR or ~/.cache/vm-pool>/images` */
+    imageDir: z.string().min(1).optional(),
+    /** vCPUs per VM. @default 1 */
+    cpus: z.number().int().min(1).max(64).default(1),
+    /** Guest memory. @default 256 */
+    memoryMiB: z.number().int().min(64).max(1_048_576).default(256),
+    /** `auto` uses KVM only when a test boot proves it works, else TCG. @default 'auto' */
+    accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
+    /** VM state dirs live in `<stateDir>/qemu/<name>/`. @default `VM_POOL_STATE_DIR` or `~/.cache/vm-pool` */
+    stateDir: z.string().min(1).optional(),
+    /** @default `qemu-system-x86_64` on PATH */
+    qemuBinary: z.string().min(1).optional(),
+    /** @default BOOT_TIMEOUT_MS scaled by VM_POOL_TIMEOUT_SCALE */
+    bootTimeoutMs: z.number().int().positive().optional(),
+  })
+  .strict()
+
+export type QemuProviderOptions = z.input<typeof qemuProviderOptionsSchema>
+
+/** `record.data` of a QEMU VM: how any process reaches it. No secrets: the key is a path. */
+const qemuRecordDataSchema = z.object({
+  host: z.string(),
+  port: z.number().int(),
+  username: z.string(),
+  hostKey: z.string(),
+  keyPath: z.string(),
+  vmDir: z.string(),
+  pid: z.number().int(),
+  accel: z.enum(['kvm', 'tcg']),
+  image: z.string(),
+})
+
+interface ProcessFile extends ProcessIdentity {
+  port: number
+  accel: QemuAccel
+}
+
+/** A QEMU VM; `execBuffer` returns stdout as bytes. */
+export interface QemuVm extends Vm {
+  execBuffer(command: string | string[], options?: ExecOptions): Promise<ExecBufferResult>
+  putFile(path: string, data: string | Buffer): Promise<void>
+  getFile(path: string): Promise<Buffer>
+  close(): Promise<void>
+}
+
+export interface QemuProvider extends VmProvider {
+  connect(record: VmRecord): Promise<QemuVm>
+  probe(): Promise<ProviderProbe>
+  close(): Promise<void>
+}
+
+/**
+ * Real VMs with QEMU: KVM when it works, TCG emulation otherwise; user-mode networking with the
+ * guest's SSH forwarded to a loopback port; one detached QEMU per VM that outlives the creating
+ * process (VMs are shared between processes), found again through `<stateDir>/qemu/<name>/`.
+ */
+export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
+  const parsed = qemuProviderOptionsSchema.safeParse(options)
+  if (!parsed.success) throw invalidOptions(`invalid qemuProvider options: ${formatZodError(parsed.error)}`, { provider: PROVIDER })
+  const config = Object.freeze(parsed.data)
+  const root = () => join(getStateDir(config.stateDir), 'qemu')
+  const vmDir = (name: string) => join(root(), name)
+  const imageDir = () => getImageDir(config.imageDir)
+  /** Transports that proved the boot, handed to the first `connect` in this process (saves a handshake). */
+  const bootTransports = new Map<string, SshTransport>()
+
+  const requireBinary = async (operation: string): Promise<string> => {
+    const binary = await findQemuBinary(config.qemuBinary)
+    if (binary) return binary
+    throw new VmPoolError({
+      code: 'VMPOOL_PROVIDER_UNAVAILABLE',
+      provider: PROVIDER,
+      operation,
+      message: config.qemuBinary ? `QEMU binary ${config.qemuBinary} is not executable` : 'qemu-system-x86_64 was not found on PATH',
+      hint: 'install it: sudo apt-get install qemu-system-x86 (or set the qemuBinary option)',
+    })
+  }
+
+  const resolveAccel = async (binary: string, image: ResolvedImage): Promise<AccelProbeResult> => {
+    if (config.accel !== 'auto') return { accel: config.accel, reason: `accel: '${config.accel}' was chosen in the options` }
+    return probeAccel({ qemuBinary: binary, kernel: image.kernel, cacheDir: root() })
+  }
+
+  const provider: QemuProvider = {
+    name: PROVIDER,
+
+    async create(spec: VmSpec): Promise<VmRecord> {
+      const name = validateVmName(spec.name, PROVIDER)
+      const binary = await requireBinary('create')
+      const imageName = spec.image ?? config.image
+      const image = await loadImage(imageName, imageDir())
+      const { accel } = await resolveAccel(binary, image)
+      const machine: QemuMachine = {
+        accel,
+        cpus: spec.cpus ?? config.cpus,
+        memoryMiB: Math.max(spec.memoryMiB ?? config.memoryMiB, image.minMemoryMiB),
+        image,
+      }
+      const dir = vmDir(name)
+      const qmpSocket = join(dir, 'qmp.sock')
+      if (Buffer.byteLength(qmpSocket) > MAX_UNIX_SOCKET_PATH) {
+        throw invalidOptions(`the state dir path is too long for QEMU's monitor socket (${qmpSocket} is over ${MAX_UNIX_SOCKET_PATH} bytes)`, { provider: PROVIDER, vm: name, hint: 'use a shorter stateDir / VM_POOL_STATE_DIR' })
+      }
+      await mkdir(root(), { recursive: true, mode: 0o700 })
+      try {
+        await mkdir(dir, { mode: 0o700 })
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
+        throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: PROVIDER, operation: 'create', vm: name, message: `a VM named ${name} already exists (${dir})`, hint: `delete it first: vm-pool gc --provider qemu --prefix ${name}` })
+      }
+      let identity: ProcessFile | undefined
+      try {
+        // The VM owns a copy of the key: rebuilding the image later does not lock out running VMs.
+        const keyPath = join(dir, 'client_key')
+        await copyFile(image.clientKey, keyPath)
+        const serialLog = join(dir, 'serial.log')
+        const pidFile = join(dir, 'qemu.pid')
+        const bootTimeoutMs = config.bootTimeoutMs ?? scaleTimeout(BOOT_TIMEOUT_MS)
+        const bootStarted = performance.now()
+
+        let port = 0
+        for (let attempt = 1; ; attempt++) {
+          port = await findFreeLoopbackPort()
+          const args = buildQemuArgs(machine, { name, sshPort: port, pidFile, serialLog, qmpSocket, daemonize: true })
+          debug('starting %s: %s %s', name, binary, args.join(' '))
+          const started = await runProcess(binary, args, { timeoutMs: scaleTimeout(QEMU_START_TIMEOUT_MS), env: process.env, provider: PROVIDER, vm: name })
+          if (started.exitCode === 0) break
+          const portTaken = /host forwarding|Address already in use|Could not set up host forwarding/i.test(started.stderr)
+          if (portTaken && attempt < PORT_ATTEMPTS) {
+            debug('%s: port %d was taken by someone else, trying another', name, port)
+            continue
+          }
+          throw new VmPoolError({
+            code: 'VMPOOL_CREATE_FAILED',
+            provider: PROVIDER,
+            operation: 'create',
+            vm: name,
+            message: `QEMU failed to start (exit code ${started.exitCode}${started.timedOut ? ', QEMU_START_TIMEOUT_MS ran out' : ''}): ${started.stderr.trim() || 'no error output'}`,
+            details: { accel, image: image.dir },
+          })
+        }
+        const pid = Number((await readFile(pidFile, 'utf8')).trim())
+        identity = { pid, host: hostname(), startTime: getProcessStartTime(pid), port, accel }
+        await writeFileAtomic(join(dir, 'process.json'), JSON.stringify(identity), 0o644)
+
+        const data = { host: '127.0.0.1', port, username: image.username, hostKey: image.hostKey, keyPath, vmDir: dir, pid, accel, image: image.dir }
+        const transport = new SshTransport({
+          host: data.host,
+          port,
+          username: data.username,
+          privateKey: await readFile(keyPath),
+          hostKey: image.hostKey,
+          readyTimeoutMs: scaleTimeout(BOOT_SSH_ATTEMPT_TIMEOUT_MS),
+          provider: PROVIDER,
+          vm: name,
+        })
+        try {
+          await waitForBoot({ name, transport, identity, serialLog, bootTimeoutMs, bootStarted, bootMarker: image.bootMarker })
+        } catch (error) {
+          await transport.close()
+          throw error
+        }
+        const record: VmRecord = {
+          name,
+          provider: PROVIDER,
+          createdAt: new Date().toISOString(),
+          spec: { ...spec, labels: spec.labels ? { ...spec.labels } : undefined },
+          data: data satisfies Record<string, JsonValue>,
+        }
+        if (record.spec.labels === undefined) delete record.spec.labels
+        await writeFileAtomic(join(dir, 'record.json'), JSON.stringify(record, null, 2), 0o644)
+        bootTransports.get(name)?.close()
+        bootTransports.set(name, transport)
+        debug('%s is up on 127.0.0.1:%d (%s, %d ms)', name, port, accel, Math.round(performance.now() - bootStarted))
+        return record
+      } catch (error) {
+        // Nothing half-made survives a failed create: kill QEMU, remove the state dir.
+        if (identity) await stopProcess(identity, join(dir, 'qmp.sock'), false)
+        await rm(dir, { recursive: true, force: true })
+        throw error
+      }
+    },
+
+    async connect(record: VmRecord): Promise<QemuVm> {
+      const name = validateVmName(record.name, PROVIDER)
+      const parsedData = qemuRecordDataSchema.safeParse(record.data)
+      if (!parsedData.success) throw invalidOptions(`not a qemu VM record: ${formatZodError(parsedData.error)}`, { provider: PROVIDER, vm: name })
+      const data = parsedData.data
+      let transport = bootTransports.get(name)
+      bootTransports.delete(name)
+      try {
+        await readFile(join(vmDir(name), 'record.json'))
+      } catch {
+        await transport?.close()
+        throw new VmPoolError({ code: 'VMPOOL_VM_NOT_FOUND', provider: PROVIDER, operation: 'connect', vm: name, message: `VM ${name} does not exist (no ${join(vmDir(name), 'record.json')}: deleted, or created with another stateDir)` })
+      }
+      if (!transport) {
+        let privateKey: Buffer
+        try {
+          privateKey = await readFile(data.keyPath)
+        } catch (error) {
+          throw new VmPoolError({ code: 'VMPOOL_VM_NOT_FOUND', provider: PROVIDER, operation: 'connect', vm: name, message: `the key of VM ${name} is gone (${data.keyPath}): the VM was deleted`, cause: error })
+        }
+        transport = new SshTransport({ host: data.host, port: data.port, username: data.username, privateKey, hostKey: data.hostKey, provider: PROVIDER, vm: name })
+      }
+      return createQemuVm(record, transport)
+    },
+
+    async delete(name: string): Promise<void> {
+      validateVmName(name, PROVIDER)
+      const dir = vmDir(name)
+      await bootTransports.get(name)?.close()
+      bootTransports.delete(name)
+      const identity = await readProcessFile(dir)
+      if (identity) await stopProcess(identity, join(dir, 'qmp.sock'), true)
+      try {
+        await rm(dir, { recursive: true, force: true })
+      } catch (error) {
+        throw new VmPoolError({ code: 'VMPOOL_DELETE_FAILED', provider: PROVIDER, operation: 'delete', vm: name, message: `could not remove ${dir}: ${(error as Error).message}`, cause: error })
+      }
+    },
+
+    async list(): Promise<VmInfo[]> {
+      let names: string[]
+      try {
+        names = (await readdir(root(), { withFileTypes: true })).filter((entry) => entry.isDirectory()).map((entry) => entry.name)
+      } catch {
+        return []
+      }
+      const infos: VmInfo[] = []
+      for (const name of names.sort()) {
+        const dir = vmDir(name)
+        const identity = await readProcessFile(dir)
+        const alive = identity !== undefined && isProcessAlive(identity)
+        let record: VmRecord | undefined
+        try {
+          record = JSON.parse(await readFile(join(dir, 'record.json'), 'utf8')) as VmRecord
+        } catch {
+          // still booting, or half deleted
+        }
+        // A dir with neither a live process nor a record may be a create that just started: 'starting'.
+        const state = alive ? (record ? 'running' : 'starting') : identity || record ? 'dead' : 'starting'
+        const info: VmInfo = { name, provider: PROVIDER, state }
+        if (record) Object.assign(info, { createdAt: record.createdAt, labels: record.spec.labels, record })
+        infos.push(info)
+      }
+      return infos
+    },
+
+    async probe(): Promise<ProviderProbe> {
+      const details: Record<string, string> = { stateDir: root(), imageDir: imageDir() }
+      const binary = await findQemuBinary(config.qemuBinary)
+      if (!binary) {
+        return { usable: false, reason: 'qemu-system-x86_64 not found on PATH', details, hint: 'sudo apt-get install qemu-system-x86 (or set the qemuBinary option)' }
+      }
+      details.binary = binary
+      const version = await runProcess(binary, ['--version'], { timeoutMs: 10_000, env: process.env }).catch(() => undefined)
+      if (version?.exitCode === 0) details.version = version.stdout.split('\n')[0]!.replace(/^QEMU emulator version\s*/, '')
+      let image: ResolvedImage
+      try {
+        image = await loadImage(config.image, imageDir())
+        details.image = image.dir
+        if (image.build.kernelVersion) details.kernel = image.build.kernelVersion
+      } catch (error) {
+        details.image = 'missing'
+        return { usable: false, reason: isVmPoolError(error) ? error.shortMessage : String(error), details, hint: isVmPoolError(error) ? error.hint : undefined }
+      }
+      const accel = await resolveAccel(binary, image)
+      details.accel = accel.accel
+      details.accelReason = accel.reason
+      return { usable: true, reason: `QEMU ${details.version ?? ''} with ${accel.accel.toUpperCase()}, image ${config.image} present`.replace(/\s+/g, ' '), details }
+    },
+
+    async close(): Promise<void> {
+      const transports = [...bootTransports.values()]
+      bootTransports.clear()
+      await Promise.all(transports.map((transport) => transport.close()))
+    },
+  }
+  return provider
+}
+
+interface WaitForBootOptions {
+  name: string
+  transport: SshTransport
+  identity: ProcessFile
+  serialLog: string
+  bootTimeoutMs: number
+  bootStarted: number
+  bootMarker: string | undefined
+}
+
+/** Until a command runs in the guest: fail fast if QEMU exits, and show the serial console when it never comes up. */
+async function waitForBoot(options: WaitForBootOptions): Promise<void> {
+  const { name, transport, identity } = options
+  const deadline = options.bootStarted + options.bootTimeoutMs
+  let lastError: unknown
+  let markerSeen = options.bootMarker === undefined
+  while (performance.now() < deadline) {
+    if (!isProcessAlive(identity)) {
+      throw new VmPoolError({
+        code: 'VMPOOL_CREATE_FAILED',
+        provider: PROVIDER,
+        operation: 'create',
+        vm: name,
+        message: `QEMU exited while the guest was booting; the guest's console ended with:\n${await readSerialTail(options.serialLog)}`,
+        hint: 'a kernel panic or a broken image: rebuild it with `vm-pool image build --force`',
+      })
+    }
+    // Until the guest says its network is up, an SSH attempt would only sit in QEMU's forwarder.
+    if (!markerSeen) {
+      markerSeen = (await readFile(options.serialLog, 'utf8').catch(() => '')).includes(options.bootMarker!)
+      if (!markerSeen) {
+        await sleep(BOOT_POLL_INTERVAL_MS)
+        continue
+      }
+    }
+    try {
+      const result = await transport.exec('true')
+      if (result.exitCode === 0) return
+      lastError = new Error(`'true' exited with ${result.exitCode}`)
+    } catch (error) {
+      // The wrong host key or a refused key will not get better by waiting.
+      if (isVmPoolError(error, 'VMPOOL_HOST_KEY_MISMATCH') || isVmPoolError(error, 'VMPOOL_AUTH_FAILED')) throw error
+      lastError = error
+    }
+    await sleep(BOOT_POLL_INTERVAL_MS)
+  }
+  throw new VmPoolTimeoutError({
+    code: 'VMPOOL_BOOT_TIMEOUT',
+    provider: PROVIDER,
+    operation: 'create',
+    vm: name,
+    timeoutName: 'BOOT_TIMEOUT_MS',
+    timeoutMs: options.bootTimeoutMs,
+    message: `timed out after ${options.bootTimeoutMs} ms waiting for SSH on 127.0.0.1:${identity.port} (BOOT_TIMEOUT_MS, ${identity.accel}); last error: ${(lastError as Error | undefined)?.message ?? 'none'}; the guest's console ended with:\n${await readSerialTail(options.serialLog)}`,
+    hint: 'on a slow or busy machine set VM_POOL_TIMEOUT_SCALE=2 (or higher); the VM was killed',
+    cause: lastError,
+  })
+}
+
+async function readSerialTail(serialLog: string): Promise<string> {
+  try {
+    const handle = await open(serialLog, 'r')
+    try {
+      const { size } = await handle.stat()
+      const length = Math.min(size, 16_384)
+      const buffer = Buffer.alloc(length)
+      await handle.read(buffer, 0, length, size - length)
+      const lines = buffer.toString('utf8').replace(/\r/g, '').split('\n').filter((line) => line.trim() !== '')
+      return lines.length === 0 ? '  (no console output)' : lines.slice(-SERIAL_TAIL_LINES).map((line) => `  | ${line}`).join('\n')
+    } finally {
+      await handle.close()
+    }
+  } catch {
+    return '  (no console log)'
+  }
+}
+
+async function readProcessFile(dir: string): Promise<ProcessFile | undefined> {
+  try {
+    return JSON.parse(await readFile(join(dir, 'process.json'), 'utf8')) as ProcessFile
+  } catch {
+    return undefined
+  }
+}
+
+/** QMP `quit` first (when graceful), then SIGKILL after DELETE_GRACE_MS; returns once the process is gone. */
+async function stopProcess(identity: ProcessFile, qmpSocket: string, graceful: boolean): Promise<void> {
+  if (!isProcessAlive(identity)) return
+  if (graceful) {
+    try {
+      await runQmpCommand(qmpSocket, 'quit')
+      if (await waitForExit(identity, scaleTimeout(DELETE_GRACE_MS))) return
+      debug('pid %d ignored QMP quit for %d ms: killing it', identity.pid, DELETE_GRACE_MS)
+    } catch (error) {
+      debug('QMP quit for pid %d failed (%s): killing it', identity.pid, (error as Error).message)
+    }
+  }
+  try {
+    process.kill(identity.pid, 'SIGKILL')
+  } catch {
+    // exited in the meantime
+  }
+  if (!(await waitForExit(identity, scaleTimeout(KILL_WAIT_MS)))) {
+    throw new VmPoolError({ code: 'VMPOOL_DELETE_FAILED', provider: PROVIDER, operation: 'delete', message: `QEMU pid ${identity.pid} is still alive ${KILL_WAIT_MS} ms after SIGKILL`, hint: 'check the process (ps -p PID); is it stuck in the kernel?' })
+  }
+}
+
+async function waitForExit(identity: ProcessIdentity, timeoutMs: number): Promise<boolean> {
+  const deadline = performance.now() + timeoutMs
+  while (isProcessAlive(identity)) {
+    if (performance.now() > deadline) return false
+    await sleep(50)
+  }
+  return true
+}
+
+function createQemuVm(record: VmRecord, transport: SshTransport): QemuVm {
+  return {
+    name: record.name,
+    provider: PROVIDER,
+    record,
+    exec: (command: string | string[], options?: ExecOptions): Promise<ExecResult> => transport.exec(command, options),
+    execBuffer: (command: string | string[], options?: ExecOptions) => transport.execBuffer(command, options),
+    putFile: (path: string, data: string | Buffer) => transport.putFile(path, data),
+    getFile: (path: string) => transport.getFile(path),
+    close: () => transport.close(),
+    [Symbol.asyncDispose]: () => transport.close(),
+  }
+}
