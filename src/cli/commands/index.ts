@@ -3,4 +3,6 @@ import type { CliCommand } from '../cli-command.js'
 /** Every command, lazily imported so `vm-pool --help` stays fast. Add one line per command. */
 export const commands: Record<string, () => Promise<CliCommand>> = {
   run: async () => (await import('./run.js')).runCommand,
+  image: async () => (await import('./image.js')).imageCommand,
+  doctor: async () => (await import('./doctor.js')).doctorCommand,
 }
