@@ -139,16 +139,18 @@ export async function collectGarbage(options: GcOptions): Promise<GcReport> {
 
 function decide(info: VmInfo, entry: LeaseEntry | undefined, now: number, options: GcOptions, health: Map<string, { updatedAt: string; error?: string }>): GcDecision {
   const name = info.name
-  const keep = (reason: string): GcDecision => ({ name, action: 'keep', reason, ...(entry ? { lease: entry.state } : {}), ...(entry?.owner ? { ownerPid: entry.owner.pid } : {}) })
-  const remove = (reason: string): GcDecision => ({ name, action: 'delete', reason, ...(entry ? { lease: entry.state } : {}), ...(entry?.owner ? { ownerPid: entry.owner.pid } : {}) })
+  const lease = { ...(entry ? { lease: entry.state } : {}), ...(entry?.owner ? { ownerPid: entry.owner.pid } : {}) }
+  const keep = (reason: string): GcDecision => ({ name, action: 'keep', reason, ...lease })
   const createdAt = Date.parse(entry?.createdAt ?? info.createdAt ?? '')
   const age = Number.isFinite(createdAt) ? now - createdAt : Number.POSITIVE_INFINITY
   const tooYoung = (options.olderThanMs ?? 0) > 0 && age < options.olderThanMs!
+  // --older-than only ever turns a delete into a keep; the reason says what would have happened.
+  const remove = (reason: string): GcDecision =>
+    tooYoung ? keep(`younger than --older-than (age ${formatDuration(age)}); otherwise: ${reason}`) : { name, action: 'delete', reason, ...lease }
 
   if (entry?.owner && entry.state !== 'idle' && isProcessAlive(entry.owner)) {
-    return keep(`${entry.state} by live pid ${entry.owner.pid}${entry.owner.host ? ` on ${entry.owner.host}` : ''} (run ${entry.runId})`)
+    return keep(`${entry.state} by live pid ${entry.owner.pid} on ${entry.owner.host} (run ${entry.runId})`)
   }
-  if (tooYoung) return keep(`younger than --older-than (age ${formatDuration(age)})`)
   if (entry) {
     if (entry.state === 'idle') {
       if (options.all) return remove('idle warm VM (--all)')
