@@ -27,7 +27,10 @@ export function getSshdSkipReason(): string | undefined {
 
 export interface StartedSshd {
   host: '127.0.0.1'
+  /** The first of `ports`. */
   port: number
+  /** Every port this sshd listens on: each one looks like another host to a client. */
+  ports: number[]
   user: string
   /** The client key whose public half is authorized. */
   clientKey: SshKeyPair
@@ -41,6 +44,8 @@ export interface StartedSshd {
 export interface StartSshdOptions {
   /** Environment for every session (`SetEnv`); values must not contain `"` or newlines. */
   setEnv?: Record<string, string>
+  /** Listen on this many ports. @default 1 */
+  portCount?: number
 }
 
 export async function startSshd(options: StartSshdOptions = {}): Promise<StartedSshd> {
@@ -49,7 +54,11 @@ export async function startSshd(options: StartSshdOptions = {}): Promise<Started
   const hostKey = generateSshKeyPair('vm-pool-test-host')
   writeFileSync(join(dir, 'host_key'), hostKey.privateKey, { mode: 0o600 })
   writeFileSync(join(dir, 'authorized_keys'), `${clientKey.publicKey}\n`, { mode: 0o600 })
-  const port = await getFreePort()
+  const ports: number[] = []
+  while (ports.length < (options.portCount ?? 1)) {
+    const candidate = await getFreePort()
+    if (!ports.includes(candidate)) ports.push(candidate)
+  }
   const setEnv = Object.entries(options.setEnv ?? {}).map(([name, value]) => {
     if (/["\n]/.test(value)) throw new Error(`startSshd: SetEnv value of ${name} cannot contain quotes or newlines`)
     return `"${name}=${value}"`
@@ -57,7 +66,7 @@ export async function startSshd(options: StartSshdOptions = {}): Promise<Started
   writeFileSync(
     join(dir, 'sshd_config'),
     [
-      `Port ${port}`,
+      ...ports.map((port) => `Port ${port}`),
       'ListenAddress 127.0.0.1',
       `HostKey ${join(dir, 'host_key')}`,
       `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
@@ -89,14 +98,15 @@ export async function startSshd(options: StartSshdOptions = {}): Promise<Started
   }
 
   const started = Date.now()
-  while (!log.includes('Server listening')) {
+  const listening = () => ports.every((port) => log.includes(`Server listening on 127.0.0.1 port ${port}`))
+  while (!listening()) {
     if (child.exitCode !== null || Date.now() - started > SSHD_START_TIMEOUT_MS) {
       await stop()
       throw new Error(`sshd did not start within ${SSHD_START_TIMEOUT_MS} ms (SSHD_START_TIMEOUT_MS): ${log}`)
     }
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
-  return { host: '127.0.0.1', port, user: userInfo().username, clientKey, hostPublicKey: hostKey.publicKey, log: () => log, stop }
+  return { host: '127.0.0.1', port: ports[0]!, ports, user: userInfo().username, clientKey, hostPublicKey: hostKey.publicKey, log: () => log, stop }
 }
 
 export async function getFreePort(): Promise<number> {
