@@ -9,6 +9,10 @@ import type { VmProvider } from './vm-provider.js'
 const factories: Record<string, (options: unknown) => Promise<VmProvider>> = {
   qemu: async (options) => (await import('./qemu-provider.js')).qemuProvider(options as never),
   fake: async (options) => (await import('./fake-provider.js')).fakeProvider(options as never),
+  multipass: async (options) => (await import('./multipass-provider.js')).multipassProvider(options as never),
+  orbstack: async (options) => (await import('./orbstack-provider.js')).orbstackProvider(options as never),
+  firecracker: async (options) => (await import('./firecracker-provider.js')).firecrackerProvider(options as never),
+  ssh: async (options) => (await import('./ssh-provider.js')).sshProvider(options as never),
 }
 
 export type ProviderName = 'qemu' | 'multipass' | 'orbstack' | 'firecracker' | 'ssh' | 'fake'
