@@ -3,12 +3,14 @@
  * eviction, dead holders reclaimed, bad options. Real fake-provider VMs in a temp state dir.
  */
 import { spawnSync } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { afterEach, beforeAll, describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
 import { countingProvider, type CountingProvider } from '../../src/providers/counting-provider.js'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
 import { createPool, type PoolOptions, type VmPool } from '../../src/pool/vm-pool.js'
+import type { FileLeaseStore } from '../../src/pool/file-lease-store.js'
 import { ensureDistBuilt, isPidRunning, makeStateDir, waitFor } from '../../fixtures/pool/harness.js'
 
 describe('createPool', () => {
@@ -183,6 +185,18 @@ describe('createPool', () => {
     await pool.drain()
     expect(await vmNames()).toEqual([])
     expect(pool.stats.deleted).toBe(2)
+  })
+
+  test('after a corrupt lease file is rebuilt, the holder re-registers its leases on its next update', async () => {
+    const warnings: string[] = []
+    const pool = make({ warn: (m) => warnings.push(m) })
+    const a = await pool.acquire('a')
+    writeFileSync((pool.store as FileLeaseStore).path, '{ not json')
+    const b = await pool.acquire('b')
+    expect(warnings.join('\n')).toMatch(/was corrupt/)
+    const table = await leases(pool)
+    for (const name of [a.name, b.name]) expect(table[name]).toMatchObject({ state: 'leased', owner: { pid: process.pid }, runId: pool.runId })
+    expect(table[a.name]!.recoveredAt).toBeUndefined()
   })
 
   test('bad options and keys are refused with VMPOOL_INVALID_OPTIONS, naming the problem', async () => {
