@@ -3,6 +3,7 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, 
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { onTestFinished } from 'vitest'
 
 /**
  * Runs real Vitest (a child process) on a fixture project under fixtures/vitest-<name>/, with the
@@ -85,6 +86,7 @@ export interface Report {
 /** Generous: several Vitest processes share 2 cores with QEMU guests during the suite. */
 export const FIXTURE_RUN_TIMEOUT_MS = 240_000
 
+/** Call inside a test: the Vitest 4.1 project copy is removed when the test finishes. */
 export async function runFixture(fixture: string, options: FixtureRunOptions): Promise<FixtureRun> {
   const temp = mkdtempSync(join(tmpdir(), `vm-pool-e2e-${fixture}-`))
   const stateDir = join(temp, 'state')
@@ -142,7 +144,8 @@ export async function runFixture(fixture: string, options: FixtureRunOptions): P
   } finally {
     clearTimeout(timer)
     killGroup(child)
-    cleanup()
+    // Not before the test ends: after a kill, the reaper still loads provider code from this copy.
+    onTestFinished(cleanup)
   }
   return run
 }
