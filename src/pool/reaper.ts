@@ -82,14 +82,14 @@ export class ReaperHandle {
    * Ctrl-C to the owner's group (or SIGKILL of the owner) does not reach it; `stdio: 'ignore'` + `unref()` keep
    * the owner free to exit.
    */
-  static async start(options: { runId: string; providerName: string; providerOptions: Record<string, JsonValue>; stateDir: string }): Promise<ReaperHandle> {
+  static async start(options: { runId: string; providerName: string; providerOptions: Record<string, JsonValue>; stateDir: string; env?: Record<string, string> }): Promise<ReaperHandle> {
     const owner = getCurrentProcessIdentity()
     const markerPath = join(getReaperDir(options.stateDir), `${options.runId}-${owner.pid}.json`)
     const marker: ReaperMarker = { owner, runId: options.runId, provider: options.providerName, names: [] }
     await mkdir(getReaperDir(options.stateDir), { recursive: true, mode: 0o700 })
     await writeFileAtomic(markerPath, JSON.stringify(marker), 0o600)
     const config: ReaperConfig = { owner, runId: options.runId, providerName: options.providerName, providerOptions: options.providerOptions, stateDir: options.stateDir, markerPath }
-    const env: NodeJS.ProcessEnv = { ...process.env, [REAPER_CONFIG_ENV]: JSON.stringify(config), VM_POOL_STATE_DIR: options.stateDir }
+    const env: NodeJS.ProcessEnv = { ...process.env, ...options.env, [REAPER_CONFIG_ENV]: JSON.stringify(config) }
     // Loader flags meant for the owner (Vitest, tsx) must not follow the plain-JS watchdog.
     delete env.NODE_OPTIONS
     const entry = getReaperEntryPath()

@@ -84,7 +84,7 @@ export interface PoolOptions {
   /**
    * A detached watchdog deletes this process's leased and fresh VMs if it dies without `drain()`.
    * It recreates the provider with `createProvider(providerName, providerOptions)`: `true` means
-   * `{ providerName: provider.name, providerOptions: {} }` with `VM_POOL_STATE_DIR` set to the pool's state dir.
+   * `{ providerName: provider.name, providerOptions: {} }` (with `VM_POOL_STATE_DIR` set to `stateDir` when given).
    * Pass the object when the provider was made with options. `false`: no watchdog (only `vm-pool gc` cleans up).
    * @default true
    */
@@ -103,7 +103,8 @@ export interface ResolvedPoolOptions {
   readonly freshPrefix: string
   readonly keepWarm: Readonly<{ ttlMs: number; max: number; reset?: string }> | undefined
   readonly stateDir: string
-  readonly reaper: Readonly<{ providerName: string; providerOptions: Record<string, JsonValue> }> | false
+  /** `env`: extra environment of the watchdog (`VM_POOL_STATE_DIR` when derived from `reaper: true` with a `stateDir`). */
+  readonly reaper: Readonly<{ providerName: string; providerOptions: Record<string, JsonValue>; env: Readonly<Record<string, string>> }> | false
   readonly runId: string
   readonly spec: Readonly<PoolVmSpec>
   readonly specHash: string
@@ -207,9 +208,10 @@ export function createPool(options: PoolOptions): VmPool {
         hint: 'pass reaper: { providerName, providerOptions } naming a registered provider, or reaper: false',
       })
     }
-    reaper = Object.freeze({ providerName: provider.name, providerOptions: {} })
+    // The watchdog's provider finds its VMs through the state dir: the pool's, when one was given.
+    reaper = Object.freeze({ providerName: provider.name, providerOptions: {}, env: raw.stateDir ? { VM_POOL_STATE_DIR: stateDir } : ({} as Record<string, string>) })
   } else if (raw.reaper !== false) {
-    reaper = Object.freeze({ providerName: raw.reaper.providerName, providerOptions: raw.reaper.providerOptions })
+    reaper = Object.freeze({ providerName: raw.reaper.providerName, providerOptions: raw.reaper.providerOptions, env: {} })
   }
   const spec = Object.freeze({ ...raw.spec })
   const config: ResolvedPoolOptions = Object.freeze({
@@ -622,7 +624,7 @@ class LeasedVmPool implements VmPool {
   #ensureReaper(): Promise<ReaperHandle | undefined> {
     const reaper = this.options.reaper
     if (!reaper) return Promise.resolve(undefined)
-    this.#reaper ??= ReaperHandle.start({ runId: this.runId, providerName: reaper.providerName, providerOptions: reaper.providerOptions, stateDir: this.options.stateDir }).then((handle) => {
+    this.#reaper ??= ReaperHandle.start({ runId: this.runId, providerName: reaper.providerName, providerOptions: reaper.providerOptions, stateDir: this.options.stateDir, env: reaper.env }).then((handle) => {
       this.#reaperHandle = handle
       return handle
     })
