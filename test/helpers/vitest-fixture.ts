@@ -59,8 +59,8 @@ export interface FixtureRun {
   /** What each fixture file recorded (fixtures/vitest-common/record.ts), by file name. */
   results(): Record<string, FileRecord>
   report(): Report
-  /** Names of the fake VMs that still exist. */
-  liveVms(): string[]
+  /** Names of the VMs that still exist in the run's state dir (`fake` or `qemu` keep one dir per VM). */
+  liveVms(provider?: 'fake' | 'qemu'): string[]
 }
 
 export interface FileRecord {
@@ -95,8 +95,9 @@ export async function runFixture(fixture: string, options: FixtureRunOptions): P
   mkdirSync(resultsDir, { recursive: true })
   const { cwd, cleanup } = prepareProject(fixture, options.vitest)
   const env: NodeJS.ProcessEnv = {}
-  // The outer Vitest's worker variables must not leak into the inner run.
-  for (const [key, value] of Object.entries(process.env)) if (!/^(VITEST|TEST$|NODE_ENV$|VM_POOL_)/.test(key)) env[key] = value
+  // The outer Vitest's worker variables must not leak into the inner run; VM_POOL_IMAGE_DIR and
+  // VM_POOL_TIMEOUT_SCALE pass through (the QEMU image, slow machines).
+  for (const [key, value] of Object.entries(process.env)) if (!/^(VITEST|TEST$|NODE_ENV$|VM_POOL_E2E_|VM_POOL_STATE_DIR$)/.test(key)) env[key] = value
   Object.assign(env, {
     CI: process.env.CI ?? '',
     NO_COLOR: '1',
@@ -124,7 +125,13 @@ export async function runFixture(fixture: string, options: FixtureRunOptions): P
       return out
     },
     report: () => JSON.parse(readFileSync(reportPath, 'utf8')) as Report,
-    liveVms: () => (existsSync(join(stateDir, 'fake')) ? readdirSync(join(stateDir, 'fake')).sort() : []),
+    liveVms: (provider = 'fake') =>
+      existsSync(join(stateDir, provider))
+        ? readdirSync(join(stateDir, provider), { withFileTypes: true })
+            .filter((entry) => entry.isDirectory())
+            .map((entry) => entry.name)
+            .sort()
+        : [],
   }
   // Its own process group: a Ctrl-C test signals the whole group, as a terminal does.
   const child = spawn(process.execPath, [options.vitest.bin, 'run'], { cwd, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
