@@ -363,7 +363,17 @@ async function waitForBoot(options: WaitForBootOptions): Promise<void> {
       }
     }
     try {
-      const result = await transport.exec('true')
+      // An attempt may not outlast the boot deadline (the handshake timeout alone could).
+      const remainingMs = Math.max(1, deadline - performance.now())
+      const attempt = transport.exec('true')
+      let timer: NodeJS.Timeout | undefined
+      const expired = new Promise<undefined>((resolve) => (timer = setTimeout(resolve, remainingMs, undefined)))
+      const result = await Promise.race([attempt, expired]).finally(() => clearTimeout(timer))
+      if (result === undefined) {
+        attempt.catch(() => {})
+        await transport.close()
+        break
+      }
       if (result.exitCode === 0) return
       lastError = new Error(`'true' exited with ${result.exitCode}`)
     } catch (error) {

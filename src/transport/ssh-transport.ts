@@ -70,6 +70,8 @@ const PID_MARKER = '\u001evm-pool-pid '
 export class SshTransport {
   readonly #config: Omit<z.output<typeof sshTransportOptionsSchema>, 'hostKey'> & { readyTimeoutMs: number; hostKeyFingerprint: string | undefined }
   #connection: Promise<SshClient> | undefined
+  /** The client behind #connection, also while its handshake runs. */
+  #client: SshClient | undefined
   #activeChannels = 0
   readonly #slotWaiters: Array<() => void> = []
 
@@ -127,11 +129,11 @@ export class SshTransport {
 
   /** Close the connection. The transport can still be used afterwards: the next exec reconnects. */
   async close(): Promise<void> {
-    const connection = this.#connection
+    const client = this.#client
+    this.#client = undefined
     this.#connection = undefined
-    if (!connection) return
-    const client = await connection.catch(() => undefined)
     if (!client) return
+    // Also ends a handshake still in progress (its pending connect rejects).
     await new Promise<void>((resolve) => {
       client.once('close', () => resolve())
       client.end()
@@ -168,6 +170,7 @@ export class SshTransport {
   #openConnection(): Promise<SshClient> {
     const config = this.#config
     const client = new ssh2.Client()
+    this.#client = client
     let hostKeyProblem: { got: string } | undefined
     const connectConfig: ConnectConfig = {
       host: config.host,
@@ -205,10 +208,9 @@ export class SshTransport {
       client.once('close', () => {
         if (!settled) fail(new Error('connection closed during the handshake'))
         // Forget a dropped connection: the next exec opens a new one.
-        if (this.#connection && settled) {
-          void this.#connection.then((current) => {
-            if (current === client && this.#connection) this.#connection = undefined
-          }, () => {})
+        if (this.#client === client) {
+          this.#client = undefined
+          this.#connection = undefined
         }
       })
       debug('connecting to %s', this.target)
@@ -276,6 +278,7 @@ export class SshTransport {
         if (attempt === 0) {
           debug('exec channel on %s failed (%s): reconnecting once', this.target, (error as Error).message)
           this.#connection = undefined
+          if (this.#client === client) this.#client = undefined
           client.end()
           continue
         }
