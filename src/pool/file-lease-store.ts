@@ -21,7 +21,7 @@ export const LEASE_LOCK_UPDATE_MS = 1_000
 export const LEASE_LOCK_TIMEOUT_MS = 30_000
 /** Back-off between lock attempts: short and jittered, so 8 contending processes interleave. */
 const LOCK_RETRY_MIN_MS = 2
-const LOCK_RETRY_MAX_MS = 25
+const LOCK_RETRY_MAX_MS = 10
 
 const debug = createDebug('vm-pool:lease-store')
 

@@ -1,0 +1,122 @@
+/**
+ * Bench section: acquire+release of a warm VM across 8 processes sharing one lease store (fake provider),
+ * p50/p99 per cycle, next to creating (and deleting) a fake VM directly and through a pool without keepWarm.
+ * Runs against dist/ (`npm run build` first). Standalone: `node bench/lease-store.ts`.
+ * The same file is the worker process (`--worker`), so the 8 processes run exactly this code.
+ */
+import { spawn } from 'node:child_process'
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+
+const PROCESSES = 8
+const CYCLES_PER_PROCESS = 40
+const CREATE_SAMPLES = 40
+
+export interface LeaseBenchRow {
+  name: string
+  samples: number
+  p50Ms: number
+  p99Ms: number
+}
+
+type Dist = typeof import('../dist/index.js')
+const loadDist = (): Promise<Dist> => import(new URL('../dist/index.js', import.meta.url).href) as Promise<Dist>
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!
+}
+
+function row(name: string, samples: number[]): LeaseBenchRow {
+  const sorted = [...samples].sort((a, b) => a - b)
+  return { name, samples: sorted.length, p50Ms: Math.round(percentile(sorted, 50) * 100) / 100, p99Ms: Math.round(percentile(sorted, 99) * 100) / 100 }
+}
+
+async function worker(stateDir: string, goFile: string, key: string): Promise<void> {
+  const { createPool, fakeProvider } = await loadDist()
+  const pool = createPool({ provider: fakeProvider({ stateDir }), stateDir, keepWarm: { ttlMs: 600_000, max: PROCESSES }, reaper: { providerName: 'fake', providerOptions: { stateDir } } })
+  // One untimed round: boots this process's first VM (or adopts one) and starts its watchdog.
+  await (await pool.acquire(key)).release()
+  process.stdout.write(`${JSON.stringify({ ready: true })}\n`)
+  while (!existsSync(goFile)) await new Promise((resolve) => setTimeout(resolve, 5))
+  const samples: number[] = []
+  for (let i = 0; i < CYCLES_PER_PROCESS; i++) {
+    const started = performance.now()
+    const lease = await pool.acquire(key)
+    await lease.release()
+    samples.push(performance.now() - started)
+  }
+  await pool.drain()
+  process.stdout.write(`${JSON.stringify({ samples, stats: { ...pool.stats } })}\n`)
+}
+
+async function warmAcrossProcesses(stateDir: string): Promise<number[]> {
+  const goFile = join(stateDir, 'go')
+  const children = Array.from({ length: PROCESSES }, (_, i) =>
+    spawn(process.execPath, [fileURLToPath(import.meta.url), '--worker', stateDir, goFile, `p${i}`], { stdio: ['ignore', 'pipe', 'inherit'] }),
+  )
+  const messages = children.map((child) => {
+    const lines: Record<string, unknown>[] = []
+    const waiters: (() => void)[] = []
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      lines.push(JSON.parse(line) as Record<string, unknown>)
+      waiters.splice(0).forEach((wake) => wake())
+    })
+    const next = async (index: number) => {
+      while (lines.length <= index) await new Promise<void>((resolve) => waiters.push(resolve))
+      return lines[index]!
+    }
+    return next
+  })
+  try {
+    await Promise.all(messages.map((next) => next(0)))
+    writeFileSync(goFile, '')
+    const results = await Promise.all(messages.map((next) => next(1)))
+    return results.flatMap((result) => result.samples as number[])
+  } finally {
+    for (const child of children) if (child.exitCode === null) child.kill('SIGKILL')
+  }
+}
+
+export async function runLeaseStoreBench(): Promise<LeaseBenchRow[]> {
+  const { createPool, fakeProvider } = await loadDist()
+  const stateDir = mkdtempSync(join(tmpdir(), 'vm-pool-bench-lease-'))
+  try {
+    const provider = fakeProvider({ stateDir })
+    const direct: number[] = []
+    for (let i = 0; i < CREATE_SAMPLES; i++) {
+      const started = performance.now()
+      await provider.create({ name: `test-vm-bench-${i}` })
+      await provider.delete(`test-vm-bench-${i}`)
+      direct.push(performance.now() - started)
+    }
+    const cold = createPool({ provider, stateDir, reaper: false })
+    const coldSamples: number[] = []
+    for (let i = 0; i < CREATE_SAMPLES; i++) {
+      const started = performance.now()
+      await (await cold.acquire(`c${i}`)).release()
+      coldSamples.push(performance.now() - started)
+    }
+    await cold.drain()
+    const warm = await warmAcrossProcesses(stateDir)
+    return [
+      row('fake VM create+delete (provider, no pool)', direct),
+      row('pool acquire+release, no keepWarm (fake create+delete), 1 process', coldSamples),
+      row(`pool acquire+release of a warm VM, ${PROCESSES} processes`, warm),
+    ]
+  } finally {
+    rmSync(stateDir, { recursive: true, force: true })
+  }
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  if (process.argv[2] === '--worker') {
+    await worker(process.argv[3]!, process.argv[4]!, process.argv[5]!)
+  } else {
+    const rows = await runLeaseStoreBench()
+    console.log('lease store (fake provider; 2-core machine)')
+    for (const r of rows) console.log(`  ${r.name.padEnd(70)} n=${String(r.samples).padStart(4)}  p50 ${r.p50Ms.toFixed(2).padStart(7)} ms  p99 ${r.p99Ms.toFixed(2).padStart(7)} ms`)
+  }
+}
