@@ -78,7 +78,12 @@ function hostId(host: { user: string; host: string; port: number }): string {
 export function sshProvider(options: SshProviderOptions): VmProvider {
   const parsed = sshProviderOptionsSchema.safeParse(options)
   // Never echo the options: they hold private keys.
-  if (!parsed.success) throw invalidOptions(`invalid sshProvider options: ${formatZodError(parsed.error)}`, { provider: PROVIDER })
+  if (!parsed.success) {
+    throw invalidOptions(`invalid sshProvider options: ${formatZodError(parsed.error)}`, {
+      provider: PROVIDER,
+      hint: 'from the CLI, pass the hosts as JSON: VM_POOL_PROVIDER_OPTIONS=\'{"hosts":[{"host":"10.0.0.5","user":"ci","privateKey":"..."}]}\'',
+    })
+  }
   const hosts = new Map<string, SshHost>(parsed.data.hosts.map((host) => [hostId(host), host]))
   const { reset, stateDir } = parsed.data
   const dir = () => join(getStateDir(stateDir), 'ssh')
