@@ -62,7 +62,7 @@ const PID_MARKER = '\u001evm-pool-pid '
  * One persistent ssh2 connection to one host, opened on first use and shared by every exec as
  * multiplexed channels. If the connection dropped, the next exec reconnects (once per exec).
  *
- * Commands run through a small `sh` preamble that reports the shell's pid and makes it a process
+ * Commands with a timeout or an AbortSignal run through a small `sh` preamble that reports the shell's pid and makes it a process
  * group leader (OpenSSH's sshd does that already, dropbear does not), because SSH channel signals
  * are ignored by dropbear and by OpenSSH before 7.9: a timeout or an abort kills the group with a
  * second exec on the same connection, which also ends background children holding the channel open.
@@ -309,7 +309,10 @@ export class SshTransport {
     const context = { provider: this.#config.provider, vm: this.#config.vm, signal: options.signal }
     if (options.signal?.aborted) throw abortedError(context)
     const payload = buildShellScript(command, options)
-    const script = [
+    // The preamble costs two extra process starts (slow on an emulated guest): only commands that
+    // may have to be killed get it.
+    const killable = options.timeoutMs !== undefined || options.signal !== undefined
+    const script = !killable ? payload : [
       `printf '${PID_MARKER.replace('\u001e', '\\036')}%s\\n' "$$" >&2`,
       'read -r _ _ _ _ vm_pool_pgid _ 2>/dev/null </proc/$$/stat || vm_pool_pgid=$$',
       `[ "$vm_pool_pgid" = "$$" ] || ! command -v setsid >/dev/null 2>&1 || exec setsid /bin/sh -c ${quoteShellArg(payload)}`,
@@ -336,7 +339,7 @@ export class SshTransport {
           const stdoutText: string[] = []
           const stderrDecoder = new StringDecoder('utf8')
           const stderrText: string[] = []
-          let stderrHead: Buffer | undefined = Buffer.alloc(0)
+          let stderrHead: Buffer | undefined = killable ? Buffer.alloc(0) : undefined
           let pid: number | undefined
           let pidKnown: (() => void) | undefined
           const pidPromise = new Promise<void>((resolvePid) => (pidKnown = resolvePid))

@@ -1,0 +1,58 @@
+/**
+ * `npm run bench`: runs every section and prints ONE table (benchmark | value | note).
+ * Options: `--provider NAME` (or VM_POOL_PROVIDER; default qemu) runs only the sections for that
+ * provider plus the provider-independent ones; `--short` (or BENCH_SHORT=1) takes fewer samples.
+ * Add a section with one line in `sections`. Runs against dist/ (`npm run build` first).
+ */
+import { parseArgs } from 'node:util'
+
+export interface BenchOptions {
+  provider: string
+  short: boolean
+}
+
+export interface BenchRow {
+  benchmark: string
+  value: string
+  note: string
+}
+
+interface BenchSection {
+  name: string
+  /** Runs only for these providers; absent = provider-independent. */
+  providers?: string[]
+  run(options: BenchOptions): Promise<BenchRow[]>
+}
+
+const sections: BenchSection[] = [
+  { name: 'qemu-boot', providers: ['qemu'], run: async (options) => (await import('./qemu-boot.ts')).runQemuBootBench(options) },
+  { name: 'lease-store', run: async () => (await (await import('./lease-store.ts')).runLeaseStoreBench()).map((row) => ({ benchmark: row.name, value: `p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms`, note: `${row.samples} samples` })) },
+]
+
+const { values } = parseArgs({ options: { provider: { type: 'string', short: 'p' }, short: { type: 'boolean' }, only: { type: 'string' } }, strict: true })
+const options: BenchOptions = {
+  provider: values.provider ?? process.env.VM_POOL_PROVIDER ?? 'qemu',
+  short: values.short ?? ['1', 'true'].includes(process.env.BENCH_SHORT ?? ''),
+}
+
+const rows: BenchRow[] = []
+let failed = false
+for (const section of sections) {
+  if (section.providers && !section.providers.includes(options.provider)) continue
+  if (values.only && !values.only.split(',').includes(section.name)) continue
+  process.stderr.write(`bench: ${section.name}...\n`)
+  try {
+    rows.push(...(await section.run(options)))
+  } catch (error) {
+    failed = true
+    rows.push({ benchmark: section.name, value: 'FAILED', note: (error as Error).message.split('\n')[0]! })
+  }
+}
+
+const header: BenchRow = { benchmark: 'benchmark', value: 'value', note: 'note' }
+const widths = (['benchmark', 'value'] as const).map((key) => Math.max(...[header, ...rows].map((row) => row[key].length)))
+const line = (row: BenchRow) => `${row.benchmark.padEnd(widths[0]!)} | ${row.value.padEnd(widths[1]!)} | ${row.note}`
+console.log(line(header))
+console.log(`${'-'.repeat(widths[0]!)}-|-${'-'.repeat(widths[1]!)}-|-${'-'.repeat(4)}`)
+for (const row of rows) console.log(line(row))
+process.exitCode = failed ? 1 : 0
