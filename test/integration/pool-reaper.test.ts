@@ -30,12 +30,12 @@ describe('reaper watchdog', () => {
     })
   })
 
-  const startHolder = async (options: { detached?: boolean } = {}) => {
+  const startHolder = async (options: { detached?: boolean; reaper?: 'derived' } = {}) => {
     state = makeStateDir()
     const holder = spawnFixture(
       'holder.mjs',
-      { stateDir: state.dir, keys: ['a', 'b', 'w'], fresh: 1, releaseWarm: ['w'], keepWarm: { ttlMs: 600_000, max: 4 } },
-      options,
+      { stateDir: state.dir, keys: ['a', 'b', 'w'], fresh: 1, releaseWarm: ['w'], keepWarm: { ttlMs: 600_000, max: 4 }, ...(options.reaper ? { reaper: options.reaper } : {}) },
+      { detached: options.detached ?? false },
     )
     const ready = (await holder.message((m) => m.ready === true, 'ready')) as unknown as Ready
     watchdogs.push(ready.reaperPid)
@@ -71,6 +71,13 @@ describe('reaper watchdog', () => {
     process.kill(-setup.holder.pid, 'SIGINT')
     const { signal } = await setup.holder.exited
     expect(signal).toBe('SIGINT')
+    await expectReaped(setup)
+  }, 60_000)
+
+  test('reaper: true derives the provider (name + the pool\'s stateDir) and reaps the same way', async () => {
+    const setup = await startHolder({ reaper: 'derived' })
+    setup.holder.child.kill('SIGKILL')
+    await setup.holder.exited
     await expectReaped(setup)
   }, 60_000)
 
