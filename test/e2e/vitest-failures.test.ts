@@ -44,6 +44,7 @@ for (const vitest of binaries) {
     for (const how of ['SIGINT to the process group (Ctrl-C)', 'SIGTERM', 'SIGKILL'] as const) {
       test(`${how} of vitest run: no VM left after a few seconds`, { timeout: 300_000 }, async () => {
         let liveWhenInterrupted: string[] = []
+        let signalledAt = 0
         const run = await runFixture('signals', {
           vitest,
           env: { VM_POOL_E2E_MAX_WORKERS: '2' },
@@ -51,6 +52,7 @@ for (const vitest of binaries) {
             // Both files hold their worker VM and a fresh VM, and are waiting forever.
             await waitFor(() => ['one.test.ts', 'two.test.ts'].every((f) => existsSync(join(current.resultsDir, `${f}.ready`))), 'both fixture files to be running')
             liveWhenInterrupted = current.liveVms()
+            signalledAt = performance.now()
             if (how === 'SIGKILL') process.kill(child.pid!, 'SIGKILL')
             else if (how === 'SIGTERM') process.kill(child.pid!, 'SIGTERM')
             else process.kill(-child.pid!, 'SIGINT')
@@ -61,6 +63,8 @@ for (const vitest of binaries) {
         expect(liveWhenInterrupted, output(run)).toHaveLength(4)
         await waitFor(() => run.liveVms().length === 0, `the reaper to delete ${run.liveVms().join(', ')}`, REAPED_DEADLINE_MS)
         expect(run.liveVms()).toEqual([])
+        // A figure for the record, not an assertion.
+        console.info(`Vitest ${vitest.label}, ${how}: 4 VMs gone ${Math.round(performance.now() - signalledAt)} ms after the signal`)
       })
     }
 
