@@ -1,10 +1,13 @@
+import { rm } from 'node:fs/promises'
 import type { VmInfo, VmProvider } from '../providers/vm-provider.js'
 import { getCurrentProcessIdentity, getProcessStartUnixMs, isPidAlive, isProcessAlive } from '../util/process-info.js'
+import { getStateDir } from '../util/state-dir.js'
 import { scaleTimeout, withTimeout } from '../util/timeouts.js'
 import { formatDuration } from './duration.js'
 import { FileLeaseStore } from './file-lease-store.js'
 import { isSameOwner, type LeaseEntry, type LeaseStore } from './lease-store.js'
 import { matchesSweepPrefix, parsePytestWorkerName, SWEEP_PREFIXES } from './naming.js'
+import { findOrphanedMarkers, reapOwner } from './reaper.js'
 
 /** One health check of an idle warm VM (`true` over exec). Scaled. */
 export const GC_HEALTH_CHECK_TIMEOUT_MS = 15_000
@@ -133,6 +136,20 @@ export async function collectGarbage(options: GcOptions): Promise<GcReport> {
     await store.update((table) => {
       for (const name of gone) if (table[name] && isSameOwner(table[name].owner, me)) delete table[name]
     })
+  }
+  // A dead owner's reaper marker still on disk means its watchdog never finished: do its job (this also
+  // reaches VMs whose names match no sweep prefix, e.g. a pool with a custom prefix).
+  if (!dryRun) {
+    const stateDir = getStateDir(options.stateDir)
+    for (const marker of await findOrphanedMarkers(stateDir, provider.name)) {
+      const reaped = await reapOwner({ provider, store, owner: marker.owner, runId: marker.runId, names: marker.names })
+      const reported = new Set([...report.deleted, ...report.failed].map((decision) => decision.name))
+      for (const name of reaped.deleted) {
+        if (!reported.has(name) && listed.has(name)) report.deleted.push({ name, action: 'delete', reason: `holder pid ${marker.owner.pid} is gone (from its reaper marker)`, ownerPid: marker.owner.pid })
+      }
+      for (const failure of reaped.failed) report.failed.push({ name: failure.name, action: 'delete', reason: `holder pid ${marker.owner.pid} is gone (from its reaper marker)`, error: failure.message })
+      if (reaped.failed.length === 0) await rm(marker.path, { force: true })
+    }
   }
   return report
 }

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { appendFile, mkdir, readFile, rm } from 'node:fs/promises'
+import { appendFile, mkdir, readdir, readFile, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { z } from 'zod'
@@ -201,6 +201,30 @@ export async function runReaper(config: ReaperConfig, deps: { provider: () => Pr
     if (!existsSync(config.markerPath)) return 'drained'
     await sleep(REAPER_POLL_INTERVAL_MS)
   }
+}
+
+/**
+ * Markers whose owner is dead and that are still on disk: their watchdog died too (killed with its
+ * session, a reboot) or could not delete everything. `vm-pool gc` finishes their job.
+ */
+export async function findOrphanedMarkers(stateDir: string, providerName: string): Promise<(ReaperMarker & { path: string })[]> {
+  let files: string[]
+  try {
+    files = await readdir(getReaperDir(stateDir))
+  } catch {
+    return []
+  }
+  const orphaned: (ReaperMarker & { path: string })[] = []
+  for (const file of files.filter((name) => name.endsWith('.json'))) {
+    const path = join(getReaperDir(stateDir), file)
+    try {
+      const marker = JSON.parse(await readFile(path, 'utf8')) as ReaperMarker
+      if (marker.provider === providerName && marker.owner && !isProcessAlive(marker.owner)) orphaned.push({ ...marker, path })
+    } catch {
+      // being written, or not ours: skip
+    }
+  }
+  return orphaned
 }
 
 async function readMarkerNames(path: string): Promise<string[]> {

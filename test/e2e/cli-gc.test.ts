@@ -2,6 +2,8 @@
  * `vm-pool gc` as users run it: the built bin, real holder processes, a fake-provider state dir.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { readdirSync } from 'node:fs'
+import { join } from 'node:path'
 import { afterEach, beforeAll, describe, expect, test } from 'vitest'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
 import { FileLeaseStore } from '../../src/pool/file-lease-store.js'
@@ -113,6 +115,25 @@ describe('vm-pool gc (the built bin)', () => {
     expect(code).toBe(0)
     expect(stdout).toMatch(new RegExp(`^deleted +${warm} +idle warm VM \\(--all\\)`, 'm'))
     expect(await names()).toEqual([])
+  }, 60_000)
+
+  test('a dead holder whose watchdog died too: gc finishes the job from its reaper marker, custom prefix included', async () => {
+    state = makeStateDir()
+    const holder = spawnFixture('holder.mjs', { stateDir: state.dir, keys: ['a'], prefix: 'my-custom' })
+    const ready = await holder.message((m) => m.ready === true, 'ready')
+    const vm = (ready.leases as Record<string, string>).a!
+    process.kill(ready.reaperPid as number, 'SIGKILL')
+    holder.child.kill('SIGKILL')
+    await holder.exited
+    expect(await names()).toEqual([vm])
+    const markers = () => readdirSync(join(state.dir, 'reapers')).filter((file) => file.endsWith('.json'))
+    expect(markers()).toHaveLength(1)
+
+    const { code, stdout } = gc()
+    expect(code).toBe(0)
+    expect(stdout).toMatch(new RegExp(`^deleted +${vm} +holder pid ${holder.pid} is gone \\(from its reaper marker\\)`, 'm'))
+    expect(await names()).toEqual([])
+    expect(markers()).toEqual([])
   }, 60_000)
 
   test('--help, and bad usage exits 2', () => {
