@@ -1,4 +1,5 @@
 import type { Vm, VmProvider, VmSpec } from '../providers/vm-provider.js'
+import type { VmPool } from '../pool/vm-pool.js'
 
 /** One VM held by one session, and how to give it back. */
 export interface VmAllocation {
@@ -38,6 +39,23 @@ export function providerVmAllocator(provider: VmProvider): VmAllocator {
             if (!keep) await provider.delete(vm.name)
           }
         },
+      }
+    },
+  }
+}
+
+/**
+ * Sessions backed by the cross-process pool: every VM is recorded in the lease store under this
+ * process, so the pool's reaper deletes it if the process dies (Ctrl-C, SIGKILL) and `vm-pool gc`
+ * never mistakes a running workflow's VM for an orphan. The session's name is used as is.
+ */
+export function poolVmAllocator(pool: Pick<VmPool, 'fresh'>): VmAllocator {
+  return {
+    async allocate(spec: VmSpec): Promise<VmAllocation> {
+      const vm = await pool.fresh(spec)
+      return {
+        vm,
+        release: ({ keep }) => (keep ? vm.keep() : vm.delete()),
       }
     },
   }

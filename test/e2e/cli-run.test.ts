@@ -54,7 +54,7 @@ describe('vm-pool run (built bin, fake provider)', () => {
     expect(build[1]).toMatch(/^\[build-project\]\s+step\s+ok\s+exit 0\s+\d+ ms\s+step 1$/)
     expect(build[6]).toMatch(/^\[build-project\]\s+cleanup\s+ok\s+exit 0\s+\d+ m?s\s+report$/)
     expect(commandLines(String(result.stdout), 'run-tests')).toHaveLength(5)
-    expect(result.stdout).toMatch(/\n\[build-project\] vm vm-pool-wf-[0-9a-f]{8}-\d deleted\n/)
+    expect(result.stdout).toMatch(/\n\[build-project\] vm vm-pool-wf-[0-9a-z]{8}-\d deleted\n/)
     expect(String(result.stdout).trimEnd().split('\n').at(-1)).toMatch(/^vm-pool run: 2 workflows, 2 succeeded in \d/)
     expect(await leftoverVms()).toEqual([])
   })
@@ -95,14 +95,14 @@ describe('vm-pool run (built bin, fake provider)', () => {
     const vmLines = String(result.stdout)
       .split('\n')
       .filter((line) => / vm vm-pool-wf-/.test(line))
-      .map((line) => line.replace(/^\[(\S+)\]\s+vm vm-pool-wf-[0-9a-f]{8}-(\d+) (\w+).*$/, '$1 $2 $3'))
+      .map((line) => line.replace(/^\[(\S+)\]\s+vm vm-pool-wf-[0-9a-z]{8}-(\d+) (\w+).*$/, '$1 $2 $3'))
     expect(vmLines).toEqual(['run-tests 1 ready', 'run-tests 1 deleted', 'deploy 2 ready', 'deploy 2 deleted', 'ten-steps 3 ready', 'ten-steps 3 deleted'])
   })
 
   test('--keep-vm leaves exactly that VM and prints how to reach and delete it', async () => {
     const result = await vmPool(['run', '-p', 'fake', '--keep-vm', 'run-tests.yml'])
     expect(result.exitCode).toBe(0)
-    const name = /delete it: vm-pool gc --provider fake --prefix (vm-pool-wf-[0-9a-f]{8}-1)\n/.exec(String(result.stdout))?.[1]
+    const name = /delete it: vm-pool gc --provider fake --prefix (vm-pool-wf-[0-9a-z]{8}-1)\n/.exec(String(result.stdout))?.[1]
     expect(name).toBeDefined()
     expect(await leftoverVms()).toEqual([name])
     const home = /reach it:  cd (\S+)/.exec(String(result.stdout))?.[1]
@@ -178,7 +178,7 @@ cleanup:
     expect(stdout).toMatch(/\[long\] step\s+FAIL\s+exit -\s+\d+ m?s\s+long\n    error  \| \[vm-pool\] \[fake\] exec was aborted/)
     expect(stdout).toMatch(/\[long\] step\s+skip\s+never\n/)
     expect(stdout).toMatch(/\[long\] cleanup\s+ok\s+exit 0\s+\d+ ms\s+teardown\n/)
-    expect(stdout).toMatch(/\[long\] vm vm-pool-wf-[0-9a-f]{8}-1 deleted\n/)
+    expect(stdout).toMatch(/\[long\] vm vm-pool-wf-[0-9a-z]{8}-1 deleted\n/)
     expect(stdout).toContain('interrupted: running commands killed, cleanup ran')
     expect((await stat(cleaned)).isFile()).toBe(true)
     expect(isAlive(stepPid)).toBe(false)

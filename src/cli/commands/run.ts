@@ -1,9 +1,11 @@
 import { VmPoolError, isVmPoolError } from '../../errors.js'
 import { createProvider } from '../../providers/provider-registry.js'
-import type { VmProvider } from '../../providers/vm-provider.js'
+import type { JsonValue, VmProvider } from '../../providers/vm-provider.js'
+import { createPool, type VmPool } from '../../pool/vm-pool.js'
+import { poolVmAllocator } from '../../workflow/vm-allocator.js'
 import { loadWorkflow } from '../../workflow/load-workflow.js'
 import { runWorkflow, succeeded, type StepError, type StepResult, type WorkflowEvent, type WorkflowResult } from '../../workflow/run-workflow.js'
-import { DEFAULT_MAX_CONCURRENT_SESSIONS, SessionManager } from '../../workflow/session-manager.js'
+import { DEFAULT_MAX_CONCURRENT_SESSIONS, SessionManager, WORKFLOW_VM_PREFIX } from '../../workflow/session-manager.js'
 import type { Workflow } from '../../workflow/workflow-schema.js'
 import { PROVIDER_OPTION, UsageError, getProviderName, getProviderOptions, parseCommandArgs, type CliCommand, type CliIo } from '../cli-command.js'
 
@@ -87,11 +89,20 @@ Examples:
     const workflows = await loadAll(positionals, io)
     if (!workflows) return 2
 
-    const provider = await createProvider(getProviderName(values.provider, io.env), getProviderOptions(io.env))
+    const providerName = getProviderName(values.provider, io.env)
+    const providerOptions = getProviderOptions(io.env)
+    const provider = await createProvider(providerName, providerOptions)
+    let pool: VmPool | undefined
     try {
       await assertUsable(provider)
+      // VMs come from the cross-process pool so the reaper deletes them if this process is killed
+      // (SIGKILL skips our cleanup) and a concurrent `vm-pool gc` sees them as held, not orphaned.
+      pool = createPool({ provider, prefix: WORKFLOW_VM_PREFIX, reaper: { providerName, providerOptions: providerOptions as Record<string, JsonValue> } })
       const sessions = new SessionManager({
         provider,
+        prefix: WORKFLOW_VM_PREFIX,
+        runId: pool.runId,
+        allocator: poolVmAllocator(pool),
         maxConcurrentSessions: maxConcurrent,
         onLimit: 'queue',
         // Our own files wait for each other; how long is up to them, not to a queue timer.
@@ -129,6 +140,8 @@ Examples:
       if (io.signal.aborted) return INTERRUPTED_EXIT_CODE
       return entries.every((entry) => entry.status === 'success') ? 0 : 1
     } finally {
+      // Every session released its VM already (deleted, or kept with --keep-vm); drain stops the reaper.
+      await pool?.drain()
       await provider.close?.()
     }
   },
