@@ -44,3 +44,5 @@ export { firecrackerProvider, firecrackerProviderOptionsSchema, FIRECRACKER_BOOT
 export type { FirecrackerProviderOptions } from './providers/firecracker-provider.js'
 export { sshProvider, sshProviderOptionsSchema, SSH_RESET_TIMEOUT_MS, SSH_HOST_CHECK_TIMEOUT_MS } from './providers/ssh-provider.js'
 export type { SshProviderOptions } from './providers/ssh-provider.js'
+export { providerVmAllocator, poolVmAllocator } from './workflow/vm-allocator.js'
+export type { VmAllocator, VmAllocation } from './workflow/vm-allocator.js'
