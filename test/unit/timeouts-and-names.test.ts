@@ -14,7 +14,7 @@ describe('timeouts', () => {
 
   test('withTimeout rejects with a named timeout error and passes results through', async () => {
     await expect(withTimeout(Promise.resolve(7), { name: 'X_MS', ms: 50, what: 'x' })).resolves.toBe(7)
-    const error: Error = await withTimeout(new Promise(() => {}), { name: 'SSH_READY_TIMEOUT_MS', ms: 30, what: 'ssh to answer', provider: 'qemu', code: 'VMPOOL_BOOT_TIMEOUT' }).catch((e: Error) => e)
+    const error = (await withTimeout(new Promise(() => {}), { name: 'SSH_READY_TIMEOUT_MS', ms: 30, what: 'ssh to answer', provider: 'qemu', code: 'VMPOOL_BOOT_TIMEOUT' }).catch((e: unknown) => e)) as Error
     expect(isVmPoolError(error, 'VMPOOL_BOOT_TIMEOUT')).toBe(true)
     expect(error.message).toContain('[vm-pool] [qemu] timed out after 30 ms waiting for ssh to answer (SSH_READY_TIMEOUT_MS)')
     expect(error.message).toContain('VM_POOL_TIMEOUT_SCALE')
