@@ -38,6 +38,12 @@ const PORT_ATTEMPTS = 5
 const SERIAL_TAIL_LINES = 25
 /** sun_path is 108 bytes on Linux. */
 const MAX_UNIX_SOCKET_PATH = 107
+/**
+ * Exec channels per connection to the guest. Dropbear 2022.83 (Debian 12) aborts the whole
+ * connection ("Failed assertion (common-channel.c:705): `!channel->sent_close'") when several
+ * channels close at once, so concurrent execs on one VM queue on a single channel instead.
+ */
+const GUEST_MAX_CHANNELS = 1
 
 const debug = createDebug('vm-pool:qemu')
 
@@ -198,6 +204,7 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
           privateKey: await readFile(keyPath),
           hostKey: image.hostKey,
           readyTimeoutMs: scaleTimeout(BOOT_SSH_ATTEMPT_TIMEOUT_MS),
+          maxChannels: GUEST_MAX_CHANNELS,
           provider: PROVIDER,
           vm: name,
         })
@@ -248,7 +255,7 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
         } catch (error) {
           throw new VmPoolError({ code: 'VMPOOL_VM_NOT_FOUND', provider: PROVIDER, operation: 'connect', vm: name, message: `the key of VM ${name} is gone (${data.keyPath}): the VM was deleted`, cause: error })
         }
-        transport = new SshTransport({ host: data.host, port: data.port, username: data.username, privateKey, hostKey: data.hostKey, provider: PROVIDER, vm: name })
+        transport = new SshTransport({ host: data.host, port: data.port, username: data.username, privateKey, hostKey: data.hostKey, maxChannels: GUEST_MAX_CHANNELS, provider: PROVIDER, vm: name })
       }
       return createQemuVm(record, transport)
     },

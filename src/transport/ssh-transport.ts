@@ -57,6 +57,13 @@ export type ExecBufferResult = Omit<ExecResult, 'stdout'> & { stdout: Buffer }
 
 /** The first stderr line of every command: the remote shell's pid, so a timeout can kill its process group. */
 const PID_MARKER = '\u001evm-pool-pid '
+/** The last stderr line of every command: its exit status, in case the server does not send it. */
+const EXIT_MARKER = '\u001evm-pool-exit '
+const EXIT_MARKER_LINE = /^\u001evm-pool-exit (\d+)\n$/
+/** Could `text` (stderr from a 0x1e byte to the end) still grow into the exit marker line? */
+function isExitMarkerPrefix(text: string): boolean {
+  return EXIT_MARKER.startsWith(text) || /^\u001evm-pool-exit \d*\n?$/.test(text)
+}
 
 /**
  * One persistent ssh2 connection to one host, opened on first use and shared by every exec as
@@ -267,12 +274,18 @@ export class SshTransport {
   }
 
   /** Open an exec channel; if the connection turns out to be dead, reconnect once and retry (the command never started). */
-  async #openChannel(script: string): Promise<ClientChannel> {
+  async #openChannel(script: string, onOpen?: (channel: ClientChannel) => void): Promise<ClientChannel> {
     for (let attempt = 0; ; attempt++) {
       const client = await this.#getClient()
       try {
         return await new Promise<ClientChannel>((resolve, reject) => {
-          client.exec(script, (error, channel) => (error ? reject(error) : resolve(channel)))
+          client.exec(script, (error, channel) => {
+            if (error) return reject(error)
+            // Synchronously: a fast command's exit-status can arrive in the same read as the exec
+            // reply, and would be emitted before an `await` continuation could listen for it.
+            onOpen?.(channel)
+            resolve(channel)
+          })
         })
       } catch (error) {
         if (attempt === 0) {
@@ -308,7 +321,9 @@ export class SshTransport {
   async #run(command: string | readonly string[], options: ExecOptions, keepBytes: boolean): Promise<ExecBufferResult & { stdoutText: string }> {
     const context = { provider: this.#config.provider, vm: this.#config.vm, signal: options.signal }
     if (options.signal?.aborted) throw abortedError(context)
-    const payload = buildShellScript(command, options)
+    // Dropbear sometimes closes a channel without its exit-status when several commands end at once:
+    // the shell also reports its status as the last stderr line, which is stripped again below.
+    const payload = `trap 'printf "${EXIT_MARKER.replace('\u001e', '\\036')}%s\\n" "$?" >&2' EXIT\n${buildShellScript(command, options)}`
     // The preamble costs two extra process starts (slow on an emulated guest): only commands that
     // may have to be killed get it.
     const killable = options.timeoutMs !== undefined || options.signal !== undefined
@@ -332,7 +347,12 @@ export class SshTransport {
       options.signal?.addEventListener('abort', onAbort, { once: true })
       const timer = options.timeoutMs === undefined ? undefined : setTimeout(() => stop('timeout'), options.timeoutMs)
       try {
-        const channel = await this.#openChannel(script)
+        let exit: { code: number | null; signal: string | undefined } | undefined
+        const channel = await this.#openChannel(script, (opened) => {
+          opened.on('exit', (code: number | null, signal?: string) => {
+            exit = { code, signal: signal ? `SIG${signal.replace(/^SIG/, '')}` : undefined }
+          })
+        })
         return await new Promise((resolve, reject) => {
           const stdoutChunks: Buffer[] = []
           const stdoutDecoder = new StringDecoder('utf8')
@@ -343,16 +363,29 @@ export class SshTransport {
           let pid: number | undefined
           let pidKnown: (() => void) | undefined
           const pidPromise = new Promise<void>((resolvePid) => (pidKnown = resolvePid))
-          let exit: { code: number | null; signal: string | undefined } | undefined
           let closed = false
           let killing = false
           let graceTimer: NodeJS.Timeout | undefined
 
-          const pushStderr = (data: Buffer) => {
+          const emitStderr = (data: Buffer) => {
             const text = stderrDecoder.write(data)
             if (text === '') return
             stderrText.push(text)
             options.onStderr?.(text)
+          }
+          // Hold back anything that may be the start of the exit marker until more arrives or the channel closes.
+          let stderrTail = Buffer.alloc(0)
+          const pushStderr = (data: Buffer) => {
+            const buffer = stderrTail.length > 0 ? Buffer.concat([stderrTail, data]) : data
+            const at = buffer.lastIndexOf(0x1e)
+            const candidate = at < 0 ? '' : buffer.subarray(at).toString('latin1')
+            if (at >= 0 && isExitMarkerPrefix(candidate)) {
+              if (at > 0) emitStderr(buffer.subarray(0, at))
+              stderrTail = Buffer.from(buffer.subarray(at))
+            } else {
+              stderrTail = Buffer.alloc(0)
+              emitStderr(buffer)
+            }
           }
           channel.on('data', (data: Buffer) => {
             stdoutChunks.push(data)
@@ -377,9 +410,6 @@ export class SshTransport {
               pushStderr(head)
             }
           })
-          channel.on('exit', (code: number | null, signal?: string) => {
-            exit = { code, signal: signal ? `SIG${signal.replace(/^SIG/, '')}` : undefined }
-          })
 
           const kill = async () => {
             if (killing || closed) return
@@ -399,6 +429,9 @@ export class SshTransport {
             pidKnown?.()
             clearTimeout(graceTimer)
             if (stderrHead !== undefined && stderrHead.length > 0) pushStderr(stderrHead)
+            const reported = EXIT_MARKER_LINE.exec(stderrTail.toString('latin1'))
+            if (!reported && stderrTail.length > 0) emitStderr(stderrTail)
+            if (!exit && reported) exit = { code: Number(reported[1]), signal: undefined }
             const restOut = stdoutDecoder.end()
             if (restOut) {
               if (!keepBytes) stdoutText.push(restOut)
@@ -419,6 +452,7 @@ export class SshTransport {
                   operation: 'exec',
                   message: `the connection to ${this.target} closed before the command finished`,
                   hint: 'the VM may have stopped or been deleted',
+                  details: { stdoutBytes: stdoutChunks.reduce((sum, chunk) => sum + chunk.length, 0), stderr: stderrText.join('').slice(-200) },
                 }),
               )
             }
