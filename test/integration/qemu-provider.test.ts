@@ -65,6 +65,11 @@ describe.skipIf(Boolean(skipReason))('qemu provider with real VMs', () => {
     for (const name of names) expect(listed.find((info) => info.name === name)).toMatchObject({ state: 'running', labels: { test: 'qemu-integration' } })
   })
 
+  test('concurrent execs on one VM all complete with their own output and exit code', async () => {
+    const results = await Promise.all(Array.from({ length: 24 }, (_, i) => vms[0]!.exec(`echo ${i}; echo e${i} >&2; exit ${i % 5}`)))
+    expect(results.map((r) => [r.stdout, r.stderr, r.exitCode])).toEqual(Array.from({ length: 24 }, (_, i) => [`${i}\n`, `e${i}\n`, i % 5]))
+  }, 60_000)
+
   test('a pinned host key that does not match is refused', async () => {
     const forged: VmRecord = { ...records[0]!, data: { ...records[0]!.data, hostKey: generateSshKeyPair().publicKey } }
     const vm = await qemu.provider.connect(forged)
