@@ -13,6 +13,7 @@ import { isSameOwner, type LeaseEntry, type LeaseKind, type LeaseStore, type Lea
 import { generateRunId, getFreshPrefix, makeVmName, normalizeLeaseKey, validatePrefix, validateRunId, WORKER_PREFIX } from './naming.js'
 import { ReaperHandle } from './reaper.js'
 import { getSpecHash, type PoolVmSpec } from './spec-hash.js'
+import { vmSpecSchema } from '../config/vm-spec-schema.js'
 
 /** An idle VM must answer `true` within this before it is adopted; otherwise it is deleted and replaced. Scaled. */
 export const ADOPT_CHECK_TIMEOUT_MS = 15_000
@@ -24,15 +25,6 @@ const debug = createDebug('vm-pool:pool')
 const isProvider = (value: unknown): value is VmProvider =>
   typeof value === 'object' && value !== null && ['create', 'connect', 'delete', 'list'].every((method) => typeof (value as Record<string, unknown>)[method] === 'function') && typeof (value as VmProvider).name === 'string'
 
-const specSchema = z
-  .object({
-    image: z.string().min(1).optional(),
-    cpus: z.number().int().positive().optional(),
-    memoryMiB: z.number().int().positive().optional(),
-    diskGiB: z.number().int().positive().optional(),
-    labels: z.record(z.string(), z.string()).optional(),
-  })
-  .strict()
 
 const keepWarmSchema = z
   .object({
@@ -66,7 +58,7 @@ export const poolOptionsSchema = z
     stateDir: z.string().min(1).optional(),
     reaper: reaperSchema.default(true),
     runId: z.string().optional(),
-    spec: specSchema.default({}),
+    spec: vmSpecSchema.default({}),
     warn: z.custom<(message: string) => void>((value) => typeof value === 'function', { error: 'expected a function' }).optional(),
   })
   .strict()
@@ -290,7 +282,7 @@ class LeasedVmPool implements VmPool {
   async fresh(overrides: PoolVmSpec & { name?: string } = {}): Promise<FreshVm> {
     this.#assertOpen('fresh')
     const { name: fixedName, ...rest } = overrides
-    const parsedSpec = specSchema.safeParse(rest)
+    const parsedSpec = vmSpecSchema.safeParse(rest)
     if (!parsedSpec.success) throw invalidOptions(`invalid fresh() spec: ${formatZodError(parsedSpec.error)}`, { operation: 'fresh', provider: this.#provider.name })
     const spec = { ...this.options.spec, ...parsedSpec.data }
     const base = fixedName === undefined ? makeVmName(this.options.freshPrefix, this.runId, String(++this.#freshCount)) : validateVmName(fixedName, this.#provider.name)

@@ -7,6 +7,7 @@ import { validateVmName } from '../util/vm-name.js'
 import { createCliGuestVm, waitUntilExecWorks } from './multipass/cli-guest-vm.js'
 import { createLocalCommandRunner, createSshCommandRunner, type CommandRunner } from './multipass/command-runner.js'
 import type { ExecResult, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec, VmState } from './vm-provider.js'
+import { parseJsonOutput } from '../config/parse-json-output.js'
 
 const PROVIDER = 'multipass'
 
@@ -167,7 +168,7 @@ export function multipassProvider(options: MultipassProviderOptions = {}): VmPro
       }
       const result = await multipass(['info', name, '--format', 'json'])
       if (result.exitCode !== 0) throw cliFailure(result, 'connect', name)
-      const state = parseJson(infoSchema, result.stdout, 'multipass info --format json').info[name]?.state
+      const state = parseJsonOutput(infoSchema, result.stdout, 'multipass info --format json', PROVIDER).info[name]?.state
       if (state === 'Deleted') throw new VmPoolError({ code: 'VMPOOL_VM_NOT_FOUND', provider: PROVIDER, operation: 'connect', vm: name, message: `instance ${name} is deleted (not yet purged) on ${runner.where}` })
       return makeVm(record)
     },
@@ -177,7 +178,7 @@ export function multipassProvider(options: MultipassProviderOptions = {}): VmPro
     async list(): Promise<VmInfo[]> {
       const result = await multipass(['list', '--format', 'json'])
       if (result.exitCode !== 0) throw cliFailure(result, 'list')
-      return parseJson(listSchema, result.stdout, 'multipass list --format json')
+      return parseJsonOutput(listSchema, result.stdout, 'multipass list --format json', PROVIDER)
         .list.filter((instance) => instance.state !== 'Deleted')
         .map((instance) => ({ name: instance.name, provider: PROVIDER, state: toVmState(instance.state) }))
     },
@@ -189,7 +190,7 @@ export function multipassProvider(options: MultipassProviderOptions = {}): VmPro
           const failure = cliFailure(result, 'probe')
           return { usable: false, reason: failure.shortMessage, hint: failure.hint, details: { where } }
         }
-        const count = parseJson(listSchema, result.stdout, 'multipass list --format json').list.length
+        const count = parseJsonOutput(listSchema, result.stdout, 'multipass list --format json', PROVIDER).list.length
         return { usable: true, reason: `multipassd answers on ${runner.where} (${count} instance${count === 1 ? '' : 's'})`, details: { where, binary: config.multipassBinary } }
       } catch (error) {
         return { usable: false, reason: isVmPoolError(error) ? error.shortMessage : String(error), hint: isVmPoolError(error) ? error.hint : MISSING_HINT, details: { where } }
@@ -220,14 +221,3 @@ function toVmState(state: string): VmState {
   }
 }
 
-function parseJson<T>(schema: z.ZodType<T>, text: string, what: string): T {
-  let data: unknown
-  try {
-    data = JSON.parse(text)
-  } catch (error) {
-    throw new VmPoolError({ code: 'VMPOOL_INTERNAL', provider: PROVIDER, message: `${what} printed something that is not JSON: ${text.slice(0, 200)}`, cause: error })
-  }
-  const parsed = schema.safeParse(data)
-  if (!parsed.success) throw new VmPoolError({ code: 'VMPOOL_INTERNAL', provider: PROVIDER, message: `${what} printed unexpected JSON: ${formatZodError(parsed.error)}` })
-  return parsed.data
-}

@@ -6,6 +6,7 @@ import { validateVmName } from '../util/vm-name.js'
 import { createCliGuestVm, waitUntilExecWorks } from './multipass/cli-guest-vm.js'
 import { createLocalCommandRunner } from './multipass/command-runner.js'
 import type { ExecResult, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec, VmState } from './vm-provider.js'
+import { parseJsonOutput } from '../config/parse-json-output.js'
 
 const PROVIDER = 'orbstack'
 
@@ -65,7 +66,7 @@ export function orbstackProvider(options: OrbstackProviderOptions = {}): VmProvi
   const listMachines = async (): Promise<OrbMachine[]> => {
     const result = await orbctl(['list', '-f', 'json'])
     if (result.exitCode !== 0) throw cliFailure(result, 'list')
-    return parseJson(z.array(orbMachineSchema), result.stdout, 'orbctl list -f json')
+    return parseJsonOutput(z.array(orbMachineSchema), result.stdout, 'orbctl list -f json', PROVIDER)
   }
 
   const makeVm = (record: VmRecord): Vm =>
@@ -150,14 +151,3 @@ function toVmState(state: string): VmState {
   }
 }
 
-function parseJson<T>(schema: z.ZodType<T>, text: string, what: string): T {
-  let data: unknown
-  try {
-    data = JSON.parse(text)
-  } catch (error) {
-    throw new VmPoolError({ code: 'VMPOOL_INTERNAL', provider: PROVIDER, message: `${what} printed something that is not JSON: ${text.slice(0, 200)}`, cause: error })
-  }
-  const parsed = schema.safeParse(data)
-  if (!parsed.success) throw new VmPoolError({ code: 'VMPOOL_INTERNAL', provider: PROVIDER, message: `${what} printed unexpected JSON: ${formatZodError(parsed.error)}` })
-  return parsed.data
-}

@@ -6,6 +6,7 @@ import { z } from 'zod'
 import { formatZodError } from '../config/zod-error.js'
 import { VmPoolError, invalidOptions, isVmPoolError } from '../errors.js'
 import type { VmRecord, VmSpec } from '../providers/vm-provider.js'
+import { vmSpecSchema } from '../config/vm-spec-schema.js'
 
 /** What the broker does for workers; the main-process run implements it (and owns every VM). */
 export interface FreshVmBrokerHandler {
@@ -22,16 +23,7 @@ export interface FreshVmBroker {
 /** Request bodies are tiny JSON objects; anything bigger is not from our client. */
 const MAX_BODY_BYTES = 64 * 1024
 
-const specSchema = z
-  .object({
-    image: z.string().min(1).optional(),
-    cpus: z.number().int().positive().optional(),
-    memoryMiB: z.number().int().positive().optional(),
-    diskGiB: z.number().int().positive().optional(),
-    labels: z.record(z.string(), z.string()).optional(),
-  })
-  .strict()
-const createBody = z.object({ owner: z.string().min(1), spec: specSchema.default({}) }).strict()
+const createBody = z.object({ owner: z.string().min(1), spec: vmSpecSchema.default({}) }).strict()
 const deleteBody = z.object({ owner: z.string().min(1), name: z.string().min(1) }).strict()
 
 /**

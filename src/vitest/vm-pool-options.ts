@@ -4,6 +4,7 @@ import { formatZodError } from '../config/zod-error.js'
 import { invalidOptions } from '../errors.js'
 import type { JsonValue, VmSpec } from '../providers/vm-provider.js'
 import { VM_NAME_PATTERN } from '../util/vm-name.js'
+import { vmSpecSchema } from '../config/vm-spec-schema.js'
 
 /** What `keepWarm: true` means. */
 export const KEEP_WARM_DEFAULTS = Object.freeze({ ttlMs: 30 * 60_000, max: 4 })
@@ -58,16 +59,7 @@ export const vmPoolOptionsSchema = z
     /** Which Vitest worker kind runs the test files. @default 'forks' */
     workers: z.enum(['forks', 'threads']).default('forks'),
     /** The spec of the worker VMs (the name is chosen by vm-pool). */
-    spec: z
-      .object({
-        image: z.string().min(1).optional(),
-        cpus: z.number().int().positive().optional(),
-        memoryMiB: z.number().int().positive().optional(),
-        diskGiB: z.number().int().positive().optional(),
-        labels: z.record(z.string(), z.string()).optional(),
-      })
-      .strict()
-      .default({}),
+    spec: vmSpecSchema.default({}),
   })
   .strict()
 

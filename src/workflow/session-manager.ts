@@ -6,6 +6,7 @@ import { scaleTimeout } from '../util/timeouts.js'
 import { validateVmName } from '../util/vm-name.js'
 import type { Vm, VmProvider, VmSpec } from '../providers/vm-provider.js'
 import { providerVmAllocator, type VmAllocation, type VmAllocator } from './vm-allocator.js'
+import { vmSpecSchema } from '../config/vm-spec-schema.js'
 
 /** How long a queued session waits for a free slot when `queueTimeoutMs` is not given (scaled by `VM_POOL_TIMEOUT_SCALE`). */
 export const QUEUE_TIMEOUT_MS = 30 * 60_000
@@ -36,16 +37,7 @@ export const sessionManagerOptionsSchema = z
     queueTimeoutMs: z.union([z.number().int().positive(), z.literal(Number.POSITIVE_INFINITY)]).optional(),
     prefix: z.string().regex(NAME_PART, { error: 'expected lower-case letters and digits separated by single dashes' }).default(WORKFLOW_VM_PREFIX),
     runId: z.string().regex(NAME_PART, { error: 'expected lower-case letters and digits separated by single dashes' }).optional(),
-    spec: z
-      .object({
-        image: z.string().min(1).optional(),
-        cpus: z.number().int().positive().optional(),
-        memoryMiB: z.number().int().positive().optional(),
-        diskGiB: z.number().int().positive().optional(),
-        labels: z.record(z.string(), z.string()).optional(),
-      })
-      .strict()
-      .optional(),
+    spec: vmSpecSchema.optional(),
     allocator: z.custom<VmAllocator>(isAllocator, { error: 'expected an object with allocate(spec)' }).optional(),
   })
   .strict()

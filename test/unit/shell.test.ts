@@ -3,7 +3,7 @@ import { describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
 import { buildShellScript, quoteShellArg, toShellLine } from '../../src/transport/shell.js'
 
-const sh = (script: string) => execFileSync('sh', ['-c', script], { encoding: 'utf8', cwd: '/' })
+const sh = (script: string) => execFileSync('sh', ['-c', script], { encoding: 'utf8', cwd: '/', stdio: ['ignore', 'pipe', 'pipe'] })
 
 describe('shell quoting', () => {
   const nasty = ["it's", '$(touch /tmp/vm-pool-pwned)', '`id`', 'a b', '', '"', '\\', '*', '\n', 'x;y|z&', '--flag', '$HOME', "''"]
