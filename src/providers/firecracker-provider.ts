@@ -6,7 +6,7 @@ import { abortedError, TIMED_OUT_EXIT_CODE } from '../transport/process-runner.j
 import { createDebug } from '../util/debug.js'
 import { scaleTimeout, sleep, withTimeout } from '../util/timeouts.js'
 import { validateVmName } from '../util/vm-name.js'
-import { makeGuestExec } from './multipass/guest-exec-script.js'
+import { makeGuestExec } from '../transport/guest-exec-script.js'
 import type { ExecOptions, ExecResult, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec, VmState } from './vm-provider.js'
 
 const PROVIDER = 'firecracker'

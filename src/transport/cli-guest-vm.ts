@@ -1,7 +1,7 @@
-import { VmPoolError, isVmPoolError } from '../../errors.js'
-import { abortedError, TIMED_OUT_EXIT_CODE } from '../../transport/process-runner.js'
-import { scaleTimeout, sleep, withTimeout, type WithTimeoutOptions } from '../../util/timeouts.js'
-import type { ExecOptions, ExecResult, Vm, VmRecord } from '../vm-provider.js'
+import { VmPoolError, isVmPoolError } from '../errors.js'
+import { abortedError, TIMED_OUT_EXIT_CODE } from './process-runner.js'
+import { scaleTimeout, sleep, withTimeout, type WithTimeoutOptions } from '../util/timeouts.js'
+import type { ExecOptions, ExecResult, Vm, VmRecord } from '../providers/vm-provider.js'
 import { makeGuestExec } from './guest-exec-script.js'
 
 /** How long after `timeoutMs` the local client is killed if the guest `timeout` did not end the command. */

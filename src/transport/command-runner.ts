@@ -1,7 +1,7 @@
-import { VmPoolError } from '../../errors.js'
-import { runProcess } from '../../transport/process-runner.js'
-import type { ExecResult } from '../vm-provider.js'
-import type { SshTransport } from '../../transport/ssh-transport.js'
+import { VmPoolError } from '../errors.js'
+import { runProcess } from './process-runner.js'
+import type { ExecResult } from '../providers/vm-provider.js'
+import type { SshTransport } from './ssh-transport.js'
 import type { GuestRunOptions } from './cli-guest-vm.js'
 
 /** Runs a VM manager's CLI (`multipass`, `orbctl`) on this machine or on a remote host. */
