@@ -36,6 +36,8 @@ export interface StartedSshd {
   clientKey: SshKeyPair
   /** The server's host key as an OpenSSH public key line (pin it). */
   hostPublicKey: string
+  /** The listening sshd (its children serve the connections). */
+  pid: number
   /** Everything sshd logged so far. */
   log(): string
   stop(): Promise<void>
@@ -106,7 +108,7 @@ export async function startSshd(options: StartSshdOptions = {}): Promise<Started
     }
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
-  return { host: '127.0.0.1', port: ports[0]!, ports, user: userInfo().username, clientKey, hostPublicKey: hostKey.publicKey, log: () => log, stop }
+  return { host: '127.0.0.1', port: ports[0]!, ports, user: userInfo().username, clientKey, hostPublicKey: hostKey.publicKey, pid: child.pid!, log: () => log, stop }
 }
 
 export async function getFreePort(): Promise<number> {

@@ -2,83 +2,39 @@
  * SshTransport against a real OpenSSH sshd on 127.0.0.1 (started here, as the current user, with
  * generated keys). The QEMU tests cover the same transport against dropbear inside a guest.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
-import { tmpdir, userInfo } from 'node:os'
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
 import { generateSshKeyPair, getSshFingerprint } from '../../src/transport/ssh-keys.js'
 import { SshTransport } from '../../src/transport/ssh-transport.js'
+import { getFreePort, getSshdSkipReason, startSshd, type StartedSshd } from '../helpers/sshd.js'
 
-const SSHD = '/usr/sbin/sshd'
-const skipReason = existsSync(SSHD) ? undefined : 'OpenSSH sshd is not installed (apt-get install openssh-server)'
-if (skipReason && process.env.CI === 'true') throw new Error(`CI needs ${SSHD}: ${skipReason}`)
+const skipReason = getSshdSkipReason()
 if (skipReason) console.warn(`skipping ssh transport tests: ${skipReason}`)
 
-async function freePort(): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const port = (server.address() as { port: number }).port
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
-
 describe.skipIf(Boolean(skipReason))('SshTransport against OpenSSH sshd on loopback', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'vm-pool-sshd-'))
-  const work = join(dir, 'work')
-  const clientKey = generateSshKeyPair('vm-pool-test')
-  let hostPublicKey: string
-  let port: number
-  let sshd: ChildProcess
-  let sshdLog = ''
+  const work = mkdtempSync(join(tmpdir(), 'vm-pool-ssh-work-'))
+  let sshd: StartedSshd
   const transports: SshTransport[] = []
   const make = (extra: Partial<ConstructorParameters<typeof SshTransport>[0]> = {}) => {
-    const transport = new SshTransport({ host: '127.0.0.1', port, username: userInfo().username, privateKey: clientKey.privateKey, hostKey: hostPublicKey, provider: 'ssh', ...extra })
+    const transport = new SshTransport({ host: sshd.host, port: sshd.port, username: sshd.user, privateKey: sshd.clientKey.privateKey, hostKey: sshd.hostPublicKey, provider: 'ssh', ...extra })
     transports.push(transport)
     return transport
   }
-  const acceptedConnections = () => sshdLog.split('\n').filter((line) => line.includes('Accepted publickey')).length
+  const acceptedConnections = () => sshd.log().split('\n').filter((line) => line.includes('Accepted publickey')).length
 
   beforeAll(async () => {
-    mkdirSync(work)
-    const keygen = spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'host_key')])
-    if (keygen.status !== 0) throw new Error(`ssh-keygen failed: ${keygen.stderr}`)
-    hostPublicKey = readFileSync(join(dir, 'host_key.pub'), 'utf8').trim()
-    writeFileSync(join(dir, 'authorized_keys'), `${clientKey.publicKey}\n`, { mode: 0o600 })
-    port = await freePort()
-    writeFileSync(
-      join(dir, 'sshd_config'),
-      [
-        `Port ${port}`,
-        'ListenAddress 127.0.0.1',
-        `HostKey ${join(dir, 'host_key')}`,
-        `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
-        `PidFile ${join(dir, 'sshd.pid')}`,
-        'StrictModes no',
-        'UsePAM no',
-        'PasswordAuthentication no',
-        'KbdInteractiveAuthentication no',
-        'PermitRootLogin prohibit-password',
-        'LogLevel INFO',
-      ].join('\n'),
-    )
-    // sshd's privilege separation directory (exists when the openssh-server service ever ran).
-    if (process.getuid?.() === 0) mkdirSync('/run/sshd', { recursive: true, mode: 0o755 })
-    sshd = spawn(SSHD, ['-D', '-e', '-f', join(dir, 'sshd_config')], { stdio: ['ignore', 'ignore', 'pipe'] })
-    sshd.stderr!.on('data', (data: Buffer) => (sshdLog += data.toString()))
-    for (let i = 0; !sshdLog.includes('Server listening'); i++) {
-      if (sshd.exitCode !== null || i > 100) throw new Error(`sshd did not start: ${sshdLog}`)
-      await new Promise((resolve) => setTimeout(resolve, 100))
-    }
+    sshd = await startSshd()
   })
 
   afterAll(async () => {
     for (const transport of transports) await transport.close()
-    sshd?.kill('SIGTERM')
-    rmSync(dir, { recursive: true, force: true })
+    await sshd?.stop()
+    rmSync(work, { recursive: true, force: true })
   })
 
   test('runs shell lines and argv over one persistent connection', async () => {
@@ -148,11 +104,11 @@ describe.skipIf(Boolean(skipReason))('SshTransport against OpenSSH sshd on loopb
   })
 
   test('host key: the pinned key or its SHA256 fingerprint is accepted, another key is refused', async () => {
-    expect((await make({ hostKey: getSshFingerprint(hostPublicKey) }).exec('echo pinned')).stdout).toBe('pinned\n')
+    expect((await make({ hostKey: getSshFingerprint(sshd.hostPublicKey) }).exec('echo pinned')).stdout).toBe('pinned\n')
     const other = generateSshKeyPair().publicKey
     const error = await make({ hostKey: other }).exec('echo never').catch((e: unknown) => e)
     expect(isVmPoolError(error, 'VMPOOL_HOST_KEY_MISMATCH')).toBe(true)
-    expect((error as Error).message).toContain(getSshFingerprint(hostPublicKey))
+    expect((error as Error).message).toContain(getSshFingerprint(sshd.hostPublicKey))
   })
 
   test('a key the server does not trust fails with VMPOOL_AUTH_FAILED and no key material', async () => {
@@ -165,7 +121,7 @@ describe.skipIf(Boolean(skipReason))('SshTransport against OpenSSH sshd on loopb
   })
 
   test('nothing listening: a VmPoolError naming the target', async () => {
-    const error = await make({ port: await freePort() }).exec('true').catch((e: unknown) => e)
+    const error = await make({ port: await getFreePort() }).exec('true').catch((e: unknown) => e)
     expect(isVmPoolError(error, 'VMPOOL_EXEC_FAILED')).toBe(true)
     expect((error as Error).message).toMatch(/could not connect to .*@127\.0\.0\.1:\d+/)
   })
