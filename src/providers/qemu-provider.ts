@@ -1,10 +1,12 @@
+import { randomBytes } from 'node:crypto'
 import { copyFile, mkdir, open, readdir, readFile, rm } from 'node:fs/promises'
 import { hostname } from 'node:os'
-import { join } from 'node:path'
+import { basename, join, resolve } from 'node:path'
 import { z } from 'zod'
 import { formatZodError } from '../config/zod-error.js'
 import { VmPoolError, VmPoolTimeoutError, invalidOptions, isVmPoolError } from '../errors.js'
 import { runProcess } from '../transport/process-runner.js'
+import { quoteShellArg } from '../transport/shell.js'
 import { SshTransport, type ExecBufferResult } from '../transport/ssh-transport.js'
 import { createDebug } from '../util/debug.js'
 import { writeFileAtomic } from '../util/fs-atomic.js'
@@ -17,6 +19,7 @@ import { findQemuBinary, buildQemuArgs, type QemuAccel, type QemuMachine } from 
 import { DEFAULT_IMAGE_NAME, getImageDir, loadImage, type ResolvedImage } from './qemu/qemu-image.js'
 import { findFreeLoopbackPort } from './qemu/free-port.js'
 import { runQmpCommand } from './qemu/qmp-client.js'
+import { describeSnapshotState, ensureSnapshot, getSnapshotSlot, invalidateSnapshot, readSnapshot, resumeRestoredGuest, saveGuestState, type SnapshotBuilder, type SnapshotSlot } from './qemu/qemu-snapshot.js'
 import type { ExecOptions, ExecResult, JsonValue, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
 
 const PROVIDER = 'qemu'
@@ -31,6 +34,13 @@ export const DELETE_GRACE_MS = 5_000
 export const KILL_WAIT_MS = 5_000
 /** One SSH attempt while the guest boots (the handshake runs on an emulated CPU). */
 export const BOOT_SSH_ATTEMPT_TIMEOUT_MS = 15_000
+/**
+ * From starting a QEMU that loads a snapshot to the first finished command in the restored guest
+ * (about 1 s here under TCG). A restore that takes longer is treated as broken: the snapshot is rebuilt.
+ */
+export const RESTORE_TIMEOUT_MS = 60_000
+/** After the template's SSH session closed, time for the guest's dropbear to end that session before the save. */
+const SNAPSHOT_SETTLE_MS = 300
 /** Pause between boot checks. */
 const BOOT_POLL_INTERVAL_MS = 200
 /** New ports tried when another QEMU took the chosen one first. */
@@ -65,6 +75,14 @@ export const qemuProviderOptionsSchema = z
     qemuBinary: z.string().min(1).optional(),
     /** @default BOOT_TIMEOUT_MS scaled by VM_POOL_TIMEOUT_SCALE */
     bootTimeoutMs: z.number().int().positive().optional(),
+    /**
+     * `auto`: boot the image once, save the running guest, and start every VM by restoring that
+     * state (about 1 s instead of a boot; images with a `disk` always boot). Also enables
+     * `reset(name)` (`keepWarm: { reset: 'snapshot' }`). `false`: every VM boots. @default 'auto'
+     */
+    snapshot: z.union([z.literal('auto'), z.literal(false)]).default('auto'),
+    /** Where snapshots live, one dir per image + machine shape. @default `<imageDir>/.snapshots` */
+    snapshotDir: z.string().min(1).optional(),
   })
   .strict()
 
@@ -81,6 +99,10 @@ const qemuRecordDataSchema = z.object({
   pid: z.number().int(),
   accel: z.enum(['kvm', 'tcg']),
   image: z.string(),
+  /** From QEMU start to the first finished command. */
+  bootMs: z.number().optional(),
+  /** The snapshot id the VM was restored from; absent for a cold boot. */
+  restoredFrom: z.string().optional(),
 })
 
 interface ProcessFile extends ProcessIdentity {
@@ -98,6 +120,11 @@ export interface QemuVm extends Vm {
 
 export interface QemuProvider extends VmProvider {
   connect(record: VmRecord): Promise<QemuVm>
+  /**
+   * Present unless `snapshot: false`: put the VM back to the snapshot state (its QEMU is replaced by a
+   * fresh restore; same name and state dir, the same port when it is still free). Returns the new record.
+   */
+  reset?(name: string): Promise<VmRecord>
   probe(): Promise<ProviderProbe>
   close(): Promise<void>
 }
@@ -114,6 +141,8 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
   const root = () => join(getStateDir(config.stateDir), 'qemu')
   const vmDir = (name: string) => join(root(), name)
   const imageDir = () => getImageDir(config.imageDir)
+  const snapshotDir = () => (config.snapshotDir ? resolve(config.snapshotDir) : join(imageDir(), '.snapshots'))
+  const bootTimeoutMs = () => config.bootTimeoutMs ?? scaleTimeout(BOOT_TIMEOUT_MS)
   /** Transports that proved the boot, handed to the first `connect` in this process (saves a handshake). */
   const bootTransports = new Map<string, SshTransport>()
 
@@ -134,21 +163,142 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
     return probeAccel({ qemuBinary: binary, kernel: image.kernel, cacheDir: root() })
   }
 
+  /** The machine a spec asks for: create and reset must agree exactly (a restore needs the same machine). */
+  const resolveMachine = async (spec: Pick<VmSpec, 'image' | 'cpus' | 'memoryMiB'>, binary: string): Promise<QemuMachine> => {
+    const image = await loadImage(spec.image ?? config.image, imageDir())
+    const { accel } = await resolveAccel(binary, image)
+    return { accel, cpus: spec.cpus ?? config.cpus, memoryMiB: Math.max(spec.memoryMiB ?? config.memoryMiB, image.minMemoryMiB), image }
+  }
+
+  /** Snapshots need all guest state in RAM: an image with a disk writes to an overlay the saved state does not contain. */
+  const canSnapshot = (machine: QemuMachine): boolean => config.snapshot === 'auto' && machine.image.disk === undefined && machine.image.kernel !== undefined
+
+  const getSlot = (machine: QemuMachine, binary: string): Promise<SnapshotSlot> => getSnapshotSlot({ snapshotDir: snapshotDir(), machine, qemuBinary: binary })
+
+  /**
+   * Start a detached QEMU for `instance` (a free port, retried when a concurrent start took it; the
+   * preferred port first, so a reset VM keeps its address) and record its identity in `<dir>/process.json`.
+   */
+  const launch = async (binary: string, machine: QemuMachine, options: { name: string; dir: string; vm: string; incoming?: string; preferredPort?: number }): Promise<ProcessFile> => {
+    const pidFile = join(options.dir, 'qemu.pid')
+    for (let attempt = 1; ; attempt++) {
+      const port = attempt === 1 && options.preferredPort ? options.preferredPort : await findFreeLoopbackPort()
+      const args = buildQemuArgs(machine, { name: options.name, sshPort: port, pidFile, serialLog: join(options.dir, 'serial.log'), qmpSocket: join(options.dir, 'qmp.sock'), daemonize: true, incoming: options.incoming })
+      debug('starting %s: %s %s', options.name, binary, args.join(' '))
+      const started = await runProcess(binary, args, { timeoutMs: scaleTimeout(QEMU_START_TIMEOUT_MS), env: process.env, provider: PROVIDER, vm: options.vm })
+      if (started.exitCode === 0) {
+        const pid = Number((await readFile(pidFile, 'utf8')).trim())
+        const identity: ProcessFile = { pid, host: hostname(), startTime: getProcessStartTime(pid), port, accel: machine.accel }
+        await writeFileAtomic(join(options.dir, 'process.json'), JSON.stringify(identity), 0o644)
+        return identity
+      }
+      const portTaken = /host forwarding|Address already in use|Could not set up host forwarding/i.test(started.stderr)
+      if (portTaken && attempt < PORT_ATTEMPTS) {
+        debug('%s: port %d was taken by someone else, trying another', options.name, port)
+        continue
+      }
+      throw new VmPoolError({
+        code: 'VMPOOL_CREATE_FAILED',
+        provider: PROVIDER,
+        operation: 'create',
+        vm: options.vm,
+        message: `QEMU failed to start (exit code ${started.exitCode}${started.timedOut ? ', QEMU_START_TIMEOUT_MS ran out' : ''}): ${started.stderr.trim() || 'no error output'}`,
+        details: { accel: machine.accel, image: machine.image.dir, restore: options.incoming !== undefined },
+      })
+    }
+  }
+
+  const makeTransport = (vm: string, port: number, privateKey: Buffer, image: ResolvedImage): SshTransport =>
+    new SshTransport({ host: '127.0.0.1', port, username: image.username, privateKey, hostKey: image.hostKey, readyTimeoutMs: scaleTimeout(BOOT_SSH_ATTEMPT_TIMEOUT_MS), maxChannels: GUEST_MAX_CHANNELS, provider: PROVIDER, vm })
+
+  /** A cold boot: QEMU boots the kernel, the guest prints its boot marker, SSH answers `readyCommand`. */
+  const bootCold = async (binary: string, machine: QemuMachine, options: { name: string; dir: string; vm: string; privateKey: Buffer; readyCommand: () => string; context?: string }): Promise<Started> => {
+    const bootStarted = performance.now()
+    const identity = await launch(binary, machine, options)
+    const transport = makeTransport(options.vm, identity.port, options.privateKey, machine.image)
+    try {
+      await waitForBoot({ name: options.vm, transport, identity, serialLog: join(options.dir, 'serial.log'), bootTimeoutMs: bootTimeoutMs(), bootStarted, bootMarker: machine.image.bootMarker, readyCommand: options.readyCommand, context: options.context })
+    } catch (error) {
+      await transport.close()
+      await stopProcess(identity, join(options.dir, 'qmp.sock'), false)
+      throw error
+    }
+    return { identity, transport, bootMs: Math.round(performance.now() - bootStarted) }
+  }
+
+  /** Boot a template VM, save it into the slot, shut it down (ensureSnapshot holds the slot lock around this). */
+  const buildSnapshot = (binary: string, machine: QemuMachine, slot: SnapshotSlot, vm: string): SnapshotBuilder => async ({ stateFile, workDir }) => {
+    // A builder that died mid-build (SIGKILL) may have left its template running: it is ours to end now.
+    const leftover = await readProcessFile(workDir)
+    if (leftover) await stopProcess(leftover, join(workDir, 'qmp.sock'), false)
+    const qmpSocket = join(workDir, 'qmp.sock')
+    if (Buffer.byteLength(qmpSocket) > MAX_UNIX_SOCKET_PATH) {
+      throw invalidOptions(`the snapshot dir path is too long for QEMU's monitor socket (${qmpSocket} is over ${MAX_UNIX_SOCKET_PATH} bytes)`, { provider: PROVIDER, vm, hint: 'use a shorter snapshotDir (or VM_POOL_IMAGE_DIR)' })
+    }
+    debug('%s: no usable snapshot in %s, booting a template to save', vm, slot.dir)
+    const privateKey = await readFile(machine.image.clientKey)
+    const { identity, transport, bootMs } = await bootCold(binary, machine, { name: `snapshot-${basename(slot.dir)}`, dir: workDir, vm, privateKey, readyCommand: () => 'true', context: ` (the snapshot template in ${slot.dir})` })
+    try {
+      // Our SSH session must be over before the save, or every clone starts with a dead session in it.
+      await transport.close()
+      await sleep(SNAPSHOT_SETTLE_MS)
+      const saveStarted = performance.now()
+      await saveGuestState(qmpSocket, stateFile)
+      return { bootMs, saveMs: Math.round(performance.now() - saveStarted) }
+    } finally {
+      await transport.close()
+      await stopProcess(identity, qmpSocket, true)
+    }
+  }
+
+  /**
+   * Start a VM from the slot's snapshot (built first when missing or stale): QEMU loads the saved guest,
+   * `cont` once loaded, then the first command gives the clone its identity (hostname, clock, entropy).
+   * A restore that fails or never answers invalidates that snapshot; it is rebuilt and tried once more.
+   */
+  const restore = async (binary: string, machine: QemuMachine, options: { dir: string; vm: string; privateKey: Buffer; preferredPort?: number }): Promise<Started> => {
+    const slot = await getSlot(machine, binary)
+    for (let attempt = 1; ; attempt++) {
+      const snapshot = await ensureSnapshot(slot, buildSnapshot(binary, machine, slot, options.vm))
+      const started = performance.now()
+      let identity: ProcessFile | undefined
+      let transport: SshTransport | undefined
+      try {
+        identity = await launch(binary, machine, { name: options.vm, dir: options.dir, vm: options.vm, incoming: `exec:cat ${quoteShellArg(join(slot.dir, snapshot.stateFile))}`, preferredPort: options.preferredPort })
+        const timeoutMs = Math.min(scaleTimeout(RESTORE_TIMEOUT_MS), bootTimeoutMs())
+        await resumeRestoredGuest({ qmpSocket: join(options.dir, 'qmp.sock'), identity, deadline: started + timeoutMs, vm: options.vm })
+        transport = makeTransport(options.vm, identity.port, options.privateKey, machine.image)
+        await waitForBoot({ name: options.vm, transport, identity, serialLog: join(options.dir, 'serial.log'), bootTimeoutMs: timeoutMs, bootStarted: started, bootMarker: undefined, readyCommand: () => identityCommand(options.vm), context: ` (restored from snapshot ${snapshot.id})` })
+        return { identity, transport, bootMs: Math.round(performance.now() - started), restoredFrom: snapshot.id }
+      } catch (error) {
+        await transport?.close()
+        if (identity) await stopProcess(identity, join(options.dir, 'qmp.sock'), false)
+        await removeInstanceFiles(options.dir)
+        const reason = (error as Error).message.split('\n')[0]!
+        await invalidateSnapshot(slot, snapshot.id, reason)
+        if (attempt >= 2) {
+          throw new VmPoolError({ code: 'VMPOOL_SNAPSHOT_INVALID', provider: PROVIDER, operation: 'create', vm: options.vm, message: `restoring a fresh snapshot failed too (${reason}); it was deleted`, hint: 'start without snapshots to see whether the image boots: qemuProvider({ snapshot: false })', cause: error })
+        }
+        debug('%s: restore from snapshot %s failed (%s): deleted it, rebuilding', options.vm, snapshot.id, reason)
+      }
+    }
+  }
+
+  const writeRecord = async (dir: string, record: VmRecord): Promise<void> => writeFileAtomic(join(dir, 'record.json'), JSON.stringify(record, null, 2), 0o644)
+
+  const adoptBootTransport = (name: string, transport: SshTransport): void => {
+    void bootTransports.get(name)?.close()
+    bootTransports.set(name, transport)
+  }
+
   const provider: QemuProvider = {
     name: PROVIDER,
 
     async create(spec: VmSpec): Promise<VmRecord> {
       const name = validateVmName(spec.name, PROVIDER)
       const binary = await requireBinary('create')
-      const imageName = spec.image ?? config.image
-      const image = await loadImage(imageName, imageDir())
-      const { accel } = await resolveAccel(binary, image)
-      const machine: QemuMachine = {
-        accel,
-        cpus: spec.cpus ?? config.cpus,
-        memoryMiB: Math.max(spec.memoryMiB ?? config.memoryMiB, image.minMemoryMiB),
-        image,
-      }
+      const machine = await resolveMachine(spec, binary)
+      const { image } = machine
       const dir = vmDir(name)
       const qmpSocket = join(dir, 'qmp.sock')
       if (Buffer.byteLength(qmpSocket) > MAX_UNIX_SOCKET_PATH) {
@@ -161,80 +311,36 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
         if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
         throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: PROVIDER, operation: 'create', vm: name, message: `a VM named ${name} already exists (${dir})`, hint: `delete it first: vm-pool gc --provider qemu --prefix ${name}` })
       }
-      let identity: ProcessFile | undefined
+      let started: Started | undefined
       try {
         // The VM owns a copy of the key: rebuilding the image later does not lock out running VMs.
         const keyPath = join(dir, 'client_key')
         await copyFile(image.clientKey, keyPath)
-        const serialLog = join(dir, 'serial.log')
-        const pidFile = join(dir, 'qemu.pid')
-        const bootTimeoutMs = config.bootTimeoutMs ?? scaleTimeout(BOOT_TIMEOUT_MS)
-        const bootStarted = performance.now()
-
-        let port = 0
-        for (let attempt = 1; ; attempt++) {
-          port = await findFreeLoopbackPort()
-          const args = buildQemuArgs(machine, { name, sshPort: port, pidFile, serialLog, qmpSocket, daemonize: true })
-          debug('starting %s: %s %s', name, binary, args.join(' '))
-          const started = await runProcess(binary, args, { timeoutMs: scaleTimeout(QEMU_START_TIMEOUT_MS), env: process.env, provider: PROVIDER, vm: name })
-          if (started.exitCode === 0) break
-          const portTaken = /host forwarding|Address already in use|Could not set up host forwarding/i.test(started.stderr)
-          if (portTaken && attempt < PORT_ATTEMPTS) {
-            debug('%s: port %d was taken by someone else, trying another', name, port)
-            continue
-          }
-          throw new VmPoolError({
-            code: 'VMPOOL_CREATE_FAILED',
-            provider: PROVIDER,
-            operation: 'create',
-            vm: name,
-            message: `QEMU failed to start (exit code ${started.exitCode}${started.timedOut ? ', QEMU_START_TIMEOUT_MS ran out' : ''}): ${started.stderr.trim() || 'no error output'}`,
-            details: { accel, image: image.dir },
-          })
-        }
-        const pid = Number((await readFile(pidFile, 'utf8')).trim())
-        identity = { pid, host: hostname(), startTime: getProcessStartTime(pid), port, accel }
-        await writeFileAtomic(join(dir, 'process.json'), JSON.stringify(identity), 0o644)
-
-        const data = { host: '127.0.0.1', port, username: image.username, hostKey: image.hostKey, keyPath, vmDir: dir, pid, accel, image: image.dir }
-        const transport = new SshTransport({
-          host: data.host,
-          port,
-          username: data.username,
-          privateKey: await readFile(keyPath),
-          hostKey: image.hostKey,
-          readyTimeoutMs: scaleTimeout(BOOT_SSH_ATTEMPT_TIMEOUT_MS),
-          maxChannels: GUEST_MAX_CHANNELS,
-          provider: PROVIDER,
-          vm: name,
-        })
-        try {
-          await waitForBoot({ name, transport, identity, serialLog, bootTimeoutMs, bootStarted, bootMarker: image.bootMarker })
-        } catch (error) {
-          await transport.close()
-          throw error
-        }
+        const privateKey = await readFile(keyPath)
+        started = canSnapshot(machine)
+          ? await restore(binary, machine, { dir, vm: name, privateKey })
+          : await bootCold(binary, machine, { name, dir, vm: name, privateKey, readyCommand: () => identityCommand(name, false) })
         const record: VmRecord = {
           name,
           provider: PROVIDER,
           createdAt: new Date().toISOString(),
           spec: { ...spec, labels: spec.labels ? { ...spec.labels } : undefined },
-          data: data satisfies Record<string, JsonValue>,
+          data: makeRecordData(started, { keyPath, vmDir: dir, image }),
         }
         if (record.spec.labels === undefined) delete record.spec.labels
-        await writeFileAtomic(join(dir, 'record.json'), JSON.stringify(record, null, 2), 0o644)
-        bootTransports.get(name)?.close()
-        bootTransports.set(name, transport)
-        debug('%s is up on 127.0.0.1:%d (%s, %d ms)', name, port, accel, Math.round(performance.now() - bootStarted))
+        await writeRecord(dir, record)
+        adoptBootTransport(name, started.transport)
+        debug('%s is up on 127.0.0.1:%d (%s, %s, %d ms)', name, started.identity.port, machine.accel, started.restoredFrom ? `restored from snapshot ${started.restoredFrom}` : 'cold boot', started.bootMs)
         return record
       } catch (error) {
         // Nothing half-made survives a failed create: kill QEMU, remove the state dir.
-        if (identity) await stopProcess(identity, join(dir, 'qmp.sock'), false)
+        await started?.transport.close()
+        const identity = started?.identity ?? (await readProcessFile(dir))
+        if (identity) await stopProcess(identity, qmpSocket, false)
         await rm(dir, { recursive: true, force: true })
         throw error
       }
     },
-
     async connect(record: VmRecord): Promise<QemuVm> {
       const name = validateVmName(record.name, PROVIDER)
       const parsedData = qemuRecordDataSchema.safeParse(record.data)
@@ -322,6 +428,13 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
       const accel = await resolveAccel(binary, image)
       details.accel = accel.accel
       details.accelReason = accel.reason
+      const machine: QemuMachine = { accel: accel.accel, cpus: config.cpus, memoryMiB: Math.max(config.memoryMiB, image.minMemoryMiB), image }
+      if (config.snapshot === false) details.snapshot = 'off (snapshot: false): every VM boots'
+      else if (!canSnapshot(machine)) details.snapshot = 'not used: the image has a disk, whose writes a saved guest state does not hold; every VM boots'
+      else {
+        const slot = await getSlot(machine, binary)
+        details.snapshot = describeSnapshotState(slot, await readSnapshot(slot)).text
+      }
       return { usable: true, reason: `QEMU ${details.version ?? ''} with ${accel.accel.toUpperCase()}, image ${config.image} present`.replace(/\s+/g, ' '), details }
     },
 
@@ -331,7 +444,87 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
       await Promise.all(transports.map((transport) => transport.close()))
     },
   }
+  if (config.snapshot === 'auto') {
+    provider.reset = async (name: string): Promise<VmRecord> => {
+      validateVmName(name, PROVIDER)
+      const dir = vmDir(name)
+      let record: VmRecord
+      try {
+        record = JSON.parse(await readFile(join(dir, 'record.json'), 'utf8')) as VmRecord
+      } catch (error) {
+        throw new VmPoolError({ code: 'VMPOOL_VM_NOT_FOUND', provider: PROVIDER, operation: 'reset', vm: name, message: `VM ${name} does not exist (no ${join(dir, 'record.json')})`, cause: error })
+      }
+      const binary = await requireBinary('reset')
+      const machine = await resolveMachine(record.spec, binary)
+      if (!canSnapshot(machine)) {
+        throw new VmPoolError({ code: 'VMPOOL_SNAPSHOT_INVALID', provider: PROVIDER, operation: 'reset', vm: name, message: `VM ${name} cannot be reset to a snapshot: its image ${machine.image.dir} has a disk`, hint: "use a keepWarm.reset shell line instead of 'snapshot' for disk images" })
+      }
+      await bootTransports.get(name)?.close()
+      bootTransports.delete(name)
+      const old = await readProcessFile(dir)
+      // The old guest's state is thrown away: no graceful shutdown needed.
+      if (old) await stopProcess(old, join(dir, 'qmp.sock'), false)
+      await removeInstanceFiles(dir)
+      const keyPath = join(dir, 'client_key')
+      try {
+        const started = await restore(binary, machine, { dir, vm: name, privateKey: await readFile(keyPath), preferredPort: old?.port })
+        const next: VmRecord = { ...record, data: makeRecordData(started, { keyPath, vmDir: dir, image: machine.image }) }
+        await writeRecord(dir, next)
+        adoptBootTransport(name, started.transport)
+        debug('%s was reset to snapshot %s (127.0.0.1:%d, %d ms)', name, started.restoredFrom, started.identity.port, started.bootMs)
+        return next
+      } catch (error) {
+        // A VM that could not be reset is not half-kept: it is gone, as a failed create leaves nothing.
+        await rm(dir, { recursive: true, force: true })
+        throw error
+      }
+    }
+  }
   return provider
+}
+
+/** A QEMU that runs and answers: what create and reset hand on. */
+interface Started {
+  identity: ProcessFile
+  /** The connection that proved the guest answers; the first `connect` in this process reuses it. */
+  transport: SshTransport
+  bootMs: number
+  restoredFrom?: string
+}
+
+function makeRecordData(started: Started, paths: { keyPath: string; vmDir: string; image: ResolvedImage }): Record<string, JsonValue> {
+  const data = {
+    host: '127.0.0.1',
+    port: started.identity.port,
+    username: paths.image.username,
+    hostKey: paths.image.hostKey,
+    keyPath: paths.keyPath,
+    vmDir: paths.vmDir,
+    pid: started.identity.pid,
+    accel: started.identity.accel,
+    image: paths.image.dir,
+    bootMs: started.bootMs,
+  }
+  return started.restoredFrom ? { ...data, restoredFrom: started.restoredFrom } : data
+}
+
+/**
+ * The first command in a VM gives it its own identity: its name as hostname; for a restored clone also
+ * the current time (its clock stopped when the template was saved) and fresh host entropy mixed into
+ * its RNG (the kernel also reseeds on the new VM generation ID). Tolerant: a custom image without
+ * `hostname` or `date -s` still counts as up.
+ */
+function identityCommand(name: string, restored = true): string {
+  const parts = [`hostname ${quoteShellArg(name)} 2>/dev/null`]
+  if (restored) {
+    parts.push(`date -s @${Math.floor(Date.now() / 1000)} >/dev/null 2>&1`, `printf %s ${randomBytes(32).toString('hex')} >/dev/urandom 2>/dev/null`)
+  }
+  return `${parts.join('; ')}; exit 0`
+}
+
+/** What one QEMU run leaves in a VM dir; the key and record stay (a reset reuses the dir). */
+async function removeInstanceFiles(dir: string): Promise<void> {
+  for (const file of ['process.json', 'qemu.pid', 'qmp.sock', 'serial.log']) await rm(join(dir, file), { force: true })
 }
 
 interface WaitForBootOptions {
@@ -342,6 +535,10 @@ interface WaitForBootOptions {
   bootTimeoutMs: number
   bootStarted: number
   bootMarker: string | undefined
+  /** Run until it exits 0: the guest is up. */
+  readyCommand: () => string
+  /** Appended to error messages, e.g. ` (the snapshot template in DIR)`. */
+  context?: string
 }
 
 /** Until a command runs in the guest: fail fast if QEMU exits, and show the serial console when it never comes up. */
@@ -357,7 +554,7 @@ async function waitForBoot(options: WaitForBootOptions): Promise<void> {
         provider: PROVIDER,
         operation: 'create',
         vm: name,
-        message: `QEMU exited while the guest was booting; the guest's console ended with:\n${await readSerialTail(options.serialLog)}`,
+        message: `QEMU exited while the guest was booting${options.context ?? ''}; the guest's console ended with:\n${await readSerialTail(options.serialLog)}`,
         hint: 'a kernel panic or a broken image: rebuild it with `vm-pool image build --force`',
       })
     }
@@ -372,7 +569,7 @@ async function waitForBoot(options: WaitForBootOptions): Promise<void> {
     try {
       // An attempt may not outlast the boot deadline (the handshake timeout alone could).
       const remainingMs = Math.max(1, deadline - performance.now())
-      const attempt = transport.exec('true')
+      const attempt = transport.exec(options.readyCommand())
       let timer: NodeJS.Timeout | undefined
       const expired = new Promise<undefined>((resolve) => (timer = setTimeout(resolve, remainingMs, undefined)))
       const result = await Promise.race([attempt, expired]).finally(() => clearTimeout(timer))
@@ -382,7 +579,7 @@ async function waitForBoot(options: WaitForBootOptions): Promise<void> {
         break
       }
       if (result.exitCode === 0) return
-      lastError = new Error(`'true' exited with ${result.exitCode}`)
+      lastError = new Error(`the first command exited with ${result.exitCode}`)
     } catch (error) {
       // The wrong host key or a refused key will not get better by waiting.
       if (isVmPoolError(error, 'VMPOOL_HOST_KEY_MISMATCH') || isVmPoolError(error, 'VMPOOL_AUTH_FAILED')) throw error
@@ -397,7 +594,7 @@ async function waitForBoot(options: WaitForBootOptions): Promise<void> {
     vm: name,
     timeoutName: 'BOOT_TIMEOUT_MS',
     timeoutMs: options.bootTimeoutMs,
-    message: `timed out after ${options.bootTimeoutMs} ms waiting for SSH on 127.0.0.1:${identity.port} (BOOT_TIMEOUT_MS, ${identity.accel}); last error: ${(lastError as Error | undefined)?.message ?? 'none'}; the guest's console ended with:\n${await readSerialTail(options.serialLog)}`,
+    message: `timed out after ${options.bootTimeoutMs} ms waiting for SSH on 127.0.0.1:${identity.port} (BOOT_TIMEOUT_MS, ${identity.accel})${options.context ?? ''}; last error: ${(lastError as Error | undefined)?.message ?? 'none'}; the guest's console ended with:\n${await readSerialTail(options.serialLog)}`,
     hint: 'on a slow or busy machine set VM_POOL_TIMEOUT_SCALE=2 (or higher); the VM was killed',
     cause: lastError,
   })

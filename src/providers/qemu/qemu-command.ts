@@ -49,6 +49,9 @@ export function buildMachineArgs(machine: QemuMachine): string[] {
     // A guest that panics (`panic=-1`) or reboots makes QEMU exit, so a broken boot fails fast.
     '-no-reboot',
     '-device', 'virtio-net-pci,netdev=net0',
+    // A VM generation ID: a guest restored from a saved state sees a new one and reseeds its RNG
+    // (Linux: "crng reseeded due to virtual machine fork"), so clones do not share random numbers.
+    '-device', 'vmgenid,guid=auto',
   ]
   if (image.kernel) {
     args.push('-kernel', image.kernel, '-append', image.append)
