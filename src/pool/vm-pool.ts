@@ -19,6 +19,8 @@ import { vmSpecSchema } from '../config/vm-spec-schema.js'
 export const ADOPT_CHECK_TIMEOUT_MS = 15_000
 /** The `keepWarm.reset` command before a VM goes back to idle; a reset that fails or runs out deletes the VM instead. Scaled. */
 export const RESET_TIMEOUT_MS = 60_000
+/** `keepWarm.reset` value that restores the VM to the provider's snapshot (`provider.reset`) instead of running a shell line. */
+export const RESET_TO_SNAPSHOT = 'snapshot'
 
 const debug = createDebug('vm-pool:pool')
 
@@ -32,7 +34,10 @@ const keepWarmSchema = z
     ttlMs: z.number().int().positive(),
     /** At most this many idle VMs on this host (for this provider); the oldest go first. */
     max: z.number().int().min(0),
-    /** A shell line run in the VM before it goes back to idle, e.g. `rm -rf /tmp/test-*`. */
+    /**
+     * Before a VM goes back to idle: a shell line run in it (e.g. `rm -rf /tmp/test-*`), or `'snapshot'`
+     * to restore it to the provider's saved clean state (needs `provider.reset`, e.g. qemu with snapshots).
+     */
     reset: z.string().min(1).optional(),
   })
   .strict()
@@ -69,7 +74,11 @@ export interface PoolOptions {
   prefix?: string
   /** Names of `fresh()` VMs: `<freshPrefix>-<runId>-<n>`. @default 'vitest-fresh' for the default prefix, else `prefix` */
   freshPrefix?: string
-  /** Keep released VMs running as idle warm VMs any process on this host can adopt. @default undefined (release deletes) */
+  /**
+   * Keep released VMs running as idle warm VMs any process on this host can adopt. `reset` runs before a
+   * VM goes idle: a shell line, or `'snapshot'` to restore the VM to the provider's snapshot (`provider.reset`).
+   * @default undefined (release deletes)
+   */
   keepWarm?: { ttlMs: number; max: number; reset?: string }
   /** Where the lease file (`leases/<provider>.json`) and reaper markers live. @default `VM_POOL_STATE_DIR` or `~/.cache/vm-pool` */
   stateDir?: string
@@ -204,6 +213,12 @@ export function createPool(options: PoolOptions): VmPool {
     reaper = Object.freeze({ providerName: provider.name, providerOptions: {}, env: raw.stateDir ? { VM_POOL_STATE_DIR: stateDir } : ({} as Record<string, string>) })
   } else if (raw.reaper !== false) {
     reaper = Object.freeze({ providerName: raw.reaper.providerName, providerOptions: raw.reaper.providerOptions, env: {} })
+  }
+  if (raw.keepWarm?.reset === RESET_TO_SNAPSHOT && typeof provider.reset !== 'function') {
+    throw invalidOptions(`keepWarm.reset: '${RESET_TO_SNAPSHOT}' needs a provider that can reset a VM to a snapshot; ${provider.name} cannot`, {
+      operation: 'createPool',
+      hint: "use the qemu provider with snapshots on (its default), or a shell line as keepWarm.reset",
+    })
   }
   const spec = Object.freeze({ ...raw.spec })
   const config: ResolvedPoolOptions = Object.freeze({
@@ -480,7 +495,18 @@ class LeasedVmPool implements VmPool {
   async #giveBack(held: Held, discard: boolean): Promise<void> {
     const keepWarm = this.options.keepWarm
     if (!keepWarm || discard || keepWarm.max === 0) return this.#deleteHeld(held)
-    if (keepWarm.reset) {
+    let record: VmRecord | undefined
+    if (keepWarm.reset === RESET_TO_SNAPSHOT) {
+      // No outer timeout: the provider's restore has its own named ones, and abandoning a restore
+      // half-way would race the delete below against it.
+      await held.vm.close?.().catch(() => {})
+      try {
+        record = await this.#provider.reset!(held.name)
+      } catch (error) {
+        this.#warn(`resetting ${held.name} to its snapshot failed (${(error as Error).message.split('\n')[0]}); deleting it instead of keeping it warm`)
+        return this.#deleteHeld(held)
+      }
+    } else if (keepWarm.reset) {
       const timeoutMs = scaleTimeout(RESET_TIMEOUT_MS)
       try {
         const result = await withTimeout(held.vm.exec(keepWarm.reset, { timeoutMs }), { name: 'RESET_TIMEOUT_MS', ms: timeoutMs, what: `the keepWarm.reset command in ${held.name}`, provider: this.#provider.name, vm: held.name })
@@ -497,6 +523,7 @@ class LeasedVmPool implements VmPool {
       const at = new Date(now).toISOString()
       entry.state = 'idle'
       entry.owner = null
+      if (record) entry.record = record
       entry.runId = this.runId
       delete entry.key
       entry.idleSince = at

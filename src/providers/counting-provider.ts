@@ -59,5 +59,6 @@ export function countingProvider(inner: VmProvider): CountingProvider {
   }
   if (inner.probe) wrapper.probe = () => inner.probe!()
   if (inner.close) wrapper.close = () => inner.close!()
+  if (inner.reset) wrapper.reset = (name) => inner.reset!(name)
   return wrapper
 }

@@ -103,4 +103,9 @@ export interface VmProvider {
   probe?(): Promise<ProviderProbe>
   /** Optional: release resources this provider object holds in this process (connections, agents). */
   close?(): Promise<void>
+  /**
+   * Optional: put the VM back to the provider's clean saved state (qemu: its snapshot), keeping its
+   * name. Returns the new record (ports and pids may change). Used by `keepWarm: { reset: 'snapshot' }`.
+   */
+  reset?(name: string): Promise<VmRecord>
 }

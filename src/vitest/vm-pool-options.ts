@@ -31,7 +31,8 @@ export const vmPoolOptionsSchema = z
     /**
      * Hand the worker VMs back warm at the end of the run instead of deleting them, so the next
      * run (or a parallel CI job on this host) adopts them instead of booting. `true` means
-     * `{ ttlMs: 30 minutes, max: 4 }`; `reset` is a shell line run in a VM before it goes back.
+     * `{ ttlMs: 30 minutes, max: 4 }`; `reset` is a shell line run in a VM before it goes back,
+     * or `'snapshot'` to restore it to the provider's clean saved state (qemu with snapshots on).
      * A crashed worker's VM and fresh VMs are always deleted.
      * @default false
      */

@@ -11,6 +11,7 @@ import { countingProvider, type CountingProvider } from '../../src/providers/cou
 import { fakeProvider } from '../../src/providers/fake-provider.js'
 import { createPool, type PoolOptions, type VmPool } from '../../src/pool/vm-pool.js'
 import type { FileLeaseStore } from '../../src/pool/file-lease-store.js'
+import type { VmProvider } from '../../src/providers/vm-provider.js'
 import { ensureDistBuilt, isPidRunning, makeStateDir, waitFor } from '../../fixtures/pool/harness.js'
 
 describe('createPool', () => {
@@ -135,6 +136,58 @@ describe('createPool', () => {
     const other = await plain.acquire('b')
     await other.release({ discard: true })
     expect(await vmNames()).toEqual([])
+  })
+
+  test("keepWarm reset: 'snapshot' restores the VM through provider.reset; the idle entry carries the new record", async () => {
+    state = makeStateDir()
+    const fake = fakeProvider({ stateDir: state.dir })
+    const resets: string[] = []
+    // A provider whose "snapshot" is a brand-new fake VM under the same name: nothing written before survives.
+    const resettable: VmProvider = {
+      name: fake.name,
+      create: (spec) => fake.create(spec),
+      connect: (record) => fake.connect(record),
+      delete: (name) => fake.delete(name),
+      list: () => fake.list(),
+      async reset(name) {
+        resets.push(name)
+        await fake.delete(name)
+        return fake.create({ name })
+      },
+    }
+    const keepWarm = { ttlMs: 600_000, max: 2, reset: 'snapshot' }
+    const first = make({ provider: resettable, keepWarm })
+    const lease = await first.acquire('a')
+    await lease.vm.exec('touch dirty')
+    const before = lease.vm.record
+    await lease.release()
+    expect(resets).toEqual([lease.name])
+    const idle = (await leases(first))[lease.name]!
+    expect(idle).toMatchObject({ state: 'idle', owner: null })
+    expect(idle.record).not.toEqual(before)
+    const adopted = await make({ provider: resettable, keepWarm }).acquire('b')
+    expect(adopted).toMatchObject({ name: lease.name, adopted: true })
+    expect((await adopted.vm.exec('ls')).stdout).toBe('')
+    await adopted.release()
+  })
+
+  test("keepWarm reset: 'snapshot' needs provider.reset; a failing reset deletes the VM", async () => {
+    const error = (() => {
+      try {
+        make({ keepWarm: { ttlMs: 600_000, max: 2, reset: 'snapshot' } })
+      } catch (e) {
+        return e
+      }
+    })()
+    expect(isVmPoolError(error, 'VMPOOL_INVALID_OPTIONS')).toBe(true)
+    expect((error as Error).message).toMatch(/needs a provider that can reset a VM to a snapshot/)
+    const fake = fakeProvider({ stateDir: state.dir })
+    const warnings: string[] = []
+    const broken: VmProvider = { name: fake.name, create: (spec) => fake.create(spec), connect: (record) => fake.connect(record), delete: (name) => fake.delete(name), list: () => fake.list(), reset: async () => Promise.reject(new Error('the snapshot is gone')) }
+    const pool = make({ provider: broken, keepWarm: { ttlMs: 600_000, max: 2, reset: 'snapshot' }, warn: (m) => warnings.push(m) })
+    await (await pool.acquire('a')).release()
+    expect(await fake.list()).toEqual([])
+    expect(warnings.join('\n')).toMatch(/resetting .* to its snapshot failed \(the snapshot is gone\); deleting it/)
   })
 
   test('keepWarm.max: beyond max idle VMs, the oldest are deleted', async () => {
