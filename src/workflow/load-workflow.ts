@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises'
 import { basename, extname } from 'node:path'
-import { isMap, isScalar, LineCounter, parseDocument, type Document } from 'yaml'
+import { isMap, isScalar, LineCounter, parseDocument, visit, type Document } from 'yaml'
 import { z } from 'zod'
 import { VmPoolError } from '../errors.js'
 import { formatZodError } from '../config/zod-error.js'
@@ -36,7 +36,36 @@ export function parseWorkflow(text: string, source?: string): Workflow {
     })
   }
 
-  return validateWorkflow(doc.toJS({ maxAliasCount: 100 }), source, { doc, lineCounter })
+  let data: unknown
+  try {
+    data = doc.toJS({ maxAliasCount: 100 })
+  } catch (error) {
+    // yaml reports an undefined alias and an alias bomb only here, as a plain ReferenceError.
+    const offset = firstUnresolvedAlias(doc)
+    const where = offset === undefined ? undefined : lineCounter.linePos(offset)
+    throw new VmPoolError({
+      code: 'VMPOOL_WORKFLOW_INVALID',
+      operation: 'load-workflow',
+      message: `invalid YAML in ${label}${where ? `:${where.line}:${where.col}` : ''}: ${(error as Error).message}${where ? `\n${codeFrame(text, where.line, where.col)}` : ''}`,
+      hint: 'define each anchor (&name) before its alias (*name), and do not nest aliases to expand the document',
+      details: { source: label, ...(where ? { line: where.line, column: where.col } : {}) },
+      cause: error,
+    })
+  }
+  return validateWorkflow(data, source, { doc, lineCounter })
+}
+
+/** Offset of the first alias (`*name`) with no anchor before it, if any. */
+function firstUnresolvedAlias(doc: Document): number | undefined {
+  let offset: number | undefined
+  visit(doc, {
+    Alias(_, node) {
+      if (node.resolve(doc) !== undefined) return undefined
+      offset = node.range?.[0]
+      return visit.BREAK
+    },
+  })
+  return offset
 }
 
 /**

@@ -65,6 +65,18 @@ cleanup: [ { run: "rm -rf /work" } ]
     expect(error.details).toMatchObject({ source: 'ci.yml', line: 4, column: 1 })
   })
 
+  test('an alias without its anchor, and an alias bomb, are VMPOOL_WORKFLOW_INVALID (not a raw ReferenceError)', () => {
+    const undefinedAlias = catchError(() => parseWorkflow('name: x\nsteps:\n  - *step\n', 'ci.yml'))
+    expect(undefinedAlias.code).toBe('VMPOOL_WORKFLOW_INVALID')
+    expect(undefinedAlias.message).toMatch(/invalid YAML in ci\.yml:3:5: Unresolved alias/)
+    expect(undefinedAlias.message).toContain('3 |   - *step')
+    const ten = (name: string) => `[${Array(10).fill(`*${name}`).join(',')}]`
+    const bomb = `a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b ${ten('a')}\nc: &c ${ten('b')}\nd: ${ten('c')}\nsteps: [{ run: x }]\n`
+    const bombError = catchError(() => parseWorkflow(bomb, 'bomb.yml'))
+    expect(bombError.code).toBe('VMPOOL_WORKFLOW_INVALID')
+    expect(bombError.message).toContain('invalid YAML in bomb.yml: Excessive alias count')
+  })
+
   test('a schema error names the key path and its line: steps[2].timeout-seconds', () => {
     const text = 'name: x\nsteps:\n  - run: a\n  - run: b\n  - run: c\n    timeout-seconds: -1\n'
     const error = catchError(() => parseWorkflow(text, 'ci.yml'))
