@@ -139,6 +139,14 @@ describe('vm-pool run (built bin, fake provider)', () => {
     expect(await leftoverVms()).toEqual([])
   })
 
+  test('a bad VM_POOL_TIMEOUT_SCALE is bad usage: exit 2 naming the value, nothing run', async () => {
+    const result = await vmPool(['run', '-p', 'fake', 'run-tests.yml'], { env: { VM_POOL_TIMEOUT_SCALE: 'abc' } })
+    expect(result.exitCode).toBe(2)
+    expect(result.stderr).toBe('[vm-pool] VM_POOL_TIMEOUT_SCALE must be a positive number, got "abc"')
+    expect(result.stdout).toBe('')
+    expect(await leftoverVms()).toEqual([])
+  })
+
   test('DEBUG=vm-pool* shows the stack trace', async () => {
     const result = await vmPool(['run', '-p', 'nope', 'run-tests.yml'], { env: { DEBUG: 'vm-pool*' } })
     expect(result.exitCode).toBe(2)

@@ -2,6 +2,7 @@ import { VmPoolError, isVmPoolError } from '../../errors.js'
 import { createProvider } from '../../providers/provider-registry.js'
 import type { JsonValue, VmProvider } from '../../providers/vm-provider.js'
 import { createPool, type VmPool } from '../../pool/vm-pool.js'
+import { getTimeoutScale } from '../../util/timeouts.js'
 import { poolVmAllocator } from '../../workflow/vm-allocator.js'
 import { loadWorkflow } from '../../workflow/load-workflow.js'
 import { runWorkflow, succeeded, type StepError, type StepResult, type WorkflowEvent, type WorkflowResult } from '../../workflow/run-workflow.js'
@@ -83,6 +84,8 @@ Examples:
     const maxConcurrent = parseMaxConcurrent(values['max-concurrent'])
     const json = values.json ?? false
     const keepVm = values['keep-vm'] ?? false
+    // A bad VM_POOL_TIMEOUT_SCALE is bad usage (exit 2) before anything runs, not a failure of each workflow.
+    getTimeoutScale(io.env)
 
     // Every file is read and validated before any VM exists: a typo in the third file must not
     // surface after the first two have already run.
