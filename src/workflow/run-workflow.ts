@@ -1,6 +1,8 @@
+import { dirname } from 'node:path'
 import { z } from 'zod'
 import { invalidOptions, isVmPoolError } from '../errors.js'
 import { formatZodError } from '../config/zod-error.js'
+import { quoteShellArg } from '../transport/shell.js'
 import { createDebug } from '../util/debug.js'
 import { getTimeoutScale } from '../util/timeouts.js'
 import type { Vm, VmRecord } from '../providers/vm-provider.js'
@@ -58,7 +60,7 @@ export interface KeptVm {
   record: VmRecord
   /** A command (or instruction) to get a shell in it. */
   reach: string
-  /** A command that deletes it. */
+  /** A command (or instruction) that deletes this VM and no other. */
   remove: string
 }
 
@@ -244,8 +246,17 @@ function toStepError(error: unknown): StepError {
 
 function describeKeptVm(vm: Vm): KeptVm {
   const { name, provider, record } = vm
-  const remove = `vm-pool gc --provider ${provider} --prefix ${name}`
   const home = typeof record.data.home === 'string' ? record.data.home : undefined
+  // Only this VM: `vm-pool gc` would delete every other orphaned VM too (a kept VM has no lease, and
+  // `--prefix` only adds prefixes), so it is offered only where no single-VM command exists.
+  const remove =
+    provider === 'fake' && home
+      ? `rm -rf ${quoteShellArg(dirname(home))}`
+      : provider === 'multipass'
+        ? `multipass delete --purge ${name}${typeof record.data.host === 'string' && record.data.host !== 'local' ? `   (on ${record.data.host})` : ''}`
+        : provider === 'orbstack'
+          ? `orbctl delete -f ${name}`
+          : `from code: provider.delete('${name}'); or vm-pool gc --provider ${provider}, which deletes every orphaned VM, this one included`
   const reach =
     provider === 'fake' && home
       ? `cd ${home}   (a fake VM is a directory on this host)`

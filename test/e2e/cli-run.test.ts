@@ -99,15 +99,22 @@ describe('vm-pool run (built bin, fake provider)', () => {
     expect(vmLines).toEqual(['run-tests 1 ready', 'run-tests 1 deleted', 'deploy 2 ready', 'deploy 2 deleted', 'ten-steps 3 ready', 'ten-steps 3 deleted'])
   })
 
-  test('--keep-vm leaves exactly that VM and prints how to reach and delete it', async () => {
+  test('--keep-vm leaves exactly that VM and prints how to reach and delete it (and only it)', async () => {
     const result = await vmPool(['run', '-p', 'fake', '--keep-vm', 'run-tests.yml'])
     expect(result.exitCode).toBe(0)
-    const name = /delete it: vm-pool gc --provider fake --prefix (vm-pool-wf-[0-9a-z]{8}-1)\n/.exec(String(result.stdout))?.[1]
+    const name = /kept VM (vm-pool-wf-[0-9a-z]{8}-1) \(fake, --keep-vm\)\n/.exec(String(result.stdout))?.[1]
     expect(name).toBeDefined()
     expect(await leftoverVms()).toEqual([name])
     const home = /reach it:  cd (\S+)/.exec(String(result.stdout))?.[1]
     expect(await readFile(join(home!, 'owner'), 'utf8')).toBe('run-tests\n')
-    await rm(join(stateDir, 'fake', name!), { recursive: true })
+    // A second kept VM must survive the first one's delete command.
+    const second = await vmPool(['run', '-p', 'fake', '--keep-vm', 'run-tests.yml'])
+    const secondName = /kept VM (vm-pool-wf-[0-9a-z]{8}-1) /.exec(String(second.stdout))?.[1]
+    const remove = /delete it: (.+)\n/.exec(String(result.stdout))?.[1]
+    expect(remove).toContain(name)
+    await execa('sh', ['-c', remove!], { env: cliEnv(), extendEnv: false })
+    expect(await leftoverVms()).toEqual([secondName])
+    await rm(join(stateDir, 'fake', secondName!), { recursive: true })
   })
 
   test('--help explains the command', async () => {

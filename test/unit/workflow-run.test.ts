@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process'
 import { mkdtemp } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -9,6 +10,7 @@ import { defineWorkflow, loadWorkflow } from '../../src/workflow/load-workflow.j
 import { runWorkflow, type WorkflowEvent, type WorkflowResult } from '../../src/workflow/run-workflow.js'
 import { SessionManager } from '../../src/workflow/session-manager.js'
 import type { Workflow } from '../../src/workflow/workflow-schema.js'
+import type { VmProvider, VmRecord } from '../../src/providers/vm-provider.js'
 
 const fixture = (name: string) => loadWorkflow(join(import.meta.dirname, '../../fixtures/workflows', name))
 
@@ -261,24 +263,44 @@ describe('runWorkflow: step options', () => {
     expect(result.steps[0]).toMatchObject({ exitCode: 124, timedOut: true })
   })
 
-  test('keepVm leaves exactly that VM and says how to reach and delete it', async () => {
+  test('keepVm leaves exactly that VM and says how to reach and delete it (that VM only)', async () => {
     const sessions = new SessionManager({ provider })
     const other = await runWorkflow(await fixture('run-tests.yml'), { sessions })
     const kept = await runWorkflow(await fixture('build-project.yml'), { sessions, keepVm: true })
     expect(kept.status).toBe('success')
     expect(provider.liveNames()).toEqual([kept.vm])
     expect(provider.liveNames()).not.toContain(other.vm)
-    expect(kept.keptVm).toMatchObject({
-      name: kept.vm,
-      provider: 'fake',
-      remove: `vm-pool gc --provider fake --prefix ${kept.vm}`,
-    })
+    expect(kept.keptVm).toMatchObject({ name: kept.vm, provider: 'fake' })
     expect(kept.keptVm!.reach).toContain(String(kept.keptVm!.record.data.home))
     // Reachable from "another process": connect from the record and see what the workflow left.
     const vm = await provider.connect(kept.keptVm!.record)
     expect((await vm.exec('cat owner; wc -l < trace')).stdout).toBe('build-project\n5\n')
-    await provider.delete(kept.vm)
-    expect(provider.stats.live).toBe(0)
+    // The printed delete command removes this VM and leaves another kept one alone.
+    const alsoKept = await runWorkflow(await fixture('run-tests.yml'), { sessions, keepVm: true })
+    expect(execFileSync('sh', ['-c', kept.keptVm!.remove], { encoding: 'utf8' })).toBe('')
+    expect((await provider.list()).map((info) => info.name)).toEqual([alsoKept.vm])
+    await provider.delete(alsoKept.vm)
+  })
+
+  test('keepVm: the delete instruction names that VM only, per provider', async () => {
+    const keptOn = async (name: string, data: VmRecord['data']) => {
+      const inner = fakeProvider({ stateDir })
+      const renamed: VmProvider = {
+        ...inner,
+        name,
+        create: async (spec) => ({ ...(await inner.create(spec)), provider: name, data }),
+        connect: async (record) => Object.assign(await inner.connect(record), { provider: name }),
+      }
+      const result = await runWorkflow(defineWorkflow({ name: 'k', steps: [{ run: 'true' }] }), { sessions: new SessionManager({ provider: renamed }), keepVm: true })
+      await inner.delete(result.vm)
+      return result.keptVm!.remove.replace(result.vm, 'NAME')
+    }
+    expect(await keptOn('multipass', { host: 'local' })).toBe('multipass delete --purge NAME')
+    expect(await keptOn('multipass', { host: 'ci@10.0.0.5:22' })).toBe('multipass delete --purge NAME   (on ci@10.0.0.5:22)')
+    expect(await keptOn('orbstack', {})).toBe('orbctl delete -f NAME')
+    const qemu = await keptOn('qemu', {})
+    expect(qemu).toContain("provider.delete('NAME')")
+    expect(qemu).toContain('deletes every orphaned VM')
   })
 
   test('a VM that cannot be deleted makes the workflow fail with releaseError', async () => {

@@ -34,7 +34,7 @@ Options:
   -p, --provider NAME     where VMs come from: qemu, fake, ... (default: VM_POOL_PROVIDER, else qemu)
                           "fake" runs commands in a sandbox directory on this host (tests, demos)
       --keep-vm           do not delete the VMs afterwards (debug mode); prints how to reach and
-                          how to delete each one (vm-pool gc --provider NAME --prefix VM)
+                          how to delete each one
       --max-concurrent N  workflows (= VMs) at the same time (default: ${DEFAULT_MAX_CONCURRENT_SESSIONS})
       --json              print the results as a JSON array on stdout; progress goes to stderr
   -h, --help              show this help
