@@ -261,10 +261,25 @@ export class SshTransport {
     })
   }
 
-  async #acquireSlot(): Promise<void> {
+  /** Wait for a free channel; an abort while waiting rejects at once, before the command could start. */
+  async #acquireSlot(signal: AbortSignal | undefined, onAborted: () => Error): Promise<void> {
     while (this.#activeChannels >= this.#config.maxChannels) {
-      await new Promise<void>((resolve) => this.#slotWaiters.push(resolve))
+      if (signal?.aborted) throw onAborted()
+      await new Promise<void>((resolve, reject) => {
+        const wake = () => {
+          signal?.removeEventListener('abort', onAbort)
+          resolve()
+        }
+        const onAbort = () => {
+          const index = this.#slotWaiters.indexOf(wake)
+          if (index >= 0) this.#slotWaiters.splice(index, 1)
+          reject(onAborted())
+        }
+        signal?.addEventListener('abort', onAbort, { once: true })
+        this.#slotWaiters.push(wake)
+      })
     }
+    if (signal?.aborted) throw onAborted()
     this.#activeChannels++
   }
 
@@ -334,7 +349,7 @@ export class SshTransport {
       payload,
     ].join('\n')
 
-    await this.#acquireSlot()
+    await this.#acquireSlot(options.signal, () => abortedError(context))
     try {
       const started = performance.now()
       let stopReason: 'timeout' | 'abort' | undefined

@@ -78,6 +78,18 @@ describe.skipIf(Boolean(skipReason))('SshTransport against OpenSSH sshd on loopb
     expect(existsSync(marker)).toBe(false)
   })
 
+  test('an exec aborted while it waits for a free channel never runs', async () => {
+    const ssh = make({ maxChannels: 1 })
+    const marker = join(work, 'queued-abort-marker')
+    const busy = ssh.exec('sleep 0.6')
+    const controller = new AbortController()
+    const queued = ssh.exec(['touch', marker], { signal: controller.signal })
+    setTimeout(() => controller.abort(), 200)
+    await expect(queued).rejects.toSatisfy((error) => isVmPoolError(error, 'VMPOOL_EXEC_ABORTED'))
+    expect((await busy).exitCode).toBe(0)
+    expect(existsSync(marker)).toBe(false)
+  })
+
   test('putFile / getFile / execBuffer are binary-safe', async () => {
     const ssh = make()
     const data = randomBytes(1_000_000)
