@@ -191,12 +191,10 @@ export function firecrackerProvider(options: FirecrackerProviderOptions = {}): V
   const notFound = (name: string, operation: string) => new VmPoolError({ code: 'VMPOOL_VM_NOT_FOUND', provider: PROVIDER, operation, vm: name, message: `VM ${name} does not exist on ${baseUrl} (deleted, or never created)` })
 
   async function getVm(id: string, name: string, operation: string): Promise<ApiVm> {
-    const { status, text } = await call('GET', `/api/vms/${encodeURIComponent(id)}`, { operation, vm: name, retry: 'idempotent' })
-    if (status === 404) throw notFound(name, operation)
-    if (status < 200 || status >= 300) throw httpError(operation, name, 'GET', `/api/vms/${id}`, status, text)
-    const parsedVm = vmSchema.safeParse(JSON.parse(text))
-    if (!parsedVm.success) throw new VmPoolError({ code: 'VMPOOL_HTTP_ERROR', provider: PROVIDER, operation, vm: name, message: `GET /api/vms/${id} answered unexpected JSON: ${formatZodError(parsedVm.error)}` })
-    return parsedVm.data
+    return callJson(vmSchema, 'GET', `/api/vms/${encodeURIComponent(id)}`, { operation, vm: name, retry: 'idempotent' }).catch((error: unknown) => {
+      if (isVmPoolError(error, 'VMPOOL_HTTP_ERROR') && error.details?.status === 404) throw notFound(name, operation)
+      throw error
+    })
   }
 
   const listVms = async (): Promise<ApiVm[]> => (await callJson(vmListSchema, 'GET', '/api/vms', { operation: 'list', retry: 'idempotent' })).vms

@@ -119,6 +119,16 @@ describe('firecracker provider against the fixture API', () => {
     await expect(provider.connect(record)).rejects.toSatisfy((error) => isVmPoolError(error, 'VMPOOL_VM_NOT_FOUND'))
   })
 
+  test('a 200 that is not JSON (a proxy page) is VMPOOL_HTTP_ERROR, not a raw SyntaxError', async () => {
+    const provider = firecrackerProvider({ url: server.url, token })
+    const record = await provider.create({ name: 'fc-not-json' })
+    server.injectFault({ status: 200, times: 1, method: 'GET', path: '/api/vms/', text: '<html>captive portal</html>' })
+    const error = await provider.connect(record).then(() => undefined, (e: unknown) => e)
+    expect(isVmPoolError(error, 'VMPOOL_HTTP_ERROR')).toBe(true)
+    expect(String(error)).toMatch(/GET \/api\/vms\/\S+ answered HTTP 200 with something that is not JSON: <html>captive portal/)
+    await provider.delete(record.name)
+  })
+
   test('bad names are refused before any request is made', async () => {
     const provider = firecrackerProvider({ url: server.url, token })
     await expect(provider.create({ name: "x'; DROP TABLE vms; --" })).rejects.toSatisfy((error) => isVmPoolError(error, 'VMPOOL_INVALID_NAME'))
