@@ -1,7 +1,9 @@
 /**
  * `npm run bench`: runs every section and prints ONE table (benchmark | value | note).
  * Options: `--provider NAME` (or VM_POOL_PROVIDER; default qemu) runs only the sections for that
- * provider plus the provider-independent ones; `--short` (or BENCH_SHORT=1) takes fewer samples.
+ * provider plus the provider-independent ones; `--short` (or BENCH_SHORT=1) takes fewer samples;
+ * `--files N` / `--workers W` size the seed 003 suite (default 8 files, 4 with --short; 2 workers);
+ * `--only a,b` runs only the named sections (seed-003, qemu-boot, lease-store).
  * Add a section with one line in `sections`. Runs against dist/ (`npm run build` first).
  */
 import { parseArgs } from 'node:util'
@@ -9,6 +11,8 @@ import { parseArgs } from 'node:util'
 export interface BenchOptions {
   provider: string
   short: boolean
+  files?: number
+  workers?: number
 }
 
 export interface BenchRow {
@@ -25,14 +29,23 @@ interface BenchSection {
 }
 
 const sections: BenchSection[] = [
+  { name: 'seed-003', run: async (options) => (await import('./seed-003.ts')).runSeed003Bench(options) },
   { name: 'qemu-boot', providers: ['qemu'], run: async (options) => (await import('./qemu-boot.ts')).runQemuBootBench(options) },
   { name: 'lease-store', run: async () => (await (await import('./lease-store.ts')).runLeaseStoreBench()).map((row) => ({ benchmark: row.name, value: `p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms`, note: `${row.samples} samples` })) },
 ]
 
-const { values } = parseArgs({ options: { provider: { type: 'string', short: 'p' }, short: { type: 'boolean' }, only: { type: 'string' } }, strict: true })
+const { values } = parseArgs({ options: { provider: { type: 'string', short: 'p' }, short: { type: 'boolean' }, only: { type: 'string' }, files: { type: 'string' }, workers: { type: 'string' } }, strict: true })
 const options: BenchOptions = {
   provider: values.provider ?? process.env.VM_POOL_PROVIDER ?? 'qemu',
   short: values.short ?? ['1', 'true'].includes(process.env.BENCH_SHORT ?? ''),
+  files: values.files === undefined ? undefined : positiveInt('--files', values.files),
+  workers: values.workers === undefined ? undefined : positiveInt('--workers', values.workers),
+}
+
+function positiveInt(flag: string, raw: string): number {
+  const value = Number(raw)
+  if (!Number.isInteger(value) || value < 1) throw new Error(`${flag} must be a positive integer, got ${JSON.stringify(raw)}`)
+  return value
 }
 
 const rows: BenchRow[] = []
