@@ -32,6 +32,9 @@ for (const vitest of binaries) {
       expect(new Set(after.map((r) => r.vm)).size).toBe(1)
       expect(after[0]!.vm).not.toBe(crashed.vm)
       expect(after[0]!.vm).toMatch(new RegExp(`^vitest-worker-[a-z0-9]+-1-2$`))
+      // Inside the VMs: the replacement carries the traces of b, c, d only, never of the crashed file.
+      expect(crashed.seenBefore).toEqual([])
+      expect(after.map((r) => r.seenBefore)).toEqual([[], ['b-after.test.ts'], ['b-after.test.ts', 'c-after.test.ts']])
       expect(run.stderr).toContain(`the worker of slot 1 exited unexpectedly; replacing its VM ${crashed.vm}`)
       expect(run.liveVms()).toEqual([])
       const report = run.report()

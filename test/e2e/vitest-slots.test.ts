@@ -37,6 +37,13 @@ for (const vitest of binaries) {
       expect([...bySlot.keys()].sort()).toEqual(['1', '2'])
       for (const vms of bySlot.values()) expect(vms.size).toBe(1)
       for (const record of results) expect(record.vm).toMatch(new RegExp(`^vitest-worker-[a-z0-9]+-${record.poolId}$`))
+      // Same running VM, not a new one with the same name: each file finds the traces of the earlier
+      // files of its slot inside the VM (n files in a slot saw 0, 1, ..., n-1 before them), none of another slot's.
+      for (const [slot, vms] of bySlot) {
+        const inSlot = results.filter((r) => r.poolId === slot)
+        expect(inSlot.map((r) => r.seenBefore.length).sort(), [...vms].join()).toEqual(inSlot.map((_, i) => i))
+        for (const record of inSlot) expect(inSlot.map((r) => r.file)).toEqual(expect.arrayContaining(record.seenBefore))
+      }
 
       // isolate: a new worker per file; no isolate: one worker (process or thread) per slot.
       const workerOf = (r: (typeof results)[number]) => (workers === 'forks' ? `${r.pid}` : `${r.pid}/${r.threadId}`)

@@ -70,6 +70,8 @@ export interface FileRecord {
   poolId: string
   pid: number
   threadId: number
+  /** Files that recorded in the same running VM before this one (a trace kept inside the VM). */
+  seenBefore: string[]
   fresh?: string[]
 }
 
