@@ -2,7 +2,7 @@
  * createPool in one process: keys, concurrency, fresh VMs, drain, warm hand-back with reset, ttl and max
  * eviction, dead holders reclaimed, bad options. Real fake-provider VMs in a temp state dir.
  */
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { afterEach, beforeAll, describe, expect, test } from 'vitest'
@@ -10,6 +10,7 @@ import { isVmPoolError } from '../../src/errors.js'
 import { countingProvider, type CountingProvider } from '../../src/providers/counting-provider.js'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
 import { createPool, type PoolOptions, type VmPool } from '../../src/pool/vm-pool.js'
+import { getProcessStartTime } from '../../src/util/process-info.js'
 import type { FileLeaseStore } from '../../src/pool/file-lease-store.js'
 import type { VmProvider } from '../../src/providers/vm-provider.js'
 import { ensureDistBuilt, isPidRunning, makeStateDir, waitFor } from '../../fixtures/pool/harness.js'
@@ -238,6 +239,31 @@ describe('createPool', () => {
     await pool.drain()
     expect(await vmNames()).toEqual([])
     expect(pool.stats.deleted).toBe(2)
+  })
+
+  test('pid reuse: a live pid with another start time is not the holder (reclaimed); with its own start time it is (kept)', async () => {
+    const pool = make()
+    const sleeper = spawn('sleep', ['60'], { stdio: 'ignore' })
+    try {
+      const startTime = getProcessStartTime(sleeper.pid!)
+      expect(startTime).not.toBeNull()
+      const lease = async (name: string, owner: { pid: number; host: string; startTime: number }) => {
+        const record = await provider.create({ name })
+        await pool.store.update((table) => {
+          const at = new Date().toISOString()
+          table[name] = { name, provider: 'fake', specHash: 'x', kind: 'slot', state: 'leased', owner, runId: 'other', record, createdAt: at, updatedAt: at }
+        })
+      }
+      await lease('vitest-worker-other-live', { pid: sleeper.pid!, host: hostname(), startTime: startTime! })
+      // The pid is running, but it is not the process that took the lease: that one died and its pid was reused.
+      await lease('vitest-worker-other-reused', { pid: sleeper.pid!, host: hostname(), startTime: startTime! - 1 })
+      await pool.acquire('a')
+      await pool.drain()
+      expect(await vmNames()).toEqual(['vitest-worker-other-live'])
+      expect(Object.keys(await leases(pool))).toEqual(['vitest-worker-other-live'])
+    } finally {
+      sleeper.kill('SIGKILL')
+    }
   })
 
   test('after a corrupt lease file is rebuilt, the holder re-registers its leases on its next update', async () => {
