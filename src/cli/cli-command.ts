@@ -50,6 +50,14 @@ export function getProviderOptions(env: NodeJS.ProcessEnv): Record<string, unkno
     if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not a JSON object')
     return parsed as Record<string, unknown>
   } catch (error) {
-    throw new UsageError(`VM_POOL_PROVIDER_OPTIONS must be a JSON object: ${(error as Error).message}`)
+    throw new UsageError(`VM_POOL_PROVIDER_OPTIONS must be a JSON object: ${withoutInputExcerpt((error as Error).message)}`)
   }
+}
+
+/**
+ * V8's JSON errors can quote a slice of the input (`Unexpected token 'S', "{"token":SUPERSECRE"... is
+ * not valid JSON`), and these options hold tokens and private keys: keep only what locates the problem.
+ */
+function withoutInputExcerpt(message: string): string {
+  return message.replace(/^Unexpected token .*? is not valid JSON$/s, 'unexpected token: not valid JSON')
 }

@@ -4,9 +4,9 @@ import { promisify } from 'node:util'
 import { describe, expect, test } from 'vitest'
 
 const bin = new URL('../../dist/cli/main.js', import.meta.url).pathname
-const run = async (args: string[]) => {
+const run = async (args: string[], env: Record<string, string> = {}) => {
   try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [bin, ...args], { env: { ...process.env, DEBUG: '' } })
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [bin, ...args], { env: { ...process.env, DEBUG: '', ...env } })
     return { code: 0, stdout, stderr }
   } catch (error) {
     const e = error as { code: number; stdout: string; stderr: string }
@@ -33,6 +33,23 @@ describe('vm-pool (the built bin)', () => {
     const { code, stdout } = await run(['--version'])
     expect(code).toBe(0)
     expect(stdout.trim()).toBe(pkg.version)
+  })
+
+  test('every command has --help: usage on stdout, exit 0, nothing run', async () => {
+    for (const command of ['run', 'ls', 'gc', 'warm', 'image', 'doctor']) {
+      const { code, stdout, stderr } = await run([command, '--help'], { VM_POOL_PROVIDER: 'no-such-provider' })
+      expect({ command, code, stderr }).toEqual({ command, code: 0, stderr: '' })
+      expect(stdout).toMatch(new RegExp(`^Usage: vm-pool ${command} `))
+    }
+  })
+
+  test('malformed VM_POOL_PROVIDER_OPTIONS: exit 2, and no excerpt of the (secret-bearing) value in the message', async () => {
+    for (const value of ['{"token":SUPERSECRETTOKEN}', 'SUPERSECRETTOKEN', '{"privateKey":"SUPERSECRETKEY"']) {
+      const { code, stderr } = await run(['ls', '--provider', 'fake'], { VM_POOL_PROVIDER_OPTIONS: value })
+      expect(code).toBe(2)
+      expect(stderr).toMatch(/^vm-pool ls: VM_POOL_PROVIDER_OPTIONS must be a JSON object: /)
+      expect(stderr).not.toMatch(/SUPER|SECRET/)
+    }
   })
 
   test('an unknown command exits 2 with a message and no stack trace', async () => {
