@@ -33,4 +33,13 @@ describe('vm-pool ls (the built bin)', () => {
     expect(text.stdout).toMatch(new RegExp(`^${leases.a} +running +leased +${holder.pid} \\(dead\\) +${ready.runId} +\\d+s$`, 'm'))
     expect(text.stdout).toMatch(/^test-vm-stray +running +- +- +- +\d+s$/m)
   }, 60_000)
+
+  test('--help explains; an unknown option exits 2', () => {
+    const help = runBin(['ls', '--help'], { VM_POOL_STATE_DIR: state.dir })
+    expect(help.code).toBe(0)
+    expect(help.stdout).toContain('Usage: vm-pool ls [--provider NAME] [--json]')
+    const bad = runBin(['ls', '-p', 'fake', '--bogus'], { VM_POOL_STATE_DIR: state.dir })
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toContain("Run 'vm-pool ls --help' for usage.")
+  })
 })
