@@ -109,8 +109,15 @@ export function sshProvider(options: SshProviderOptions): VmProvider {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return {}
       throw error
     }
-    const result = leaseFileSchema.safeParse(JSON.parse(text))
-    if (!result.success) throw new VmPoolError({ code: 'VMPOOL_LEASE_STORE', provider: PROVIDER, message: `${leasePath()} is not a lease file: ${formatZodError(result.error)}`, hint: 'delete it once no test run is using the ssh hosts' })
+    const hint = 'delete it once no test run is using the ssh hosts'
+    let data: unknown
+    try {
+      data = JSON.parse(text)
+    } catch (error) {
+      throw new VmPoolError({ code: 'VMPOOL_LEASE_STORE', provider: PROVIDER, message: `${leasePath()} is not a lease file: not JSON`, hint, cause: error })
+    }
+    const result = leaseFileSchema.safeParse(data)
+    if (!result.success) throw new VmPoolError({ code: 'VMPOOL_LEASE_STORE', provider: PROVIDER, message: `${leasePath()} is not a lease file: ${formatZodError(result.error)}`, hint })
     return result.data.leases
   }
 

@@ -2,7 +2,7 @@
  * sshProvider against a real OpenSSH sshd on loopback (three ports = three "machines"): one holder per
  * host, NO_CAPACITY when all are leased, reset on delete, pinned host keys, keys never in errors.
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
@@ -129,5 +129,17 @@ describe.skipIf(Boolean(skipReason))('ssh provider against a real sshd', () => {
     expect(accepted()).toBe(before)
     expect(() => sshProvider({ hosts: [] })).toThrow(/hosts/)
     expect(() => sshProvider({ hosts: [...hostsOf(1), ...hostsOf(1)] })).toThrow(/listed twice/)
+  })
+
+  test('a corrupt lease file is VMPOOL_LEASE_STORE naming it, not a raw SyntaxError', async () => {
+    const stateDir = tempDir('vm-pool-ssh-corrupt-')
+    mkdirSync(join(stateDir, 'ssh'))
+    writeFileSync(join(stateDir, 'ssh', 'leases.json'), '{"leases": {')
+    const provider = make({ stateDir })
+    for (const attempt of [() => provider.list(), () => provider.create({ name: 'corrupt-lease' }), () => provider.delete('corrupt-lease')]) {
+      const error = await attempt().then(() => undefined, (e: unknown) => e)
+      expect(isVmPoolError(error, 'VMPOOL_LEASE_STORE')).toBe(true)
+      expect(String(error)).toContain(join(stateDir, 'ssh', 'leases.json'))
+    }
   })
 })
