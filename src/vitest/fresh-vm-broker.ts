@@ -1,5 +1,7 @@
-import { mkdtemp, rm } from 'node:fs/promises'
+import { rmSync } from 'node:fs'
+import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { z } from 'zod'
@@ -7,6 +9,7 @@ import { formatZodError } from '../config/zod-error.js'
 import { VmPoolError, invalidOptions, isVmPoolError } from '../errors.js'
 import type { VmRecord, VmSpec } from '../providers/vm-provider.js'
 import { vmSpecSchema } from '../config/vm-spec-schema.js'
+import { isPidAlive } from '../util/process-info.js'
 
 /** What the broker does for workers; the main-process run implements it (and owns every VM). */
 export interface FreshVmBrokerHandler {
@@ -20,6 +23,9 @@ export interface FreshVmBroker {
   close(): Promise<void>
 }
 
+/** `<tmpdir>/vm-pool-broker-<pid>-XXXXXX/broker.sock`: the pid says whose it is, for `removeDeadBrokerDirs`. */
+export const BROKER_DIR_PREFIX = 'vm-pool-broker-'
+
 /** Request bodies are tiny JSON objects; anything bigger is not from our client. */
 const MAX_BODY_BYTES = 64 * 1024
 
@@ -32,7 +38,8 @@ const deleteBody = z.object({ owner: z.string().min(1), name: z.string().min(1) 
  * cannot leak one: the run deletes whatever a dead worker owned.
  */
 export async function startFreshVmBroker(handler: FreshVmBrokerHandler): Promise<FreshVmBroker> {
-  const dir = await mkdtemp(join(tmpdir(), 'vm-pool-broker-'))
+  await removeDeadBrokerDirs()
+  const dir = await mkdtemp(join(tmpdir(), `${BROKER_DIR_PREFIX}${process.pid}-`))
   const socketPath = join(dir, 'broker.sock')
   const server = createServer((request, response) => {
     handle(handler, request, response).catch((error: unknown) => reply(response, 500, { error: serializeError(error) }))
@@ -46,14 +53,53 @@ export async function startFreshVmBroker(handler: FreshVmBrokerHandler): Promise
   })
   // The broker must never keep `vitest run` alive on its own.
   server.unref()
+  // Ctrl-C / SIGTERM of `vitest run` skip globalSetup teardown, but the process still exits: the socket's
+  // temp dir goes with it (only `exit` listeners run then, so synchronously).
+  const removeDir = () => rmSync(dir, { recursive: true, force: true })
+  process.once('exit', removeDir)
   return {
     socketPath,
     async close() {
+      process.off('exit', removeDir)
       server.closeAllConnections()
       await new Promise<void>((resolve) => server.close(() => resolve()))
       await rm(dir, { recursive: true, force: true })
     },
   }
+}
+
+/** How long `removeDeadBrokerDirs` waits for an old socket to accept before calling it dead. */
+const BROKER_PROBE_TIMEOUT_MS = 1_000
+
+/**
+ * Socket dirs of runs that died without teardown (SIGKILL, or a signal Vitest did not handle) are
+ * removed by the next run: the dir's pid is not running (a reused pid keeps it) and nothing listens on
+ * its socket (a run in another pid namespace sharing /tmp still answers).
+ */
+export async function removeDeadBrokerDirs(): Promise<void> {
+  const names = await readdir(tmpdir()).catch(() => [] as string[])
+  for (const name of names) {
+    const pid = new RegExp(`^${BROKER_DIR_PREFIX}(\\d+)-`).exec(name)?.[1]
+    if (pid === undefined || Number(pid) === process.pid || isPidAlive(Number(pid))) continue
+    if (await isListening(join(tmpdir(), name, 'broker.sock'))) continue
+    // Another user's dir in a shared /tmp is not ours to remove: ignore EPERM and the like.
+    await rm(join(tmpdir(), name), { recursive: true, force: true }).catch(() => {})
+  }
+}
+
+function isListening(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(socketPath)
+    const done = (listening: boolean) => {
+      clearTimeout(timer)
+      socket.destroy()
+      resolve(listening)
+    }
+    // No answer either way: assume someone is there.
+    const timer = setTimeout(() => done(true), BROKER_PROBE_TIMEOUT_MS)
+    socket.once('connect', () => done(true))
+    socket.once('error', () => done(false))
+  })
 }
 
 async function handle(handler: FreshVmBrokerHandler, request: IncomingMessage, response: ServerResponse): Promise<void> {

@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { describe, expect, test } from 'vitest'
+import { removeDeadBrokerDirs } from '../../src/vitest/fresh-vm-broker.js'
 import { getVitestBinaries, runFixture, waitFor, type FixtureRun } from '../helpers/vitest-fixture.js'
 
 /**
@@ -66,6 +67,13 @@ for (const vitest of binaries) {
         expect(liveWhenInterrupted, output(run)).toHaveLength(4)
         await waitFor(() => run.liveVms().length === 0, `the reaper to delete ${run.liveVms().join(', ')}`, REAPED_DEADLINE_MS)
         expect(run.liveVms()).toEqual([])
+        // The freshVm broker's socket dir: gone at exit when Vitest handled the signal and exited (exit code set);
+        // killed by the signal itself (SIGKILL; Vitest 4.1 for SIGINT/SIGTERM), the next run's broker removes it.
+        const socket = run.results()['one.test.ts']!.brokerSocket!
+        expect(socket).toMatch(/broker\.sock$/)
+        if (run.exitCode !== null) expect(existsSync(dirname(socket))).toBe(false)
+        await removeDeadBrokerDirs()
+        expect(existsSync(dirname(socket))).toBe(false)
         // A figure for the record, not an assertion.
         console.info(`Vitest ${vitest.label}, ${how}: 4 VMs gone ${Math.round(performance.now() - signalledAt)} ms after the signal`)
       })

@@ -73,6 +73,7 @@ export interface FileRecord {
   /** Files that recorded in the same running VM before this one (a trace kept inside the VM). */
   seenBefore: string[]
   fresh?: string[]
+  brokerSocket?: string
 }
 
 export interface Report {
