@@ -107,10 +107,13 @@ export class ReaperHandle {
     return new ReaperHandle(child.pid!, markerPath, marker)
   }
 
-  /** Record the VMs this owner holds now. Writes are serialized so an older list never lands last. */
+  /**
+   * Record the VMs this owner holds now. Writes are serialized so an older list never lands last; a failed
+   * write rejects its own caller only, so the next one still lands (the chain is not left rejected).
+   */
   setHeld(names: Iterable<string>): Promise<void> {
     const snapshot = [...names].sort()
-    this.#writes = this.#writes.then(async () => {
+    this.#writes = this.#writes.catch(() => {}).then(async () => {
       if (this.#stopped) return
       this.#marker.names = snapshot
       await writeFileAtomic(this.markerPath, JSON.stringify(this.#marker), 0o600)

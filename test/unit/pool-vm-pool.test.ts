@@ -3,7 +3,7 @@
  * eviction, dead holders reclaimed, bad options. Real fake-provider VMs in a temp state dir.
  */
 import { spawn, spawnSync } from 'node:child_process'
-import { writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { afterEach, beforeAll, describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
@@ -11,6 +11,7 @@ import { countingProvider, type CountingProvider } from '../../src/providers/cou
 import { fakeProvider } from '../../src/providers/fake-provider.js'
 import { createPool, type PoolOptions, type VmPool } from '../../src/pool/vm-pool.js'
 import { getProcessStartTime } from '../../src/util/process-info.js'
+import { ReaperHandle } from '../../src/pool/reaper.js'
 import type { FileLeaseStore } from '../../src/pool/file-lease-store.js'
 import type { VmProvider } from '../../src/providers/vm-provider.js'
 import { ensureDistBuilt, isPidRunning, makeStateDir, waitFor } from '../../fixtures/pool/harness.js'
@@ -314,6 +315,23 @@ describe('createPool', () => {
       expect(isPidRunning(pid)).toBe(true)
       await pool.drain()
       await waitFor(() => !isPidRunning(pid), 'the watchdog to exit after drain')
+    }, 30_000)
+
+    test('one failed marker write does not stop later ones (the marker keeps naming what the owner holds)', async () => {
+      state = makeStateDir()
+      const handle = await ReaperHandle.start({ runId: 'r1', providerName: 'fake', providerOptions: { stateDir: state.dir }, stateDir: state.dir })
+      try {
+        // A directory where the marker goes: the atomic rename fails, as on a full disk.
+        rmSync(handle.markerPath)
+        mkdirSync(handle.markerPath)
+        await expect(handle.setHeld(['vitest-worker-r1-a'])).rejects.toThrow()
+        rmSync(handle.markerPath, { recursive: true })
+        await handle.setHeld(['vitest-worker-r1-b'])
+        expect(JSON.parse(readFileSync(handle.markerPath, 'utf8')).names).toEqual(['vitest-worker-r1-b'])
+      } finally {
+        await handle.stop()
+        await waitFor(() => !isPidRunning(handle.pid), 'the watchdog to exit')
+      }
     }, 30_000)
   })
 })
