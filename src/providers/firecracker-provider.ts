@@ -24,6 +24,10 @@ export const FIRECRACKER_DEFAULT_EXEC_TIMEOUT_SECONDS = 3_600
 export const FIRECRACKER_EXEC_TIMEOUT_GRACE_SECONDS = 2
 /** Retries after the first attempt, on connection errors and 5xx (never on 4xx). */
 export const FIRECRACKER_MAX_RETRIES = 3
+/** How long the `true` readiness probe of a booting VM may take before the next poll. */
+export const FIRECRACKER_READY_PROBE_TIMEOUT_MS = 10_000
+/** How long the second call that kills a timed-out or aborted command's process group may run, in seconds (the API's unit). */
+export const FIRECRACKER_KILL_TIMEOUT_SECONDS = 30
 /** First backoff delay; doubles on each retry. */
 export const FIRECRACKER_RETRY_BASE_DELAY_MS = 200
 
@@ -233,7 +237,7 @@ export function firecrackerProvider(options: FirecrackerProviderOptions = {}): V
         : `base64 -d <<'VM_POOL_STDIN_EOF' | sh -c ${shellQuote(script)}\n${base64Lines(execOptions.input)}\nVM_POOL_STDIN_EOF`
     // A command killed by the server's timeout or left behind by an abort may have children in their own
     // process group (the wrapper's): kill that group with a second call.
-    const killInGuest = () => run(killScript, undefined, 30).catch(() => undefined)
+    const killInGuest = () => run(killScript, undefined, Math.ceil(scaleTimeout(FIRECRACKER_KILL_TIMEOUT_SECONDS * 1000) / 1000)).catch(() => undefined)
     const started = performance.now()
     let response: z.infer<typeof executeSchema>
     try {
@@ -265,7 +269,7 @@ export function firecrackerProvider(options: FirecrackerProviderOptions = {}): V
       },
       async getFile(path) {
         // Responses are JSON text: base64 keeps binary files intact.
-        const result = await exec(['base64', path])
+        const result = await exec(['base64', '--', path])
         if (result.exitCode !== 0) throw transferFailed('getFile', path, result)
         return Buffer.from(result.stdout, 'base64')
       },
@@ -293,7 +297,7 @@ export function firecrackerProvider(options: FirecrackerProviderOptions = {}): V
         let status = created.status
         while (!stop.signal.aborted) {
           if (status === 'running') {
-            const probe = await execute(record, 'true', { timeoutMs: 10_000, signal: stop.signal }).catch((error: unknown) => (isVmPoolError(error, 'VMPOOL_HTTP_ERROR') ? undefined : Promise.reject(error)))
+            const probe = await execute(record, 'true', { timeoutMs: scaleTimeout(FIRECRACKER_READY_PROBE_TIMEOUT_MS), signal: stop.signal }).catch((error: unknown) => (isVmPoolError(error, 'VMPOOL_HTTP_ERROR') ? undefined : Promise.reject(error)))
             if (probe?.exitCode === 0) return
           } else if (/^(failed|error|crashed|stopped|deleted)$/i.test(status)) {
             throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: PROVIDER, operation: 'create', vm: name, message: `VM ${name} (${created.id}) became ${status} while booting` })

@@ -3,7 +3,7 @@ import { VmPoolError, invalidOptions, isVmPoolError } from '../errors.js'
 import { formatZodError } from '../config/zod-error.js'
 import { SshTransport } from '../transport/ssh-transport.js'
 import { scaleTimeout } from '../util/timeouts.js'
-import { validateVmName } from '../util/vm-name.js'
+import { validateImageName, validateVmName } from '../util/vm-name.js'
 import { createCliGuestVm, waitUntilExecWorks } from '../transport/cli-guest-vm.js'
 import { createLocalCommandRunner, createSshCommandRunner, type CommandRunner } from '../transport/command-runner.js'
 import type { ExecResult, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec, VmState } from './vm-provider.js'
@@ -131,6 +131,7 @@ export function multipassProvider(options: MultipassProviderOptions = {}): VmPro
     async create(spec: VmSpec): Promise<VmRecord> {
       const name = validateVmName(spec.name, PROVIDER)
       const image = spec.image ?? config.image
+      if (image !== undefined) validateImageName(image, PROVIDER)
       const memoryMiB = spec.memoryMiB ?? config.memoryMiB
       const args = ['launch', ...(image ? [image] : []), '--name', name, '--cpus', String(spec.cpus ?? config.cpus), '--memory', memoryMiB % 1024 === 0 ? `${memoryMiB / 1024}G` : `${memoryMiB}M`, '--disk', `${spec.diskGiB ?? config.diskGiB}G`]
       if (config.cloudInit !== undefined) args.push('--cloud-init', '-')

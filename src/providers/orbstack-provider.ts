@@ -2,7 +2,7 @@ import { z } from 'zod'
 import { VmPoolError, invalidOptions, isVmPoolError } from '../errors.js'
 import { formatZodError } from '../config/zod-error.js'
 import { scaleTimeout } from '../util/timeouts.js'
-import { validateVmName } from '../util/vm-name.js'
+import { validateImageName, validateVmName } from '../util/vm-name.js'
 import { createCliGuestVm, waitUntilExecWorks } from '../transport/cli-guest-vm.js'
 import { createLocalCommandRunner } from '../transport/command-runner.js'
 import type { ExecResult, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec, VmState } from './vm-provider.js'
@@ -83,7 +83,7 @@ export function orbstackProvider(options: OrbstackProviderOptions = {}): VmProvi
 
     async create(spec: VmSpec): Promise<VmRecord> {
       const name = validateVmName(spec.name, PROVIDER)
-      const image = spec.image ?? config.image
+      const image = validateImageName(spec.image ?? config.image, PROVIDER)
       const result = await runner.run([config.orbctlBinary, 'create', image, name], { timeoutMs: scaleTimeout(ORBSTACK_CREATE_TIMEOUT_MS) })
       if (result.timedOut) {
         await orbctl(['delete', '-f', name]).catch(() => undefined)

@@ -9,6 +9,8 @@ export const EXEC_BACKSTOP_GRACE_MS = 15_000
 /** Time allowed for the second connection that kills an aborted or overdue command. */
 export const EXEC_KILL_TIMEOUT_MS = 30_000
 const READY_POLL_INTERVAL_MS = 500
+/** How long one readiness probe (`true` in the guest) may take before the next one. */
+export const READY_PROBE_TIMEOUT_MS = 10_000
 
 export interface GuestRunOptions {
   input?: string | Buffer | undefined
@@ -84,7 +86,7 @@ export function createCliGuestVm(options: CliGuestVmOptions): Vm {
     },
     async getFile(path: string): Promise<Buffer> {
       // stdout travels as text: base64 keeps binary files intact.
-      const result = await exec(['base64', path])
+      const result = await exec(['base64', '--', path])
       if (result.exitCode !== 0) throw transferFailed('getFile', path, result)
       return Buffer.from(result.stdout, 'base64')
     },
@@ -114,7 +116,7 @@ export async function waitUntilExecWorks(vm: Vm, timeout: WithTimeoutOptions): P
   const poll = async () => {
     while (!stop.signal.aborted) {
       try {
-        if ((await vm.exec('true', { signal: stop.signal, timeoutMs: READY_POLL_INTERVAL_MS * 20 })).exitCode === 0) return
+        if ((await vm.exec('true', { signal: stop.signal, timeoutMs: scaleTimeout(READY_PROBE_TIMEOUT_MS) })).exitCode === 0) return
       } catch (error) {
         if (stop.signal.aborted) return
         if (!isVmPoolError(error, 'VMPOOL_EXEC_FAILED')) throw error

@@ -14,3 +14,18 @@ export function validateVmName(name: unknown, provider?: string): string {
   }
   return name
 }
+
+/**
+ * An image (or distro) name goes to a CLI as one argv word: refuse what a CLI would read as an option
+ * (`--force`) and what cannot be a name (empty, whitespace, control characters).
+ */
+export function validateImageName(image: string, provider?: string): string {
+  if (image === '' || image.startsWith('-') || /[\s\p{Cc}]/u.test(image)) {
+    throw new VmPoolError({
+      code: 'VMPOOL_INVALID_OPTIONS',
+      provider,
+      message: `invalid image ${JSON.stringify(image)}: an image name must not be empty, start with "-" or contain whitespace`,
+    })
+  }
+  return image
+}

@@ -46,6 +46,14 @@ describe.each(providers)('%s provider with the fixture CLI', (label, make, cli) 
     expect(fixture.calls().slice(before)).toEqual([])
   })
 
+  test('an image that the CLI would read as an option is refused before any command runs', async () => {
+    const before = fixture.calls().length
+    for (const image of ['--force', '-x', '', 'ubuntu 22.04']) {
+      await expect(provider.create({ name: 'image-check', image })).rejects.toSatisfy((error) => isVmPoolError(error, 'VMPOOL_INVALID_OPTIONS') && String(error).includes('invalid image'))
+    }
+    expect(fixture.calls().slice(before)).toEqual([])
+  })
+
   test('deleting a VM that is already gone succeeds, and the CLI was asked', async () => {
     const before = fixture.calls().length
     await provider.delete('never-existed-here')
