@@ -140,7 +140,11 @@ export async function runSeed003Bench(options: Seed003Options): Promise<Seed003R
     const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
     clearTimeout(timer)
     const wallMs = performance.now() - started
-    if (code !== 0) throw new Error(`vitest run (${label}) exited with ${code}: ${output.trim().split('\n').slice(-8).join(' | ')}`)
+    if (code !== 0) {
+      // The error lines, not the stack frames under them.
+      const lines = output.trim().split('\n').filter((line) => line.trim() !== '' && !/^\s+at /.test(line))
+      throw new Error(`vitest run (${label}) exited with ${code}: ${lines.slice(-8).join(' | ')}`)
+    }
     if (env.BENCH_MODE === 'pool') {
       const numbers = JSON.parse(readFileSync(report, 'utf8')) as { created: number; reused: number }
       return { wallMs, created: numbers.created, reused: numbers.reused }

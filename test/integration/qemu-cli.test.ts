@@ -71,7 +71,11 @@ describe.skipIf(Boolean(skipReason))('vm-pool image / doctor (built CLI)', () =>
     expect(qemu).toMatchObject({ usable: true, selected: true })
     expect(['kvm', 'tcg']).toContain(qemu!.details!.accel)
     expect(qemu!.details!.binary).toMatch(/qemu-system-x86_64$/)
+    // Other test files share this image dir, so its snapshot may be in any of the three states.
+    expect(qemu!.details!.snapshot).toMatch(/^(ready|none yet|stale) in .*\.snapshots\//)
     expect(entries.find((entry) => entry.provider === 'fake')).toMatchObject({ usable: true })
+    const off = await cli(['doctor', '--provider', 'qemu'], { VM_POOL_STATE_DIR: join(scratch, 'state'), VM_POOL_IMAGE_DIR: getImageDir(), VM_POOL_PROVIDER: 'qemu', VM_POOL_PROVIDER_OPTIONS: '{"snapshot":false}' })
+    expect(off.stdout).toMatch(/^\s+snapshot: off \(snapshot: false\): every VM boots$/m)
   }, 60_000)
 
   test('doctor: without an image, qemu is not usable, says why and how to fix it, exit 1', async () => {

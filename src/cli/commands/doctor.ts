@@ -15,7 +15,8 @@ export const doctorCommand: CliCommand = {
   help: `Usage: vm-pool doctor [--provider NAME] [--json]
 
 Check every provider (or only NAME): usable here or not, why, and how to fix it.
-For qemu: the QEMU binary, whether KVM really works (else TCG emulation), whether the image is built.
+For qemu: the QEMU binary, whether KVM really works (else TCG emulation), whether the image is built,
+and the snapshot fresh VMs are restored from (ready, none yet, or stale and why).
 
 Options:
   -p, --provider NAME  check only this provider
