@@ -1,11 +1,36 @@
 import type { z } from 'zod'
 
-/** `a.b[2].c: expected number, got string; other: ...` — every issue with its key path. */
-export function formatZodError(error: z.ZodError): string {
+/** Keys whose values are never quoted back: tokens, private keys, passwords. */
+const SECRET_KEY = /token|secret|password|passphrase|private|credential|auth/i
+const MAX_QUOTED_CHARS = 60
+
+/**
+ * `a.b[2].c: Too small: expected number to be >=1, got -1; other: ...` — every issue with its key path,
+ * and, when the caller passes the input it validated, the bad value quoted (never for secret-looking keys).
+ */
+export function formatZodError(error: z.ZodError, input?: unknown): string {
   return error.issues
     .map((issue) => {
       const path = issue.path.reduce<string>((out, key) => (typeof key === 'number' ? `${out}[${key}]` : out ? `${out}.${String(key)}` : String(key)), '')
-      return path ? `${path}: ${issue.message}` : issue.message
+      const quoted = input === undefined || issue.code === 'unrecognized_keys' || issue.path.length === 0 ? '' : quoteValue(issue.path, input)
+      return `${path ? `${path}: ` : ''}${issue.message}${quoted}`
     })
     .join('; ')
+}
+
+function quoteValue(path: readonly PropertyKey[], input: unknown): string {
+  if (path.some((key) => typeof key === 'string' && SECRET_KEY.test(key))) return ', got a value (not shown: it may be a secret)'
+  let value: unknown = input
+  for (const key of path) {
+    if (typeof value !== 'object' || value === null) return ''
+    value = (value as Record<PropertyKey, unknown>)[key]
+  }
+  if (value === undefined) return ''
+  let text: string
+  try {
+    text = typeof value === 'function' ? 'a function' : (JSON.stringify(value) ?? String(value))
+  } catch {
+    text = String(value)
+  }
+  return `, got ${text.length > MAX_QUOTED_CHARS ? `${text.slice(0, MAX_QUOTED_CHARS)}…` : text}`
 }

@@ -194,7 +194,7 @@ interface Slot {
  */
 export function createPool(options: PoolOptions): VmPool {
   const parsed = poolOptionsSchema.safeParse(options)
-  if (!parsed.success) throw invalidOptions(`invalid createPool options: ${formatZodError(parsed.error)}`, { operation: 'createPool' })
+  if (!parsed.success) throw invalidOptions(`invalid createPool options: ${formatZodError(parsed.error, options)}`, { operation: 'createPool' })
   const raw = parsed.data
   const provider = raw.provider
   const prefix = validatePrefix(raw.prefix)
@@ -298,7 +298,7 @@ class LeasedVmPool implements VmPool {
     this.#assertOpen('fresh')
     const { name: fixedName, ...rest } = overrides
     const parsedSpec = vmSpecSchema.safeParse(rest)
-    if (!parsedSpec.success) throw invalidOptions(`invalid fresh() spec: ${formatZodError(parsedSpec.error)}`, { operation: 'fresh', provider: this.#provider.name })
+    if (!parsedSpec.success) throw invalidOptions(`invalid fresh() spec: ${formatZodError(parsedSpec.error, rest)}`, { operation: 'fresh', provider: this.#provider.name })
     const spec = { ...this.options.spec, ...parsedSpec.data }
     const base = fixedName === undefined ? makeVmName(this.options.freshPrefix, this.runId, String(++this.#freshCount)) : validateVmName(fixedName, this.#provider.name)
     const held = await this.#track(this.#create('fresh', base, spec, undefined, fixedName !== undefined))

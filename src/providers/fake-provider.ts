@@ -41,7 +41,7 @@ export type FakeProviderOptions = z.input<typeof fakeProviderOptionsSchema>
  */
 export function fakeProvider(options: FakeProviderOptions = {}): VmProvider {
   const parsed = fakeProviderOptionsSchema.safeParse(options)
-  if (!parsed.success) throw invalidOptions(`invalid fakeProvider options: ${formatZodError(parsed.error)}`, { provider: PROVIDER })
+  if (!parsed.success) throw invalidOptions(`invalid fakeProvider options: ${formatZodError(parsed.error, options)}`, { provider: PROVIDER })
   const config = Object.freeze(parsed.data)
   const root = () => join(getStateDir(config.stateDir), 'fake')
   const vmDir = (name: string) => join(root(), name)

@@ -83,7 +83,7 @@ const CONNECTION_LOST_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 
  */
 export function firecrackerProvider(options: FirecrackerProviderOptions = {}): VmProvider {
   const parsed = firecrackerProviderOptionsSchema.safeParse(options)
-  if (!parsed.success) throw invalidOptions(`invalid firecrackerProvider options: ${formatZodError(parsed.error)}`, { provider: PROVIDER })
+  if (!parsed.success) throw invalidOptions(`invalid firecrackerProvider options: ${formatZodError(parsed.error, options)}`, { provider: PROVIDER })
   const { token: tokenOption, dispatcher, url, vmType, agentId } = parsed.data
   const token = tokenOption ?? (process.env.FIRECRACKER_AUTH_TOKEN || undefined)
   const baseUrl = (url ?? (process.env.FIRECRACKER_API_URL || 'http://127.0.0.1:8080')).replace(/\/+$/, '')

@@ -74,7 +74,7 @@ const infoSchema = z.looseObject({ info: z.record(z.string(), z.looseObject({ st
 export function multipassProvider(options: MultipassProviderOptions = {}): VmProvider {
   const parsed = multipassProviderOptionsSchema.safeParse(options)
   // Never echo the options: they may hold a private key.
-  if (!parsed.success) throw invalidOptions(`invalid multipassProvider options: ${formatZodError(parsed.error)}`, { provider: PROVIDER })
+  if (!parsed.success) throw invalidOptions(`invalid multipassProvider options: ${formatZodError(parsed.error, options)}`, { provider: PROVIDER })
   const { privateKey, ...rest } = parsed.data
   const config = Object.freeze(rest)
   const runner: CommandRunner =

@@ -45,7 +45,7 @@ type OrbMachine = z.infer<typeof orbMachineSchema>
  */
 export function orbstackProvider(options: OrbstackProviderOptions = {}): VmProvider {
   const parsed = orbstackProviderOptionsSchema.safeParse(options)
-  if (!parsed.success) throw invalidOptions(`invalid orbstackProvider options: ${formatZodError(parsed.error)}`, { provider: PROVIDER })
+  if (!parsed.success) throw invalidOptions(`invalid orbstackProvider options: ${formatZodError(parsed.error, options)}`, { provider: PROVIDER })
   const config = Object.freeze(parsed.data)
   const runner = createLocalCommandRunner({ provider: PROVIDER, missingHint: 'install OrbStack (https://orbstack.dev), or set orbctlBinary' })
   const orbctl = (args: string[], input?: string) => runner.run([config.orbctlBinary, ...args], { timeoutMs: scaleTimeout(ORBSTACK_CLI_TIMEOUT_MS), input })

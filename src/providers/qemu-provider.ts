@@ -136,7 +136,7 @@ export interface QemuProvider extends VmProvider {
  */
 export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
   const parsed = qemuProviderOptionsSchema.safeParse(options)
-  if (!parsed.success) throw invalidOptions(`invalid qemuProvider options: ${formatZodError(parsed.error)}`, { provider: PROVIDER })
+  if (!parsed.success) throw invalidOptions(`invalid qemuProvider options: ${formatZodError(parsed.error, options)}`, { provider: PROVIDER })
   const config = Object.freeze(parsed.data)
   const root = () => join(getStateDir(config.stateDir), 'qemu')
   const vmDir = (name: string) => join(root(), name)
@@ -344,7 +344,7 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
     async connect(record: VmRecord): Promise<QemuVm> {
       const name = validateVmName(record.name, PROVIDER)
       const parsedData = qemuRecordDataSchema.safeParse(record.data)
-      if (!parsedData.success) throw invalidOptions(`not a qemu VM record: ${formatZodError(parsedData.error)}`, { provider: PROVIDER, vm: name })
+      if (!parsedData.success) throw invalidOptions(`not a qemu VM record: ${formatZodError(parsedData.error, record.data)}`, { provider: PROVIDER, vm: name })
       const data = parsedData.data
       let transport = bootTransports.get(name)
       bootTransports.delete(name)

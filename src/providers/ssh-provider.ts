@@ -79,7 +79,7 @@ export function sshProvider(options: SshProviderOptions): VmProvider {
   const parsed = sshProviderOptionsSchema.safeParse(options)
   // Never echo the options: they hold private keys.
   if (!parsed.success) {
-    throw invalidOptions(`invalid sshProvider options: ${formatZodError(parsed.error)}`, {
+    throw invalidOptions(`invalid sshProvider options: ${formatZodError(parsed.error, options)}`, {
       provider: PROVIDER,
       hint: 'from the CLI, pass the hosts as JSON: VM_POOL_PROVIDER_OPTIONS=\'{"hosts":[{"host":"10.0.0.5","user":"ci","privateKey":"..."}]}\'',
     })

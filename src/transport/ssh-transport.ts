@@ -86,7 +86,7 @@ export class SshTransport {
     const parsed = sshTransportOptionsSchema.safeParse(options)
     if (!parsed.success) {
       // Never echo the input: it holds the private key.
-      throw invalidOptions(`invalid ssh transport options: ${formatZodError(parsed.error)}`, { provider: options?.provider ?? 'ssh', vm: options?.vm })
+      throw invalidOptions(`invalid ssh transport options: ${formatZodError(parsed.error, options)}`, { provider: options?.provider ?? 'ssh', vm: options?.vm })
     }
     const { hostKey, ...rest } = parsed.data
     const parsedKey = ssh2.utils.parseKey(rest.privateKey)

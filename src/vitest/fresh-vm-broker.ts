@@ -107,13 +107,13 @@ async function handle(handler: FreshVmBrokerHandler, request: IncomingMessage, r
   const body = await readJson(request)
   if (request.url === '/fresh') {
     const parsed = createBody.safeParse(body)
-    if (!parsed.success) throw invalidOptions(`invalid freshVm() spec: ${formatZodError(parsed.error)}`, { operation: 'freshVm' })
+    if (!parsed.success) throw invalidOptions(`invalid freshVm() spec: ${formatZodError(parsed.error, body)}`, { operation: 'freshVm' })
     const record = await handler.create(parsed.data.owner, parsed.data.spec)
     return reply(response, 200, { record })
   }
   if (request.url === '/fresh/delete') {
     const parsed = deleteBody.safeParse(body)
-    if (!parsed.success) throw invalidOptions(`invalid delete request: ${formatZodError(parsed.error)}`, { operation: 'freshVm' })
+    if (!parsed.success) throw invalidOptions(`invalid delete request: ${formatZodError(parsed.error, body)}`, { operation: 'freshVm' })
     await handler.delete(parsed.data.owner, parsed.data.name)
     return reply(response, 200, {})
   }

@@ -85,7 +85,7 @@ export interface ResolvedVmPoolOptions {
 export function resolveVmPoolOptions(options: unknown, providerNames: readonly string[]): ResolvedVmPoolOptions {
   const parsed = vmPoolOptionsSchema.safeParse(options ?? {})
   if (!parsed.success) {
-    throw invalidOptions(`invalid vmPool() options: ${formatZodError(parsed.error)}`, { operation: 'vmPool', hint: 'see docs/vitest.md#options' })
+    throw invalidOptions(`invalid vmPool() options: ${formatZodError(parsed.error, options ?? {})}`, { operation: 'vmPool', hint: 'see docs/vitest.md#options' })
   }
   const data = parsed.data
   if (!providerNames.includes(data.provider)) {

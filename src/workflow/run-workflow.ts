@@ -119,7 +119,7 @@ const runWorkflowOptionsSchema = z
  */
 export async function runWorkflow(workflow: Workflow, options: RunWorkflowOptions): Promise<WorkflowResult> {
   const parsed = runWorkflowOptionsSchema.safeParse(options)
-  if (!parsed.success) throw invalidOptions(`invalid runWorkflow options: ${formatZodError(parsed.error)}`, { operation: 'run-workflow' })
+  if (!parsed.success) throw invalidOptions(`invalid runWorkflow options: ${formatZodError(parsed.error, options)}`, { operation: 'run-workflow' })
   assertWorkflow(workflow)
   const { sessions, keepVm, onEvent, signal } = parsed.data
   // Read now so a bad VM_POOL_TIMEOUT_SCALE fails before a VM exists.

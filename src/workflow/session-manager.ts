@@ -106,7 +106,7 @@ export class SessionManager {
 
   constructor(options: SessionManagerOptions) {
     const parsed = sessionManagerOptionsSchema.safeParse(options)
-    if (!parsed.success) throw invalidOptions(`invalid SessionManager options: ${formatZodError(parsed.error)}`, { operation: 'session-manager' })
+    if (!parsed.success) throw invalidOptions(`invalid SessionManager options: ${formatZodError(parsed.error, options)}`, { operation: 'session-manager' })
     const config = parsed.data
     this.provider = config.provider
     this.maxConcurrentSessions = config.maxConcurrentSessions
