@@ -303,7 +303,9 @@ class LeasedVmPool implements VmPool {
     const base = fixedName === undefined ? makeVmName(this.options.freshPrefix, this.runId, String(++this.#freshCount)) : validateVmName(fixedName, this.#provider.name)
     const held = await this.#track(this.#create('fresh', base, spec, undefined, fixedName !== undefined))
     if (this.#closed) {
-      await this.#deleteHeld(held).catch(() => {})
+      // drain() started while we booted. Tracked, so drain() waits for this delete before it resolves
+      // (it re-checks #pending after this continuation has run).
+      await this.#track(this.#deleteHeld(held)).catch(() => {})
       throw this.#closedError('fresh')
     }
     this.#fresh.set(held.name, held)

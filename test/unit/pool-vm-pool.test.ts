@@ -108,6 +108,22 @@ describe('createPool', () => {
     expect(isVmPoolError(error, 'VMPOOL_POOL_CLOSED')).toBe(true)
   })
 
+  test('drain() during a fresh() boot waits for that VM to be deleted before it resolves', async () => {
+    state = makeStateDir()
+    const fake = fakeProvider({ stateDir: state.dir, bootDelayMs: 200 })
+    // A slow delete makes the race visible: drain must not resolve while fresh()'s late delete still runs.
+    const slow: VmProvider = { ...fake, name: fake.name, delete: async (name) => { await new Promise((r) => setTimeout(r, 300)); await fake.delete(name) } }
+    provider = countingProvider(slow)
+    const pool = createPool({ provider, stateDir: state.dir, reaper: false })
+    pools.push(pool)
+    const booting = pool.fresh().catch((e: unknown) => e)
+    await new Promise((r) => setTimeout(r, 50))
+    await pool.drain()
+    expect(await fake.list()).toEqual([])
+    expect(isVmPoolError(await booting, 'VMPOOL_POOL_CLOSED')).toBe(true)
+    expect(provider.stats).toMatchObject({ created: 1, deleted: 1, live: 0 })
+  })
+
   test('keepWarm: release runs reset and leaves the VM idle; the next acquire (any key, any pool) adopts it', async () => {
     const keepWarm = { ttlMs: 600_000, max: 2, reset: 'rm -f dirty' }
     const first = make({ keepWarm })
