@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
+import { loadDist, percentile } from './bench-util.ts'
 
 const PROCESSES = 8
 const CYCLES_PER_PROCESS = 40
@@ -22,12 +23,7 @@ export interface LeaseBenchRow {
   p99Ms: number
 }
 
-type Dist = typeof import('../dist/index.js')
-const loadDist = (): Promise<Dist> => import(new URL('../dist/index.js', import.meta.url).href) as Promise<Dist>
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!
-}
 
 function row(name: string, samples: number[]): LeaseBenchRow {
   const sorted = [...samples].sort((a, b) => a - b)

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
+import { loadDist, percentile } from './bench-util.ts'
 
 export interface QemuBenchOptions {
   short: boolean
@@ -21,13 +22,7 @@ export interface QemuBenchRow {
   note: string
 }
 
-type Dist = typeof import('../dist/index.js')
-const loadDist = (): Promise<Dist> => import(new URL('../dist/index.js', import.meta.url).href) as Promise<Dist>
 
-function percentile(samples: number[], p: number): number {
-  const sorted = [...samples].sort((a, b) => a - b)
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!
-}
 
 const ms = (value: number) => `${Math.round(value)} ms`
 

@@ -14,6 +14,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { loadDist } from './bench-util.ts'
 
 export interface Seed003Options {
   provider: string
@@ -34,8 +35,6 @@ const REPO = join(dirname(fileURLToPath(import.meta.url)), '..')
 /** One Vitest run of the generated suite may take this long before it is killed (cold boots on 2 cores). */
 const RUN_TIMEOUT_MS = 900_000
 
-type Dist = typeof import('../dist/index.js')
-const loadDist = (): Promise<Dist> => import(new URL('../dist/index.js', import.meta.url).href) as Promise<Dist>
 
 /** What each test file does with its VM: a handful of commands, like a small integration test. */
 const USE_VM = `
