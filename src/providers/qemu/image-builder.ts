@@ -167,10 +167,10 @@ async function buildInto(work: string, inputs: string, log: (line: string) => vo
   await mkdir(deb, { recursive: true })
 
   log(`resolving the kernel package (${KERNEL_METAPACKAGE})`)
-  const depends = await run('/usr/bin/apt-cache', ['depends', KERNEL_METAPACKAGE], { signal, what: `apt-cache depends ${KERNEL_METAPACKAGE}`, hint: 'run `sudo apt-get update` (the package lists may be missing)' })
+  const depends = await run('/usr/bin/apt-cache', ['depends', KERNEL_METAPACKAGE], { signal, what: `apt-cache depends ${KERNEL_METAPACKAGE}`, hint: `run \`sudo apt-get update\` (the package lists may be missing); the image needs Debian's ${KERNEL_METAPACKAGE} package, which Ubuntu does not have: on Ubuntu, point the provider at your own kernel + initrd (docs/qemu.md)` })
   const kernelPackage = /Depends:\s*(linux-image-[0-9][^\s]*)/.exec(depends)?.[1]
   if (!kernelPackage) {
-    throw new VmPoolError({ code: 'VMPOOL_IMAGE_BUILD_FAILED', provider: 'qemu', operation: 'image build', message: `could not find the kernel package ${KERNEL_METAPACKAGE} depends on`, hint: 'run `sudo apt-get update`; this needs a Debian (or Ubuntu: linux-image-generic) apt source', details: { output: depends.slice(0, 500) } })
+    throw new VmPoolError({ code: 'VMPOOL_IMAGE_BUILD_FAILED', provider: 'qemu', operation: 'image build', message: `could not find the kernel package ${KERNEL_METAPACKAGE} depends on`, hint: `run \`sudo apt-get update\`; this needs Debian apt sources (${KERNEL_METAPACKAGE}); elsewhere, point the provider at your own kernel + initrd (docs/qemu.md)`, details: { output: depends.slice(0, 500) } })
   }
   log(`downloading ${kernelPackage} (apt-get download; nothing is installed)`)
   await run('/usr/bin/apt-get', ['download', '-q', kernelPackage], { cwd: deb, signal, what: `apt-get download ${kernelPackage}`, hint: 'check network access to the Debian mirror, or run `sudo apt-get update`' })
