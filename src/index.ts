@@ -1,6 +1,6 @@
 export { VmPoolError, VmPoolTimeoutError, isVmPoolError, VM_POOL_ERROR_CODES } from './errors.js'
 export type { VmPoolErrorCode, VmPoolErrorOptions, SerializedVmPoolError } from './errors.js'
-export type { ExecOptions, ExecResult, JsonValue, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec, VmState } from './providers/vm-provider.js'
+export type { ExecOptions, ExecResult, JsonValue, KeptVmHelp, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec, VmState } from './providers/vm-provider.js'
 export { fakeProvider } from './providers/fake-provider.js'
 export type { FakeProviderOptions } from './providers/fake-provider.js'
 export { countingProvider } from './providers/counting-provider.js'

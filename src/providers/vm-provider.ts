@@ -1,33 +1,12 @@
 /**
- * The provider contract. Names are part of the public API (see DESIGN.md): add, never rename.
- * Optional capabilities are optional members, never stubs that throw.
+ * The provider contract. Its names are public API (docs/architecture.md): add, never rename.
+ * Optional capabilities are optional members, never stubs that throw. The exec contract
+ * (`ExecOptions`, `ExecResult`) lives in the transport layer below and is re-exported here.
  */
+import type { ExecOptions, ExecResult } from '../transport/exec-types.js'
 
-export interface ExecResult {
-  exitCode: number
-  /** Set when the remote process was ended by a signal, e.g. `SIGKILL`. */
-  signal?: string
-  stdout: string
-  stderr: string
-  durationMs: number
-  /** True when `timeoutMs` ran out and the command was killed; `exitCode` is then 124. */
-  timedOut: boolean
-}
+export type { ExecBufferResult, ExecOptions, ExecResult } from '../transport/exec-types.js'
 
-export interface ExecOptions {
-  /** Working directory. Relative paths are resolved against the VM user's home directory. */
-  cwd?: string
-  /** Extra environment variables; names must match `[A-Za-z_][A-Za-z0-9_]*`. */
-  env?: Record<string, string>
-  /** Kill the command after this many milliseconds and return `timedOut: true`. The VM stays usable. */
-  timeoutMs?: number
-  /** Written to the command's stdin, then stdin is closed. */
-  input?: string | Buffer
-  /** Aborting kills the command and rejects with `VMPOOL_EXEC_ABORTED`. */
-  signal?: AbortSignal
-  onStdout?: (chunk: string) => void
-  onStderr?: (chunk: string) => void
-}
 
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue }
 
@@ -108,4 +87,17 @@ export interface VmProvider {
    * name. Returns the new record (ports and pids may change). Used by `keepWarm: { reset: 'snapshot' }`.
    */
   reset?(name: string): Promise<VmRecord>
+  /**
+   * Optional: how a person reaches a VM left running (`--keep-vm`, a kept fresh VM) and how to delete
+   * that VM alone, as one-line commands or instructions. Never contains secrets (a key is named by path).
+   */
+  describe?(record: VmRecord): KeptVmHelp
+}
+
+/** What `VmProvider.describe` returns. */
+export interface KeptVmHelp {
+  /** A command (or instruction) that gets a shell in the VM. */
+  reach: string
+  /** A command (or instruction) that deletes this VM and no other. */
+  remove: string
 }

@@ -1,6 +1,6 @@
 import { VmPoolError } from '../errors.js'
 import { runProcess } from './process-runner.js'
-import type { ExecResult } from '../providers/vm-provider.js'
+import type { ExecResult } from './exec-types.js'
 import type { SshTransport } from './ssh-transport.js'
 import type { GuestRunOptions } from './cli-guest-vm.js'
 

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { buildShellScript, quoteShellArg } from './shell.js'
-import type { ExecOptions } from '../providers/vm-provider.js'
+import type { ExecOptions } from './exec-types.js'
 
 /** Seconds between the guest `timeout`'s SIGTERM and its SIGKILL for a command that ignores TERM. */
 export const GUEST_KILL_AFTER_SECONDS = 2

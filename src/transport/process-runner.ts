@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process'
 import { StringDecoder } from 'node:string_decoder'
 import { VmPoolError } from '../errors.js'
-import type { ExecOptions, ExecResult } from '../providers/vm-provider.js'
+import type { ExecOptions, ExecResult } from './exec-types.js'
 
 /** Exit code reported for a command killed by `timeoutMs`, as coreutils `timeout` does. */
 export const TIMED_OUT_EXIT_CODE = 124

@@ -1,5 +1,5 @@
 import { invalidOptions } from '../errors.js'
-import type { ExecOptions } from '../providers/vm-provider.js'
+import type { ExecOptions } from './exec-types.js'
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
 const SAFE_WORD = /^[A-Za-z0-9_@%+=:,./-]+$/

@@ -4,7 +4,9 @@ import type { Client as SshClient, ClientChannel, ConnectConfig } from 'ssh2'
 import { z } from 'zod'
 import { formatZodError } from '../config/zod-error.js'
 import { VmPoolError, VmPoolTimeoutError, invalidOptions } from '../errors.js'
-import type { ExecOptions, ExecResult } from '../providers/vm-provider.js'
+import type { ExecBufferResult, ExecOptions, ExecResult } from './exec-types.js'
+
+export type { ExecBufferResult } from './exec-types.js'
 import { createDebug } from '../util/debug.js'
 import { scaleTimeout } from '../util/timeouts.js'
 import { abortedError, TIMED_OUT_EXIT_CODE } from './process-runner.js'
@@ -52,8 +54,6 @@ export const sshTransportOptionsSchema = z
 
 export type SshTransportOptions = z.input<typeof sshTransportOptionsSchema>
 
-/** An exec whose stdout is kept as bytes (`getFile`, binary output). */
-export type ExecBufferResult = Omit<ExecResult, 'stdout'> & { stdout: Buffer }
 
 /** The first stderr line of every command: the remote shell's pid, so a timeout can kill its process group. */
 const PID_MARKER = '\u001evm-pool-pid '
