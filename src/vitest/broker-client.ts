@@ -6,6 +6,8 @@ import { scaleTimeout } from '../util/timeouts.js'
 /** A fresh VM boots while the test waits: allow for a slow cold boot under TCG. */
 export const FRESH_VM_CREATE_TIMEOUT_MS = 180_000
 export const FRESH_VM_DELETE_TIMEOUT_MS = 60_000
+/** `keep()` only rewrites the VM's lease: no VM operation. */
+export const FRESH_VM_KEEP_TIMEOUT_MS = 30_000
 
 /** The worker side of the freshVm broker: HTTP over the broker's unix socket, with undici. */
 export class BrokerClient {
@@ -25,6 +27,10 @@ export class BrokerClient {
 
   async delete(name: string): Promise<void> {
     await this.post('/fresh/delete', { owner: this.owner, name }, scaleTimeout(FRESH_VM_DELETE_TIMEOUT_MS), 'FRESH_VM_DELETE_TIMEOUT_MS')
+  }
+
+  async keep(name: string): Promise<void> {
+    await this.post('/fresh/keep', { owner: this.owner, name }, scaleTimeout(FRESH_VM_KEEP_TIMEOUT_MS), 'FRESH_VM_KEEP_TIMEOUT_MS')
   }
 
   close(): Promise<void> {

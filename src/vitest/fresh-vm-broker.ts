@@ -15,6 +15,8 @@ import { isPidAlive } from '../util/process-info.js'
 export interface FreshVmBrokerHandler {
   create(owner: string, spec: Omit<VmSpec, 'name'>): Promise<VmRecord>
   delete(owner: string, name: string): Promise<void>
+  /** Leave the VM running: the run forgets it (no delete at the end of the test, at the worker's exit or at teardown). */
+  keep(owner: string, name: string): Promise<void>
 }
 
 export interface FreshVmBroker {
@@ -30,11 +32,12 @@ export const BROKER_DIR_PREFIX = 'vm-pool-broker-'
 const MAX_BODY_BYTES = 64 * 1024
 
 const createBody = z.object({ owner: z.string().min(1), spec: vmSpecSchema.default({}) }).strict()
-const deleteBody = z.object({ owner: z.string().min(1), name: z.string().min(1) }).strict()
+/** `/fresh/delete` and `/fresh/keep`: which worker asks, about which of its VMs. */
+const nameBody = z.object({ owner: z.string().min(1), name: z.string().min(1) }).strict()
 
 /**
  * An HTTP server on a unix socket in a fresh 0700 temp dir: `POST /fresh` creates a VM for a worker,
- * `POST /fresh/delete` deletes it. VMs are created by the main process, so a worker that crashes
+ * `POST /fresh/delete` deletes it, `POST /fresh/keep` leaves it running and forgets it. VMs are created by the main process, so a worker that crashes
  * cannot leak one: the run deletes whatever a dead worker owned.
  */
 export async function startFreshVmBroker(handler: FreshVmBrokerHandler): Promise<FreshVmBroker> {
@@ -111,10 +114,11 @@ async function handle(handler: FreshVmBrokerHandler, request: IncomingMessage, r
     const record = await handler.create(parsed.data.owner, parsed.data.spec)
     return reply(response, 200, { record })
   }
-  if (request.url === '/fresh/delete') {
-    const parsed = deleteBody.safeParse(body)
-    if (!parsed.success) throw invalidOptions(`invalid delete request: ${formatZodError(parsed.error, body)}`, { operation: 'freshVm' })
-    await handler.delete(parsed.data.owner, parsed.data.name)
+  if (request.url === '/fresh/delete' || request.url === '/fresh/keep') {
+    const what = request.url === '/fresh/delete' ? 'delete' : 'keep'
+    const parsed = nameBody.safeParse(body)
+    if (!parsed.success) throw invalidOptions(`invalid ${what} request: ${formatZodError(parsed.error, body)}`, { operation: 'freshVm' })
+    await handler[what](parsed.data.owner, parsed.data.name)
     return reply(response, 200, {})
   }
   return reply(response, 404, { error: serializeError(invalidOptions(`no route ${request.url}`)) })

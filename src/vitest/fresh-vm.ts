@@ -1,20 +1,17 @@
 import { onTestFinished } from 'vitest'
-import type { ExecOptions, ExecResult, Vm, VmRecord, VmSpec } from '../providers/vm-provider.js'
+import type { FreshVm } from '../pool/vm-pool.js'
+import type { Vm, VmRecord, VmSpec } from '../providers/vm-provider.js'
+import type { BrokerClient } from './broker-client.js'
 import { getBrokerClient, getWorkerContext, getWorkerProvider } from './worker-vm-context.js'
 
 /** What `freshVm()` may set; the name is chosen by vm-pool (`vitest-fresh-<runId>-<n>`). */
 export type FreshVmSpec = Omit<VmSpec, 'name'>
 
-/** A throwaway VM owned by the Vitest main process; `await using` deletes it at the end of the block. */
-export interface FreshVm extends Vm {
-  /** Delete the VM now (idempotent). `[Symbol.asyncDispose]` does the same. */
-  delete(): Promise<void>
-}
-
 /**
  * A new VM for this test alone. It is deleted at the end of its `await using` block, or when the
  * test finishes at the latest; if the worker crashes, the main process (which created it through
  * the broker) deletes it. Called outside a test (e.g. in `beforeAll`), it lives until the worker stops.
+ * `keep()` leaves it running after the run (to look at it): see docs/vitest.md.
  */
 export async function freshVm(spec: FreshVmSpec = {}): Promise<FreshVm> {
   const context = getWorkerContext('freshVm')
@@ -34,29 +31,37 @@ export async function freshVm(spec: FreshVmSpec = {}): Promise<FreshVm> {
     await client.delete(record.name).catch(() => {})
     throw error
   }
-  let deleting: Promise<void> | undefined
-  const remove = () => {
-    deleting ??= (async () => {
+  const fresh = createFreshVm(vm, record, client)
+  cleanup = fresh.delete
+  return fresh
+}
+
+/**
+ * The pool's `FreshVm` on the worker side: the VM is the main process's (it holds the lease), so
+ * `delete()` and `keep()` ask the broker. The first of them decides; the other is then a no-op, as
+ * with `pool.fresh()`.
+ */
+function createFreshVm(vm: Vm, record: VmRecord, client: BrokerClient): FreshVm {
+  let settled: Promise<void> | undefined
+  const settle = (ask: (name: string) => Promise<void>) => {
+    settled ??= (async () => {
       try {
         await vm.close?.()
       } finally {
-        await client.delete(record.name)
+        await ask(record.name)
       }
     })()
-    return deleting
+    return settled
   }
-  cleanup = remove
-  return createFreshVm(vm, record, remove)
-}
-
-function createFreshVm(vm: Vm, record: VmRecord, remove: () => Promise<void>): FreshVm {
+  const remove = () => settle((name) => client.delete(name))
   const fresh: FreshVm = {
     name: vm.name,
     provider: vm.provider,
     record,
-    exec: (command: string | string[], options?: ExecOptions): Promise<ExecResult> => vm.exec(command, options),
+    exec: (command, options) => vm.exec(command, options),
     close: async () => vm.close?.(),
     delete: remove,
+    keep: () => settle((name) => client.keep(name)),
     [Symbol.asyncDispose]: remove,
   }
   if (vm.putFile) fresh.putFile = (path, data) => vm.putFile!(path, data)

@@ -1,6 +1,6 @@
 import type { TestProject } from 'vitest/node'
 import { VmPoolError } from '../errors.js'
-import { getVitestVmPoolRun } from './vitest-vm-pool-run.js'
+import { getVitestVmPoolRun } from './vitest-run-registry.js'
 
 /**
  * The globalSetup module `vmPool()` adds (by absolute path into dist/). It runs in the Vitest main

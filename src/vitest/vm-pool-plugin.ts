@@ -4,7 +4,8 @@ import type { Plugin } from 'vitest/config'
 import { getProviderNames } from '../providers/provider-registry.js'
 import { resolveReportPath, resolveVmPoolOptions, type VmPoolOptions } from './vm-pool-options.js'
 import { createVmPoolRunner } from './vm-pool-runner.js'
-import { getVitestVmPoolRun, type VitestVmPoolRun } from './vitest-vm-pool-run.js'
+import { getVitestVmPoolRun } from './vitest-run-registry.js'
+import type { VitestVmPoolRun } from './vitest-vm-pool-run.js'
 
 /** Compiled beside this file in dist/; referenced by absolute path so it works from any project root. */
 const GLOBAL_SETUP_FILE = fileURLToPath(new URL('./global-setup.js', import.meta.url))

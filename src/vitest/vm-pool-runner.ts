@@ -47,7 +47,7 @@ export function createVmPoolRunner(run: VitestVmPoolRun, base: PoolWorkerClass, 
       // leaves the slot's VM in an unknown state.
       this.on('exit', () => {
         if (this.stopping || !this.binding) return
-        this.binding.then((context) => run.workerExited(context.owner, true)).catch(() => {})
+        this.binding.then((context) => run.workerExited(context, true)).catch(() => {})
       })
     }
 
@@ -56,7 +56,7 @@ export function createVmPoolRunner(run: VitestVmPoolRun, base: PoolWorkerClass, 
       try {
         await super.stop()
       } finally {
-        this.binding?.then((context) => run.workerExited(context.owner, false)).catch(() => {})
+        this.binding?.then((context) => run.workerExited(context, false)).catch(() => {})
       }
     }
 
@@ -71,7 +71,7 @@ export function createVmPoolRunner(run: VitestVmPoolRun, base: PoolWorkerClass, 
         const binding = this.binding
         this.outbox = this.outbox.then(async () => {
           const context = await binding
-          if (message.type === 'run') run.recordFiles(context.owner, message.context.files.length)
+          if (message.type === 'run') run.recordFiles(context, message.context.files.length)
           this.deliver({
             ...message,
             context: { ...message.context, providedContext: { ...message.context.providedContext, [WORKER_CONTEXT_KEY]: context } },

@@ -11,7 +11,7 @@ import { afterEach, beforeAll, expect, test } from 'vitest'
 import { BROKER_DIR_PREFIX, startFreshVmBroker } from '../../src/vitest/fresh-vm-broker.js'
 import { ensureDistBuilt, REPO_DIR } from '../../fixtures/pool/harness.js'
 
-const handler = { create: async () => Promise.reject(new Error('unused')), delete: async () => {} }
+const handler = { create: async () => Promise.reject(new Error('unused')), delete: async () => {}, keep: async () => {} }
 const made: string[] = []
 const cleanups: (() => void)[] = []
 afterEach(() => {
