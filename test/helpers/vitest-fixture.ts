@@ -83,6 +83,7 @@ export interface Report {
   deleted: number
   leaked: number
   keptWarm: number
+  kept: number
   vms: { name: string; kind: 'worker' | 'fresh'; slot: number | null; bootMs: number | null; files: number; state: string; replacedAfterCrash?: boolean }[]
 }
 
