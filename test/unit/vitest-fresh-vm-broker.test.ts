@@ -1,6 +1,7 @@
 /**
- * The freshVm broker's socket dir (`<tmpdir>/vm-pool-broker-<pid>-XXXXXX`) never outlives its run:
- * removed on close, on process exit without teardown, and — after a SIGKILL — by the next run.
+ * The freshVm broker: its routes, reached by the worker's client over the real unix socket; and its
+ * socket dir (`<tmpdir>/vm-pool-broker-<pid>-XXXXXX`), which never outlives its run: removed on close,
+ * on process exit without teardown, and — after a SIGKILL — by the next run.
  */
 import { spawn, spawnSync } from 'node:child_process'
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
@@ -8,6 +9,8 @@ import { createServer, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { basename, dirname, join } from 'node:path'
 import { afterEach, beforeAll, expect, test } from 'vitest'
+import { isVmPoolError } from '../../src/errors.js'
+import { BrokerClient } from '../../src/vitest/broker-client.js'
 import { BROKER_DIR_PREFIX, startFreshVmBroker } from '../../src/vitest/fresh-vm-broker.js'
 import { ensureDistBuilt, REPO_DIR } from '../../fixtures/pool/harness.js'
 
@@ -33,6 +36,30 @@ test('its dir carries the pid and goes on close', async () => {
   expect(existsSync(broker.socketPath)).toBe(true)
   await broker.close()
   expect(existsSync(dirname(broker.socketPath))).toBe(false)
+})
+
+test('the worker client reaches create, delete and keep with its worker id; a bad request is refused naming the field', async () => {
+  const calls: string[] = []
+  const record = { name: 'vitest-fresh-abc-1', provider: 'fake', createdAt: new Date(0).toISOString(), spec: { name: 'vitest-fresh-abc-1' }, data: {} }
+  const broker = await startFreshVmBroker({
+    create: async (owner, spec) => (calls.push(`create ${owner} ${JSON.stringify(spec)}`), record),
+    delete: async (owner, name) => void calls.push(`delete ${owner} ${name}`),
+    keep: async (owner, name) => void calls.push(`keep ${owner} ${name}`),
+  })
+  const client = new BrokerClient(broker.socketPath, 'w7')
+  try {
+    expect(await client.create({ cpus: 2 })).toEqual(record)
+    await client.keep('vitest-fresh-abc-1')
+    await client.delete('vitest-fresh-abc-2')
+    expect(calls).toEqual(['create w7 {"cpus":2}', 'keep w7 vitest-fresh-abc-1', 'delete w7 vitest-fresh-abc-2'])
+    const refused = await client.keep('').catch((error: unknown) => error)
+    expect(isVmPoolError(refused, 'VMPOOL_INVALID_OPTIONS')).toBe(true)
+    expect((refused as Error).message).toMatch(/invalid keep request: name/)
+    expect(calls).toHaveLength(3)
+  } finally {
+    await client.close()
+    await broker.close()
+  }
 })
 
 test('a new broker removes dirs of dead runs, not of live ones (running pid, or a socket that answers)', async () => {
