@@ -160,8 +160,10 @@ export class VitestVmPoolRun {
     const parts = this.#started
     if (this.#finished || !parts) return
     const vmName = worker.record?.name
+    // From now on the broker refuses this worker; its fresh VMs are being deleted.
+    const freshGone = parts.freshVms.removeWorker(worker.owner)
     parts.bindings.settleBefore(worker.slot, async () => {
-      await Promise.all([parts.freshVms.removeWorker(worker.owner), crashed && vmName !== undefined ? parts.bindings.replace(worker.slot, vmName) : undefined])
+      await Promise.all([freshGone, crashed && vmName !== undefined ? parts.bindings.replace(worker.slot, vmName) : undefined])
     })
   }
 
