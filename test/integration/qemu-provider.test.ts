@@ -1,6 +1,7 @@
 /**
  * Real QEMU VMs: isolation between concurrent VMs, a VM killed behind the provider's back, host key
- * pinning, and boots that cannot succeed (a garbage initrd; a guest that never starts SSH).
+ * pinning, how a person reaches and removes a kept VM (`describe`), and boots that cannot succeed
+ * (a garbage initrd; a guest that never starts SSH).
  * Two VMs are booted for the whole file and reused; the broken boots cost a few seconds each.
  */
 import { spawnSync } from 'node:child_process'
@@ -9,30 +10,14 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
-import type { QemuVm } from '../../src/providers/qemu-provider.js'
+import type { QemuVm } from '../../src/providers/qemu/qemu-vm.js'
 import { DEFAULT_IMAGE_NAME, getImageDir, loadImage } from '../../src/providers/qemu/qemu-image.js'
 import type { VmRecord } from '../../src/providers/vm-provider.js'
 import { generateSshKeyPair } from '../../src/transport/ssh-keys.js'
 import { isPidAlive } from '../../src/util/process-info.js'
-import { getQemuSkipReason, QEMU_TEST_CREATE_TIMEOUT_MS, useQemuTestProvider, type QemuTestProvider } from '../helpers/qemu.js'
+import { getQemuSkipReason, QEMU_TEST_CREATE_TIMEOUT_MS, qemuPidsFor, useQemuTestProvider, type QemuTestProvider } from '../helpers/qemu.js'
 
 const skipReason = getQemuSkipReason()
-
-/** Pids of QEMU processes started for VM `name` (matched by `-name vm-pool-<name>` in their command line). */
-function qemuPidsFor(name: string): number[] {
-  const pids: number[] = []
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      const argv = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0')
-      const at = argv.indexOf('-name')
-      if (at >= 0 && argv[at + 1] === `vm-pool-${name}` && isPidAlive(Number(entry))) pids.push(Number(entry))
-    } catch {
-      // exited while we looked
-    }
-  }
-  return pids
-}
 
 describe.skipIf(Boolean(skipReason))('qemu provider with real VMs', () => {
   let qemu: QemuTestProvider
@@ -95,6 +80,36 @@ describe.skipIf(Boolean(skipReason))('qemu provider with real VMs', () => {
     // The other VM is unaffected.
     expect((await vms[0]!.exec('echo alive')).stdout).toBe('alive\n')
   })
+
+  test('describe: its ssh line gets a shell with the pinned host key and no key contents; its remove line deletes that VM alone', async () => {
+    const [name, record] = [names[0]!, records[0]!]
+    const help = qemu.provider.describe(record)
+    const keyPath = String(record.data.keyPath)
+    expect(help.reach).toContain(keyPath)
+    expect(`${help.reach}\n${help.remove}`).not.toContain(readFileSync(keyPath, 'utf8').split('\n')[1]!)
+    const ssh = (line: string) => spawnSync('sh', ['-c', `${line} 'hostname; echo reached'`], { encoding: 'utf8', timeout: 60_000, stdio: ['ignore', 'pipe', 'pipe'] })
+    const reached = ssh(help.reach)
+    expect(reached.status, reached.stderr).toBe(0)
+    expect(reached.stdout).toBe(`${name}\nreached\n`)
+    expect(reached.stderr).toBe('')
+    // The host key is really checked: the same line against a known_hosts file with another key is refused.
+    const forged = join(mkdtempSync(join(tmpdir(), 'vmp-kh-')), 'known_hosts')
+    writeFileSync(forged, `vm-pool-${name} ${generateSshKeyPair().publicKey}\n`)
+    const refused = ssh(help.reach.replace(join(String(record.data.vmDir), 'known_hosts'), forged))
+    expect(refused.status).not.toBe(0)
+    expect(refused.stderr).toMatch(/Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED/)
+    rmSync(forged, { force: true })
+
+    await vms[0]!.close()
+    const pid = record.data.pid as number
+    const removed = spawnSync('sh', ['-c', help.remove], { encoding: 'utf8' })
+    expect(removed.status, removed.stderr).toBe(0)
+    for (let i = 0; i < 100 && isPidAlive(pid); i++) await new Promise((resolve) => setTimeout(resolve, 100))
+    expect(isPidAlive(pid)).toBe(false)
+    expect(qemuPidsFor(name)).toEqual([])
+    expect(existsSync(String(record.data.vmDir))).toBe(false)
+    expect((await qemu.provider.list()).some((info) => info.name === name)).toBe(false)
+  }, 90_000)
 })
 
 describe.skipIf(Boolean(skipReason))('qemu boots that cannot succeed', () => {
