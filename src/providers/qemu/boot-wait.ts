@@ -36,9 +36,9 @@ export interface WaitForBootOptions {
 }
 
 /**
- * Until a command runs in the guest. Throws VMPOOL_CREATE_FAILED with `details.qemuExited` when QEMU
- * exits, VMPOOL_BOOT_TIMEOUT when `timeoutMs` runs out, and the SSH error at once when the guest
- * answers with the wrong host key or refuses the key (waiting would not help).
+ * Until a command runs in the guest. Throws VMPOOL_CREATE_FAILED when QEMU exits, VMPOOL_BOOT_TIMEOUT
+ * when `timeoutMs` runs out, and the SSH error at once when the guest answers with the wrong host key
+ * or refuses the key (waiting would not help).
  */
 export async function waitForBoot(options: WaitForBootOptions): Promise<void> {
   const { vm, transport, identity } = options
@@ -54,7 +54,6 @@ export async function waitForBoot(options: WaitForBootOptions): Promise<void> {
         vm,
         message: `QEMU exited while the guest was booting${options.context ?? ''}; the guest's console ended with:\n${await readSerialTail(options.serialLog)}`,
         hint: 'a kernel panic or a broken image: rebuild it with `vm-pool image build --force`',
-        details: { qemuExited: true },
       })
     }
     if (!markerSeen) {
