@@ -64,6 +64,7 @@ describe('judgeRestoreFailure: only a restore proven broken invalidates a snapsh
     ['another host key answered', new VmPoolError({ code: 'VMPOOL_HOST_KEY_MISMATCH', message: 'host key mismatch' }), false, true],
     ['the key was refused', new VmPoolError({ code: 'VMPOOL_AUTH_FAILED', message: 'auth failed' }), false, true],
     ['QEMU did not start at all (no port)', new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', message: 'QEMU failed to start (exit code 1)' }), false, false],
+    ['QEMU exited before its pid could be read', new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', message: 'QEMU exited right after it started (while loading the saved guest state)', details: { qemuExited: true } }), false, true],
     ['the guest died after it resumed', new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', message: 'QEMU exited while the guest was booting' }), true, true],
   ]
   test.each(cases)('%s', (_what, error, qemuExited, broken) => {

@@ -10,6 +10,7 @@ import { runProcess } from '../../transport/process-runner.js'
 import { createDebug } from '../../util/debug.js'
 import { getProcessStartTime, isProcessAlive, type ProcessIdentity } from '../../util/process-info.js'
 import { scaleTimeout, sleep } from '../../util/timeouts.js'
+import { readSerialTail } from './boot-wait.js'
 import { findFreeLoopbackPort } from './free-port.js'
 import { buildQemuArgs, type QemuMachine } from './qemu-command.js'
 import { findQemuByCommandLine, identifyQemu } from './qemu-process-scan.js'
@@ -53,8 +54,19 @@ export async function launchQemu(options: LaunchOptions): Promise<QemuProcessFil
     debug('starting %s: %s %s', dir.instanceName, options.binary, args.join(' '))
     const started = await runProcess(options.binary, args, { timeoutMs: scaleTimeout(QEMU_START_TIMEOUT_MS), env: process.env, provider: 'qemu', vm: options.vm })
     if (started.exitCode === 0) {
+      const pid = await dir.readPidFile()
+      // QEMU deletes its pid file when it exits: it daemonized, then ended at once (a restore whose saved state it rejected).
+      if (pid === undefined && findQemuByCommandLine(dir.commandLine()).length === 0) {
+        throw new VmPoolError({
+          code: 'VMPOOL_CREATE_FAILED',
+          provider: 'qemu',
+          operation: 'create',
+          vm: options.vm,
+          message: `QEMU exited right after it started${options.incoming ? ' (while loading the saved guest state)' : ''}; the guest's console ended with:\n${await readSerialTail(dir.path('serial'))}`,
+          details: { qemuExited: true, accel: machine.accel, restore: options.incoming !== undefined },
+        })
+      }
       try {
-        const pid = await dir.readPidFile()
         if (pid === undefined) throw new Error(`QEMU started but ${dir.path('pid')} holds no pid`)
         const identity: QemuProcessFile = { pid, host: hostname(), startTime: getProcessStartTime(pid), port, accel: machine.accel }
         await dir.writeProcess(identity)

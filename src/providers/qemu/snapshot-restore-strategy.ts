@@ -29,7 +29,8 @@ const debug = createDebug('vm-pool:qemu')
  */
 export function judgeRestoreFailure(error: unknown, facts: { qemuExited: boolean }): string | undefined {
   const firstLine = (error as Error).message.split('\n')[0]!
-  if (facts.qemuExited) return `QEMU exited: ${firstLine}`
+  // details.qemuExited: QEMU was gone before its pid could even be read (launchQemu).
+  if (facts.qemuExited || (isVmPoolError(error) && error.details?.qemuExited === true)) return `QEMU exited: ${firstLine}`
   if (isVmPoolError(error, 'VMPOOL_SNAPSHOT_INVALID') || isVmPoolError(error, 'VMPOOL_HOST_KEY_MISMATCH') || isVmPoolError(error, 'VMPOOL_AUTH_FAILED')) return firstLine
   return undefined
 }
