@@ -146,7 +146,8 @@ describe('pids that are not (or no longer) our QEMU are never killed', () => {
   const others: ChildProcess[] = []
   /** A long-lived process that is not QEMU; `argv` shows up in its /proc cmdline (`sh -c 'sleep 600; :' sh ARGV...`). */
   const startOther = (...argv: string[]): number => {
-    const child = spawn('sh', ['-c', 'sleep 600; :', 'sh', ...argv], { stdio: 'ignore' })
+    // Its own process group, so the cleanup ends the `sleep` too.
+    const child = spawn('sh', ['-c', 'sleep 600; :', 'sh', ...argv], { stdio: 'ignore', detached: true })
     others.push(child)
     return child.pid!
   }
@@ -156,7 +157,13 @@ describe('pids that are not (or no longer) our QEMU are never killed', () => {
   })
 
   afterAll(async () => {
-    for (const child of others) child.kill('SIGKILL')
+    for (const child of others) {
+      try {
+        process.kill(-child.pid!, 'SIGKILL')
+      } catch {
+        // already gone
+      }
+    }
     await qemu?.cleanup()
   })
 

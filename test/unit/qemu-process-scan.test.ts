@@ -24,19 +24,29 @@ describe('parseQemuCommandLine', () => {
   })
 })
 
+/** The `sh` and its `sleep`, by the group this test started them in. */
+function killGroup(pid: number): void {
+  try {
+    process.kill(-pid, 'SIGKILL')
+  } catch {
+    // already gone
+  }
+}
+
 describe('finding processes by command line', () => {
   const root = join(mkdtempSync(join(tmpdir(), 'vmp-scan-')), 'qemu')
   const children: ChildProcess[] = []
   /** A real process whose /proc cmdline carries `argv` (`sh -c 'sleep 600; :' sh ARGV...`). */
   const start = async (...argv: string[]): Promise<number> => {
-    const child = spawn('sh', ['-c', 'sleep 600; :', 'sh', ...argv], { stdio: 'ignore' })
+    // Its own process group, so the cleanup ends the `sleep` too.
+    const child = spawn('sh', ['-c', 'sleep 600; :', 'sh', ...argv], { stdio: 'ignore', detached: true })
     children.push(child)
     const pid = child.pid!
     for (let i = 0; i < 100 && !readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('sleep 600'); i++) await new Promise((resolve) => setTimeout(resolve, 20))
     return pid
   }
   afterAll(() => {
-    for (const child of children) child.kill('SIGKILL')
+    for (const child of children) killGroup(child.pid!)
     rmSync(join(root, '..'), { recursive: true, force: true })
   })
 
@@ -48,7 +58,7 @@ describe('finding processes by command line', () => {
     expect(identifyQemu(pid, { name: 'vm-a', pidFile: join(root, 'vm-b', 'qemu.pid') })).toBeUndefined()
     expect(identifyQemu(process.pid, { name: 'vm-a', pidFile })).toBeUndefined()
     expect(findQemuByCommandLine({ name: 'vm-a', pidFile }).map((ref) => ref.pid)).toEqual([pid])
-    children.at(-1)!.kill('SIGKILL')
+    killGroup(pid)
     for (let i = 0; i < 100 && isPidAlive(pid); i++) await new Promise((resolve) => setTimeout(resolve, 20))
     expect(identifyQemu(pid, { name: 'vm-a', pidFile })).toBeUndefined()
     expect(findQemuByCommandLine({ name: 'vm-a', pidFile })).toEqual([])
