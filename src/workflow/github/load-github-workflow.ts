@@ -40,6 +40,18 @@ export function looksLikeGithubWorkflow(data: unknown, path?: string): boolean {
 }
 
 /**
+ * True when `path` holds a GitHub Actions workflow. A file that cannot be read or parsed is not one:
+ * the vm-pool workflow loader then reports the problem.
+ */
+export async function isGithubWorkflowFile(path: string): Promise<boolean> {
+  try {
+    return looksLikeGithubWorkflow(parseYamlSource(await readWorkflowFile(path), path).data, path)
+  } catch {
+    return false
+  }
+}
+
+/**
  * Parse a GitHub Actions workflow. Throws `VMPOOL_WORKFLOW_INVALID` listing every problem with its
  * `file:line:col` and key path: unknown or unsupported keys, bad `needs:`, a shell vm-pool cannot run,
  * a `${{ }}` that does not parse or names an unknown context or function.

@@ -5,7 +5,7 @@ import type { ExpressionValue } from './expression-parser.js'
 import { evaluateCondition, evaluateValue, substituteTemplate } from './expression-template.js'
 import { localTrigger, makeGithubContext, type GithubTrigger } from './github-context.js'
 import type { GithubWorkflow } from './github-workflow-schema.js'
-import { getJobStatus, getReadyJobs, type JobResultValue } from './job-graph.js'
+import { getAncestors, getJobStatus, getReadyJobs, type JobResultValue } from './job-graph.js'
 import { planGithubWorkflow, type PlanOptions, type PlannedJob } from './plan-github-workflow.js'
 import { getRepoInfo, makeCheckoutTar, type RepoSource } from './repo-source.js'
 import { runGithubCell, type CellResult, type GithubRunEvent, type RunCellOptions } from './run-github-cell.js'
@@ -99,7 +99,8 @@ export async function runGithubWorkflow(workflow: GithubWorkflow, options: RunGi
       return { id: job.id, name: planned.name, result: 'failure', reason: `${job.where}: if: ${(error as Error).message}`, cells: [] }
     }
     if (!run) {
-      const reason = aborted ? 'the run was cancelled' : !status.success && job.if === undefined ? `a job it needs did not succeed (${job.needs.join(', ')})` : `if: ${String(job.if)} is false`
+      const unsuccessful = [...getAncestors(nodes, job.id)].filter((id) => (results.get(id) ?? 'success') !== 'success').map((id) => `${id}: ${results.get(id)}`)
+      const reason = aborted ? 'the run was cancelled' : !status.success && job.if === undefined ? `not every job it needs succeeded (${unsuccessful.join(', ')})` : `if: ${String(job.if)} is false`
       emit({ type: 'job-skipped', workflow: planned.name, job: job.id, reason })
       return { id: job.id, name: planned.name, result: 'skipped', reason, cells: [] }
     }
