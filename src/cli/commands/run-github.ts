@@ -4,7 +4,7 @@ import { getTimeoutScale } from '../../util/timeouts.js'
 import { succeeded } from '../../workflow/run-workflow.js'
 import { createHistoryRecorder } from '../../workflow/history/history-recorder.js'
 import type { GithubWorkflow } from '../../workflow/github/github-workflow-schema.js'
-import { isGithubWorkflowFile, loadGithubWorkflow } from '../../workflow/github/load-github-workflow.js'
+import { loadGithubWorkflow } from '../../workflow/github/load-github-workflow.js'
 import { formatPlan, planGithubWorkflow, type WorkflowPlan } from '../../workflow/github/plan-github-workflow.js'
 import { findRepoDir, isGitRepository } from '../../workflow/github/repo-source.js'
 import { loadRunsOnMapping, type RunsOnMapping } from '../../workflow/github/runs-on-mapping.js'
@@ -12,46 +12,14 @@ import type { GithubRunEvent } from '../../workflow/github/run-github-cell.js'
 import { runGithubWorkflow, type GithubWorkflowResult } from '../../workflow/github/run-github-workflow.js'
 import { isCheckout } from '../../workflow/github/step-shell.js'
 import { UsageError, getProviderName, getProviderOptions, type CliIo } from '../cli-command.js'
+import type { GithubRunValues } from './run-github-options.js'
 import { openHistory } from '../open-history.js'
 import { formatDuration, formatEvent, formatKeptVm } from '../run-output.js'
 import { openRunSessions, parseMaxConcurrent } from '../run-sessions.js'
 
-/** `vm-pool run` on GitHub Actions workflow files (docs/workflows.md, "GitHub Actions files"). */
+/** `vm-pool run` on GitHub Actions workflow files (docs/workflows.md, "GitHub Actions files"), loaded by run.ts only for them. */
 
-export const GITHUB_RUN_OPTIONS = {
-  job: { type: 'string', multiple: true },
-  matrix: { type: 'string', multiple: true },
-  list: { type: 'boolean' },
-  strict: { type: 'boolean' },
-  repo: { type: 'string' },
-  runners: { type: 'string' },
-} as const
-
-export const GITHUB_RUN_HELP = `GitHub Actions workflow files (.github/workflows/*.yml, or any file with jobs:) run one VM per
-job and matrix cell, every command of a cell on its VM, jobs ordered by needs:, under --max-concurrent:
-      --job ID            run only this job (repeatable); its needs: count as succeeded
-      --matrix KEY=VALUE  run only the matrix cells with this value (repeatable)
-      --list              print the jobs, matrix cells and VMs it would run, and run nothing
-      --strict            a step with another action's uses: (skipped with a warning otherwise)
-                          or an ignored key is an error
-      --repo DIR          the repository actions/checkout copies (its tracked files); default: the
-                          directory holding .github/workflows/
-      --runners FILE      runs-on label → VM mapping; default: <repo>/.github/vm-pool.yml if present
-`
-
-type Values = { [key: string]: string | boolean | (string | boolean)[] | undefined }
-
-/** True when the files are GitHub workflows; mixing them with vm-pool workflow files is bad usage. */
-export async function isGithubRun(paths: string[], values: Values): Promise<boolean> {
-  const kinds = await Promise.all(paths.map((path) => isGithubWorkflowFile(path)))
-  if (kinds.every(Boolean)) return true
-  if (kinds.some(Boolean)) throw new UsageError('GitHub Actions workflow files and vm-pool workflow files cannot be mixed in one run: run them separately')
-  const given = Object.keys(GITHUB_RUN_OPTIONS).filter((option) => values[option] !== undefined)
-  if (given.length > 0) throw new UsageError(`--${given[0]} applies to GitHub Actions workflow files (with jobs:), and ${paths.join(', ')} ${paths.length === 1 ? 'is' : 'are'} not`)
-  return false
-}
-
-export async function runGithubFiles(paths: string[], values: Values, io: CliIo): Promise<number> {
+export async function runGithubFiles(paths: string[], values: GithubRunValues, io: CliIo): Promise<number> {
   const jobs = (values.job as string[] | undefined) ?? []
   const matrix = parseMatrixFilters((values.matrix as string[] | undefined) ?? [])
   if ((jobs.length > 0 || Object.keys(matrix).length > 0) && paths.length > 1) throw new UsageError('--job and --matrix apply to one workflow file at a time')

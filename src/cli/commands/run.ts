@@ -9,7 +9,7 @@ import { PROVIDER_OPTION, UsageError, getProviderName, getProviderOptions, parse
 import { openHistory } from '../open-history.js'
 import { MAX_OUTPUT_LINES, formatDuration, formatEvent, formatKeptVm } from '../run-output.js'
 import { openRunSessions, parseMaxConcurrent } from '../run-sessions.js'
-import { GITHUB_RUN_OPTIONS, GITHUB_RUN_HELP, isGithubRun, runGithubFiles } from './run-github.js'
+import { GITHUB_RUN_OPTIONS, GITHUB_RUN_HELP, isGithubRun } from './run-github-options.js'
 
 /** Exit code after Ctrl-C / SIGTERM, as shells report 128 + SIGINT. */
 const INTERRUPTED_EXIT_CODE = 130
@@ -82,7 +82,7 @@ Examples:
       ...GITHUB_RUN_OPTIONS,
     })
     if (positionals.length === 0) throw new UsageError('missing workflow file: vm-pool run <workflow.yml>...')
-    if (await isGithubRun(positionals, values)) return runGithubFiles(positionals, values, io)
+    if (await isGithubRun(positionals, values)) return (await import('./run-github.js')).runGithubFiles(positionals, values, io)
     const maxConcurrent = parseMaxConcurrent(values['max-concurrent'])
     const json = values.json ?? false
     const keepVm = values['keep-vm'] ?? false

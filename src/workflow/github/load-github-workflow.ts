@@ -1,4 +1,4 @@
-import { basename, extname, sep } from 'node:path'
+import { basename, extname } from 'node:path'
 import { z } from 'zod'
 import { VmPoolError } from '../../errors.js'
 import { formatZodError } from '../../config/zod-error.js'
@@ -31,24 +31,6 @@ export interface LoadGithubWorkflowOptions {
 interface Problem {
   where: string | undefined
   text: string
-}
-
-/** True for text that looks like a GitHub Actions workflow (`jobs:` at the top, no vm-pool `steps:`). */
-export function looksLikeGithubWorkflow(data: unknown, path?: string): boolean {
-  if (path !== undefined && `${sep}${path}`.replaceAll('\\', '/').includes('/.github/workflows/')) return true
-  return typeof data === 'object' && data !== null && !Array.isArray(data) && 'jobs' in data && !('steps' in data)
-}
-
-/**
- * True when `path` holds a GitHub Actions workflow. A file that cannot be read or parsed is not one:
- * the vm-pool workflow loader then reports the problem.
- */
-export async function isGithubWorkflowFile(path: string): Promise<boolean> {
-  try {
-    return looksLikeGithubWorkflow(parseYamlSource(await readWorkflowFile(path), path).data, path)
-  } catch {
-    return false
-  }
 }
 
 /**
