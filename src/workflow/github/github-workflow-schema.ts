@@ -179,7 +179,8 @@ export type GithubStepInput = z.output<typeof githubStepSchema>
 /** Keys allowed at each level, for "unknown key (did you mean …?)" messages. */
 export const ALLOWED_KEYS = {
   workflow: Object.keys(githubWorkflowInputSchema.shape),
-  job: Object.keys(githubJobSchema.shape),
+  // Keys that are always an error are not offered.
+  job: Object.keys(githubJobSchema.shape).filter((key) => !(key in UNSUPPORTED_JOB_KEYS)),
   step: ['id', 'name', 'if', 'run', 'uses', 'with', 'env', 'shell', 'working-directory', 'continue-on-error', 'timeout-minutes'],
   strategy: Object.keys(strategySchema.shape),
   defaults: ['run'],

@@ -55,7 +55,10 @@ export async function loadGithubWorkflow(path: string, options: LoadGithubWorkfl
   return parseGithubWorkflow(await readWorkflowFile(path), path, options)
 }
 
-function invalid(label: string, problems: Problem[]): VmPoolError {
+function invalid(label: string, unsorted: Problem[]): VmPoolError {
+  // In file order, as an editor would list them; problems without a place last.
+  const position = (p: Problem) => (p.where ? p.where.split(':').map(Number) : [Infinity, Infinity]) as [number, number]
+  const problems = [...unsorted].sort((a, b) => position(a)[0] - position(b)[0] || position(a)[1] - position(b)[1])
   const line = (p: Problem) => `${p.where ? `${label}:${p.where}: ` : ''}${p.text}`
   const message =
     problems.length === 1
