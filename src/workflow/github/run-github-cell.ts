@@ -7,7 +7,7 @@ import type { EvaluationScope } from './expression-evaluator.js'
 import type { ExpressionValue } from './expression-parser.js'
 import { conditionUsesStatus, evaluateCondition, substituteTemplate } from './expression-template.js'
 import { makeGithubContext, makeGithubEnv, makeRunnerContext, type GithubTrigger, type JobScope } from './github-context.js'
-import { runGithubStep, skippedStep, stepName, type GithubStepResult } from './github-step.js'
+import { defaultStepName, runGithubStep, skippedStep, stepName, type GithubStepResult } from './github-step.js'
 import type { GithubJob, GithubWorkflow } from './github-workflow-schema.js'
 import type { MatrixCell } from './matrix.js'
 import type { RunnerSpec } from './runs-on-mapping.js'
@@ -125,7 +125,7 @@ async function runSteps(plan: CellPlan, options: RunCellOptions, vm: Vm, record:
   record(setup.result)
   if (setup.result.exitCode !== 0 || setup.result.error) {
     result.status = options.signal?.aborted ? 'cancelled' : 'failure'
-    for (const step of job.steps) record(skippedStep(step, step.name ?? step.run ?? step.uses ?? '', vm.name))
+    for (const step of job.steps) record(skippedStep(step, step.name ?? defaultStepName(step), vm.name))
     return
   }
   const scope: JobScope = { trigger: options.trigger, workflow: workflow.name, runId: options.runId, job: job.id, workspace: setup.workspace, vm: vm.name, tempDir: setup.tempDir }
