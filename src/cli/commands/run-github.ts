@@ -98,7 +98,7 @@ export async function runGithubFiles(paths: string[], values: GithubRunValues, i
 
 function formatGithubEvent(tag: string, event: GithubRunEvent, workflow: GithubWorkflow, record: ReturnType<typeof createHistoryRecorder>): string {
   if (event.type === 'job-skipped') return `${tag} job ${event.job} skipped: ${event.reason}\n`
-  if (event.type === 'cell-cancelled') return `${tag} no VM: ${event.reason}\n`
+  if (event.type === 'cell-no-vm') return `${tag} no VM: ${event.reason}\n`
   const note = event.type === 'command-end' ? record(workflow.name, event.workflow, event.result) : undefined
   return formatEvent(tag, event, note)
 }

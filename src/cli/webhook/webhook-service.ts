@@ -100,7 +100,7 @@ export function createWebhookService(options: WebhookServiceOptions): WebhookSer
           signal,
           onEvent: (event) => {
             const tag = `[run ${run.id}] [${workflow.name} / ${event.workflow}]`
-            if (event.type === 'job-skipped' || event.type === 'cell-cancelled') log(`${tag} ${event.type === 'job-skipped' ? 'skipped' : 'no VM'}: ${event.reason}`)
+            if (event.type === 'job-skipped' || event.type === 'cell-no-vm') log(`${tag} ${event.type === 'job-skipped' ? 'skipped' : 'no VM'}: ${event.reason}`)
             else log(formatEvent(tag, event, event.type === 'command-end' ? record(workflow.name, event.workflow, event.result) : undefined).trimEnd())
           },
         }),

@@ -50,7 +50,7 @@ export interface CellResult {
 export type GithubRunEvent =
   | (WorkflowEvent & { job: string })
   | { type: 'job-skipped'; workflow: string; job: string; reason: string }
-  | { type: 'cell-cancelled'; workflow: string; job: string; reason: string }
+  | { type: 'cell-no-vm'; workflow: string; job: string; reason: string }
 
 export interface CellPlan {
   workflow: GithubWorkflow
@@ -92,7 +92,7 @@ export async function runGithubCell(plan: CellPlan, options: RunCellOptions): Pr
     result.status = options.signal?.aborted ? 'cancelled' : 'failure'
     result.error = toStepError(error)
     result.durationMs = Math.round(performance.now() - started)
-    options.emit({ type: 'cell-cancelled', workflow: label, job: job.id, reason: result.error.message })
+    options.emit({ type: 'cell-no-vm', workflow: label, job: job.id, reason: result.error.message })
     return result
   }
   const vm = session.vm
