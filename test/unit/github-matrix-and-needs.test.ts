@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'vitest'
 import { checkJobGraph, getAncestors, getJobStatus, getReadyJobs, type JobResultValue } from '../../src/workflow/github/job-graph.js'
-import { cellLabel, expandMatrix, filterMatrixCells } from '../../src/workflow/github/matrix.js'
+import { cellLabel, expandMatrix, filterMatrixCells, type MatrixInput } from '../../src/workflow/github/matrix.js'
 
 describe('matrix expansion', () => {
   test('the cross product, first key outermost', () => {
@@ -17,7 +17,7 @@ describe('matrix expansion', () => {
   })
 
   test('exclude removes every combination an entry matches, partially or fully', () => {
-    const matrix = { dimensions: { os: ['a', 'b'], node: [20, 22], arch: ['x64', 'arm'] }, include: [], exclude: [{ os: 'a', node: 22 }, { arch: 'arm', os: 'b', node: 20 }] }
+    const matrix: MatrixInput = { dimensions: { os: ['a', 'b'], node: [20, 22], arch: ['x64', 'arm'] }, include: [], exclude: [{ os: 'a', node: 22 }, { arch: 'arm', os: 'b', node: 20 }] }
     expect(expandMatrix(matrix)).toEqual([
       { os: 'a', node: 20, arch: 'x64' },
       { os: 'a', node: 20, arch: 'arm' },
@@ -28,7 +28,7 @@ describe('matrix expansion', () => {
   })
 
   test("include: GitHub's documented example (added values may be overwritten, original ones may not)", () => {
-    const matrix = {
+    const matrix: MatrixInput = {
       dimensions: { fruit: ['apple', 'pear'], animal: ['cat', 'dog'] },
       include: [{ color: 'green' }, { color: 'pink', animal: 'cat' }, { fruit: 'apple', shape: 'circle' }, { fruit: 'banana' }, { fruit: 'banana', animal: 'cat' }],
       exclude: [],
