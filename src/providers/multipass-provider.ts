@@ -1,6 +1,7 @@
 import { z } from 'zod'
 import { VmPoolError, invalidOptions, isVmPoolError } from '../errors.js'
 import { formatZodError } from '../config/zod-error.js'
+import { sshEndpointFields } from '../transport/ssh-connection.js'
 import { SshTransport } from '../transport/ssh-transport.js'
 import { scaleTimeout } from '../util/timeouts.js'
 import { validateImageName, validateVmName } from '../util/vm-name.js'
@@ -26,16 +27,16 @@ const UNAVAILABLE_HINT = 'is multipassd running? Try `multipass version`; on Lin
 
 export const multipassProviderOptionsSchema = z
   .object({
-    /** Run every `multipass` command on this host over SSH (seed 004). @default this machine */
-    host: z.string().min(1).optional(),
+    /** Run every `multipass` command on this host over SSH. @default this machine */
+    host: sshEndpointFields.host.optional(),
     /** SSH port of `host`. @default 22 */
-    port: z.number().int().min(1).max(65_535).default(22),
+    port: sshEndpointFields.port,
     /** SSH user on `host` (required with `host`). */
     user: z.string().min(1).optional(),
-    /** Unencrypted OpenSSH/PEM private key text for `host` (required with `host`). Never logged. */
-    privateKey: z.union([z.string().min(1), z.instanceof(Buffer)]).optional(),
-    /** Pinned host key of `host`: an OpenSSH public key line or a `SHA256:` fingerprint. */
-    hostKey: z.string().min(1).optional(),
+    /** Private key for `host` (required with `host`); see sshEndpointFields. Never logged. */
+    privateKey: sshEndpointFields.privateKey.optional(),
+    /** Pinned host key of `host`; see sshEndpointFields. */
+    hostKey: sshEndpointFields.hostKey,
     /** Default image for `multipass launch` (`24.04`, `jammy`, a blueprint); `VmSpec.image` wins. @default Multipass's LTS */
     image: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]*$/, 'expected an image name such as 24.04 or jammy').optional(),
     /** @default 1 */
@@ -68,7 +69,7 @@ const infoSchema = z.looseObject({ info: z.record(z.string(), z.looseObject({ st
 
 /**
  * Canonical Multipass instances, through the `multipass` CLI on this machine or, with `host`, on
- * another machine over SSH (seed 004). Multipass has no labels: ownership is encoded in the instance
+ * another machine over SSH. Multipass has no labels: ownership is encoded in the instance
  * name (`vitest-worker-<runId>-<slot>`), which is what `vm-pool gc` sweeps; `VmSpec.labels` stay in
  * the VmRecord only.
  */

@@ -5,6 +5,7 @@ import lockfile from 'proper-lockfile'
 import { z } from 'zod'
 import { VmPoolError, invalidOptions, isVmPoolError } from '../errors.js'
 import { formatZodError } from '../config/zod-error.js'
+import { sshEndpointFields } from '../transport/ssh-connection.js'
 import { SshTransport } from '../transport/ssh-transport.js'
 import { writeFileAtomic } from '../util/fs-atomic.js'
 import { getStateDir } from '../util/state-dir.js'
@@ -23,14 +24,8 @@ export const SSH_LEASE_LOCK_STALE_MS = 10_000
 
 const sshHostSchema = z
   .object({
-    host: z.string().min(1),
-    /** @default 22 */
-    port: z.number().int().min(1).max(65_535).default(22),
+    ...sshEndpointFields,
     user: z.string().min(1),
-    /** Unencrypted OpenSSH/PEM private key text. Never logged, never stored in records or leases. */
-    privateKey: z.union([z.string().min(1), z.instanceof(Buffer)]),
-    /** Pinned host key: an OpenSSH public key line or a `SHA256:` fingerprint. Strongly recommended. */
-    hostKey: z.string().min(1).optional(),
   })
   .strict()
 
