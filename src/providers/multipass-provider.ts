@@ -1,6 +1,5 @@
 import { z } from 'zod'
-import { VmPoolError, invalidOptions, isVmPoolError } from '../errors.js'
-import { formatZodError } from '../config/zod-error.js'
+import { VmPoolError, isVmPoolError } from '../errors.js'
 import { sshEndpointFields } from '../transport/ssh-connection.js'
 import { SshTransport } from '../transport/ssh-transport.js'
 import { scaleTimeout } from '../util/timeouts.js'
@@ -8,7 +7,9 @@ import { validateImageName, validateVmName } from '../util/vm-name.js'
 import { createCliGuestVm } from './cli-guest-vm.js'
 import { waitUntilExecWorks } from './wait-until-exec-works.js'
 import { createLocalCommandRunner, createSshCommandRunner, type CommandRunner } from '../transport/command-runner.js'
-import type { ExecResult, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec, VmState } from './vm-provider.js'
+import { parseProviderOptions } from './parse-provider-options.js'
+import { makeVmStateMap } from './vm-state-map.js'
+import type { ExecResult, KeptVmHelp, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
 import { parseJsonOutput } from '../config/parse-json-output.js'
 
 const PROVIDER = 'multipass'
@@ -74,10 +75,7 @@ const infoSchema = z.looseObject({ info: z.record(z.string(), z.looseObject({ st
  * the VmRecord only.
  */
 export function multipassProvider(options: MultipassProviderOptions = {}): VmProvider {
-  const parsed = multipassProviderOptionsSchema.safeParse(options)
-  // Never echo the options: they may hold a private key.
-  if (!parsed.success) throw invalidOptions(`invalid multipassProvider options: ${formatZodError(parsed.error, options)}`, { provider: PROVIDER })
-  const { privateKey, ...rest } = parsed.data
+  const { privateKey, ...rest } = parseProviderOptions(multipassProviderOptionsSchema, options, PROVIDER)
   const config = Object.freeze(rest)
   const runner: CommandRunner =
     config.host === undefined
@@ -200,27 +198,16 @@ export function multipassProvider(options: MultipassProviderOptions = {}): VmPro
       }
     },
 
+    describe(record: VmRecord): KeptVmHelp {
+      const name = validateVmName(record.name, PROVIDER)
+      const on = typeof record.data.host === 'string' && record.data.host !== 'local' ? `   (on ${record.data.host})` : ''
+      return { reach: `multipass shell ${name}${on}`, remove: `multipass delete --purge ${name}${on}` }
+    },
+
     async close(): Promise<void> {
       await runner.close()
     },
   }
 }
 
-function toVmState(state: string): VmState {
-  switch (state) {
-    case 'Running':
-      return 'running'
-    case 'Starting':
-    case 'Restarting':
-      return 'starting'
-    case 'Stopped':
-    case 'Suspended':
-    case 'Suspending':
-      return 'stopped'
-    case 'Deleted':
-      return 'dead'
-    default:
-      return 'unknown'
-  }
-}
-
+const toVmState = makeVmStateMap({ running: ['Running'], starting: ['Starting', 'Restarting'], stopped: ['Stopped', 'Suspended', 'Suspending'], dead: ['Deleted'] })

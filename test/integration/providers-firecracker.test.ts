@@ -2,9 +2,9 @@
  * firecrackerProvider against the fcctl-web stand-in (a real HTTP server on 127.0.0.1:0): the token
  * never leaks, 5xx and connection errors are retried with backoff, 4xx never are, 404 on delete is "gone".
  */
-import { spawnSync } from 'node:child_process'
+import { execFile, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { inspect } from 'node:util'
+import { inspect, promisify } from 'node:util'
 import { Agent, type Dispatcher } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
 import { startFirecrackerServer, type StartedFirecrackerServer } from '../../fixtures/firecracker-server.js'
@@ -187,6 +187,28 @@ describe('firecracker provider against the fixture API', () => {
     expect(sent?.body).toMatchObject({ timeout_seconds: 3 })
     expect((await vm.exec('echo ok')).stdout).toBe('ok\n')
     await provider.delete('fc-timeout')
+  })
+
+  test('describe: curl lines for that VM by id that work; the delete removes it and no other; the token is named, never shown', async () => {
+    const provider = firecrackerProvider({ url: server.url, token })
+    const kept = await provider.create({ name: 'fc-kept-a' })
+    const other = await provider.create({ name: 'fc-kept-b' })
+    try {
+      const help = provider.describe!(kept)
+      expect(JSON.stringify(help)).not.toContain(token)
+      const env = { ...process.env, FIRECRACKER_AUTH_TOKEN: token }
+      // Run what a person would paste (the reach line ends with a note in parentheses). Not execFileSync:
+      // the fixture server answers from this process's event loop.
+      const sh = (line: string) => promisify(execFile)('sh', ['-c', line], { env, encoding: 'utf8', timeout: 30_000 })
+      const answer = JSON.parse((await sh(help.reach.replace(/ {3}\(.*\)$/, ''))).stdout)
+      expect(answer).toMatchObject({ exit_code: 0, stdout: expect.stringContaining('Linux') })
+      await sh(help.remove)
+      expect(server.vmIds()).not.toContain(kept.data.id)
+      expect(server.vmIds()).toContain(other.data.id)
+    } finally {
+      await provider.delete('fc-kept-a')
+      await provider.delete('fc-kept-b')
+    }
   })
 
   test('a token in an error body is redacted BEFORE the body is cut: no piece of it leaks (list and exec)', async () => {
