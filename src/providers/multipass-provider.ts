@@ -67,6 +67,7 @@ export type MultipassProviderOptions = z.input<typeof multipassProviderOptionsSc
 
 const listSchema = z.object({ list: z.array(z.looseObject({ name: z.string(), state: z.string(), ipv4: z.array(z.string()).optional(), release: z.string().optional() })) })
 const infoSchema = z.looseObject({ info: z.record(z.string(), z.looseObject({ state: z.string() })) })
+const toVmState = makeVmStateMap({ running: ['Running'], starting: ['Starting', 'Restarting'], stopped: ['Stopped', 'Suspended', 'Suspending'], dead: ['Deleted'] })
 
 /**
  * Canonical Multipass instances, through the `multipass` CLI on this machine or, with `host`, on
@@ -209,5 +210,3 @@ export function multipassProvider(options: MultipassProviderOptions = {}): VmPro
     },
   }
 }
-
-const toVmState = makeVmStateMap({ running: ['Running'], starting: ['Starting', 'Restarting'], stopped: ['Stopped', 'Suspended', 'Suspending'], dead: ['Deleted'] })

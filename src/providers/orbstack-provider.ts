@@ -40,6 +40,7 @@ const orbMachineSchema = z.looseObject({
   image: z.looseObject({ distro: z.string().optional(), version: z.string().optional(), arch: z.string().optional() }).optional(),
 })
 type OrbMachine = z.infer<typeof orbMachineSchema>
+const toVmState = makeVmStateMap({ running: ['running'], starting: ['starting', 'creating'], stopped: ['stopped', 'stopping'] })
 
 /**
  * OrbStack Linux machines through `orbctl`. OrbStack has no labels: ownership is carried by
@@ -142,5 +143,3 @@ export function orbstackProvider(options: OrbstackProviderOptions = {}): VmProvi
     },
   }
 }
-
-const toVmState = makeVmStateMap({ running: ['running'], starting: ['starting', 'creating'], stopped: ['stopped', 'stopping'] })
