@@ -15,7 +15,7 @@ const KEY_PAIR_ATTEMPTS = 16
 /**
  * A fresh ed25519 key pair, for test sshds, guest images and per-run client keys. ssh2's generator
  * strips leading zero bytes from the 32-byte public key (mscdex/ssh2#1390, open), and `parseKey`
- * refuses such a pair (seen as "the ssh private key could not be parsed" in a CI run): a pair is kept
+ * refuses such a pair (a CI=true test run failed on one with "the ssh private key could not be parsed"): a pair is kept
  * only when both halves parse.
  */
 export function generateSshKeyPair(comment = 'vm-pool'): SshKeyPair {
