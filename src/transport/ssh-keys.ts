@@ -9,13 +9,13 @@ export interface SshKeyPair {
   publicKey: string
 }
 
-/** ssh2 drops a public key's leading zero bytes, which makes about 1 ed25519 pair in 256 unreadable. */
+/** Pairs tried before giving up; a bad pair is about 1 in 256, so two in a row are already rare. */
 const KEY_PAIR_ATTEMPTS = 16
 
 /**
  * A fresh ed25519 key pair, for test sshds, guest images and per-run client keys. ssh2's generator
- * strips leading zero bytes from the 32-byte public key (mscdex/ssh2#1390, open), and `parseKey`
- * refuses such a pair (a CI=true test run failed on one with "the ssh private key could not be parsed"): a pair is kept
+ * strips leading zero bytes from the 32-byte public key (mscdex/ssh2#1390, open) and `parseKey`
+ * then refuses the pair ("the ssh private key could not be parsed" in a test run): a pair is kept
  * only when both halves parse.
  */
 export function generateSshKeyPair(comment = 'vm-pool'): SshKeyPair {
