@@ -1,9 +1,8 @@
-import { randomUUID } from 'node:crypto'
 import { z } from 'zod'
 import { VmPoolError, VmPoolTimeoutError, invalidOptions, isVmPoolError } from '../errors.js'
 import { formatZodError } from '../config/zod-error.js'
 import { scaleTimeout } from '../util/timeouts.js'
-import { validateVmName } from '../util/vm-name.js'
+import { generateRunId, NAME_PART_PATTERN as NAME_PART, validateVmName, WORKFLOW_PREFIX } from '../util/vm-name.js'
 import type { Vm, VmProvider, VmSpec } from '../providers/vm-provider.js'
 import { providerVmAllocator, type VmAllocation, type VmAllocator } from './vm-allocator.js'
 import { vmSpecSchema } from '../config/vm-spec-schema.js'
@@ -14,12 +13,10 @@ export const QUEUE_TIMEOUT_MS = 30 * 60_000
 /** Two VMs at a time: what a 2-core CI runner can emulate without starving both. */
 export const DEFAULT_MAX_CONCURRENT_SESSIONS = 2
 
-export const WORKFLOW_VM_PREFIX = 'vm-pool-wf'
+export const WORKFLOW_VM_PREFIX = WORKFLOW_PREFIX
 
 // Node timers overflow past 2^31-1 ms and fire immediately; beyond that we simply do not arm one.
 const MAX_TIMER_MS = 2 ** 31 - 1
-
-const NAME_PART = /^[a-z0-9]+(?:-[a-z0-9]+)*$/
 
 const isProvider = (value: unknown): value is VmProvider =>
   typeof value === 'object' &&
@@ -53,7 +50,7 @@ export interface SessionManagerOptions {
   queueTimeoutMs?: number
   /** VM names are `<prefix>-<runId>-<n>`. @default 'vm-pool-wf' */
   prefix?: string
-  /** Identifies this run in VM names, so `vm-pool gc` can tell runs apart. @default 8 random hex digits */
+  /** Identifies this run in VM names, so `vm-pool gc` can tell runs apart. @default 8 random base-36 characters */
   runId?: string
   /** Image, size and labels of every VM (the name is chosen by the manager). */
   spec?: Omit<VmSpec, 'name'>
@@ -112,7 +109,7 @@ export class SessionManager {
     this.maxConcurrentSessions = config.maxConcurrentSessions
     this.onLimit = config.onLimit
     this.prefix = config.prefix
-    this.runId = config.runId ?? randomUUID().replaceAll('-', '').slice(0, 8)
+    this.runId = config.runId ?? generateRunId()
     this.#queueTimeoutFromOption = config.queueTimeoutMs !== undefined
     this.#queueTimeoutMs = config.queueTimeoutMs ?? scaleTimeout(QUEUE_TIMEOUT_MS)
     this.#spec = Object.freeze({ ...config.spec })

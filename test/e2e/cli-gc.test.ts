@@ -4,16 +4,15 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
-import { afterEach, beforeAll, describe, expect, test } from 'vitest'
+import { afterEach, describe, expect, test } from 'vitest'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
 import { FileLeaseStore } from '../../src/pool/file-lease-store.js'
 import type { GcReport } from '../../src/pool/garbage-collector.js'
-import { ensureDistBuilt, killFixtures, makeStateDir, runBin, spawnFixture } from '../../fixtures/pool/harness.js'
+import { killFixtures, makeStateDir, runBin, spawnFixture } from '../../fixtures/pool/harness.js'
 
 describe('vm-pool gc (the built bin)', () => {
   let state: ReturnType<typeof makeStateDir>
   const sleepers: ChildProcess[] = []
-  beforeAll(ensureDistBuilt, 120_000)
   afterEach(() => {
     killFixtures()
     for (const sleeper of sleepers.splice(0)) sleeper.kill('SIGKILL')

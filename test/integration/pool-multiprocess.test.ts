@@ -4,17 +4,16 @@
  */
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
+import { afterAll, afterEach, describe, expect, test } from 'vitest'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
 import { FileLeaseStore } from '../../src/pool/file-lease-store.js'
-import { ensureDistBuilt, killFixtures, makeStateDir, spawnFixture } from '../../fixtures/pool/harness.js'
+import { killFixtures, makeStateDir, spawnFixture } from '../../fixtures/pool/harness.js'
 
 const PROCESSES = 8
 const CYCLES = 25
 
 describe('pool across processes', () => {
   const state = makeStateDir()
-  beforeAll(ensureDistBuilt, 120_000)
   afterEach(killFixtures)
   afterAll(() => state.dispose())
 

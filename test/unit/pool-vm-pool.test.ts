@@ -5,7 +5,7 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
-import { afterEach, beforeAll, describe, expect, test } from 'vitest'
+import { afterEach, describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
 import { countingProvider, type CountingProvider } from '../../src/providers/counting-provider.js'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
@@ -14,7 +14,7 @@ import { getProcessStartTime } from '../../src/util/process-info.js'
 import { ReaperHandle } from '../../src/pool/reaper.js'
 import type { FileLeaseStore } from '../../src/pool/file-lease-store.js'
 import type { VmProvider } from '../../src/providers/vm-provider.js'
-import { ensureDistBuilt, isPidRunning, makeStateDir, waitFor } from '../../fixtures/pool/harness.js'
+import { isPidRunning, makeStateDir, waitFor } from '../../fixtures/pool/harness.js'
 
 describe('createPool', () => {
   let state: ReturnType<typeof makeStateDir>
@@ -320,7 +320,6 @@ describe('createPool', () => {
   })
 
   describe('with the reaper', () => {
-    beforeAll(ensureDistBuilt, 120_000)
 
     test('starts a watchdog with the first VM and stops it on drain', async () => {
       state = makeStateDir()
