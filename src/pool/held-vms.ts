@@ -32,15 +32,23 @@ export class HeldVms {
     return this.#entries.values()
   }
 
-  /** Ours now (reserved, created or adopted): remember this version of the entry, and tell the watchdog. */
-  async note(entry: LeaseEntry): Promise<void> {
+  /**
+   * Ours now (reserved, created or adopted): remember this version of the entry, and tell the watchdog.
+   * The marker write is not waited for: the lease table already names us as the owner (with our run id),
+   * which is what the watchdog reaps by; the marker is the second source, for a lost lease file.
+   */
+  note(entry: LeaseEntry): void {
     this.#entries.set(entry.name, structuredClone(entry))
-    await this.#handle?.setHeld(this.#entries.keys())
+    this.#tellWatchdog()
   }
 
   /** Call it under the lock, in the update where the entry stops being ours, so no later update puts it back. */
   forget(name: string): void {
-    if (!this.#entries.delete(name)) return
+    if (this.#entries.delete(name)) this.#tellWatchdog()
+  }
+
+  #tellWatchdog(): void {
+    // setHeld serializes the writes: the last list always lands last.
     void this.#handle?.setHeld(this.#entries.keys()).catch((error: unknown) => debug('reaper marker write failed: %s', (error as Error).message))
   }
 

@@ -26,3 +26,26 @@ export const localProcessLiveness: OwnerLiveness = {
 export function isSameOwner(a: LeaseOwner | null, b: LeaseOwner | null): boolean {
   return a !== null && b !== null && a.pid === b.pid && a.host === b.host && a.startTime === b.startTime
 }
+
+/** The judge's verdicts kept a while: `alive` for `aliveTtlMs`, `dead` for good (a dead owner never comes back). */
+const MAX_REMEMBERED_OWNERS = 1_024
+
+/**
+ * A judge that remembers: the pool's housekeeping asks about every held lease on every lease update, under
+ * the lock; this keeps that to one check per owner per `aliveTtlMs` (a death is then noticed that much later,
+ * by housekeeping that was lazy anyway). Not for the watchdog or gc, which want the current answer.
+ */
+export function rememberingLiveness(inner: OwnerLiveness, aliveTtlMs: number): OwnerLiveness {
+  const verdicts = new Map<string, { alive: boolean; at: number }>()
+  return {
+    isAlive(owner, now) {
+      const key = `${owner.host}/${owner.pid}/${owner.startTime}`
+      const known = verdicts.get(key)
+      if (known && (!known.alive || now - known.at < aliveTtlMs)) return known.alive
+      const alive = inner.isAlive(owner, now)
+      if (verdicts.size >= MAX_REMEMBERED_OWNERS) verdicts.clear()
+      verdicts.set(key, { alive, at: now })
+      return alive
+    },
+  }
+}

@@ -56,7 +56,7 @@ export class PoolVmLifecycle {
         return claimed && structuredClone(claimed)
       })
       if (!entry) break
-      await this.#held.note(entry)
+      this.#held.note(entry)
       const held = await this.#checkAdopted(entry)
       if (held) {
         this.#ledger.counters.reused++
@@ -90,7 +90,7 @@ export class PoolVmLifecycle {
       return structuredClone(entry)
     })
     const name = reserved.name
-    await this.#held.note(reserved)
+    this.#held.note(reserved)
     let record: VmRecord
     try {
       record = await provider.create({ ...spec, name })
@@ -102,7 +102,7 @@ export class PoolVmLifecycle {
     }
     this.#ledger.counters.created++
     const entry = await this.#leases.update((table, now) => structuredClone(markLeased(table, reserved, record, this.#leases.actor, now)))
-    await this.#held.note(entry)
+    this.#held.note(entry)
     try {
       const vm = await provider.connect(record)
       return { name, vm, kind, adopted: false }

@@ -7,7 +7,7 @@ import { FileLeaseStore } from './file-lease-store.js'
 import { HeldVms } from './held-vms.js'
 import type { LeaseStore } from './lease-store.js'
 import { releaseOwnership } from './lease-table.js'
-import { localProcessLiveness } from './owner-liveness.js'
+import { localProcessLiveness, rememberingLiveness } from './owner-liveness.js'
 import { resolvePoolOptions, type PoolOptions, type ResolvedPoolOptions } from './pool-options.js'
 import { PoolLeases, type PoolLedger, type PoolStats } from './pool-leases.js'
 import { PoolVmLifecycle, type Held } from './pool-vm-lifecycle.js'
@@ -64,6 +64,9 @@ export interface VmPool {
   drain(): Promise<DrainResult>
 }
 
+/** The pool's housekeeping re-checks that a lease holder is alive at most this often (see `rememberingLiveness`). */
+const HOUSEKEEPING_ALIVE_TTL_MS = 1_000
+
 interface Slot {
   refs: number
   promise: Promise<Held>
@@ -102,7 +105,7 @@ class LeasedVmPool implements VmPool {
     this.store = store
     this.#provider = options.provider
     this.#held = new HeldVms(options)
-    this.#leases = new PoolLeases({ store, provider: options.provider, runId: options.runId, held: this.#held, ledger: this.#ledger, liveness: localProcessLiveness, warn })
+    this.#leases = new PoolLeases({ store, provider: options.provider, runId: options.runId, held: this.#held, ledger: this.#ledger, liveness: rememberingLiveness(localProcessLiveness, HOUSEKEEPING_ALIVE_TTL_MS), warn })
     this.#vms = new PoolVmLifecycle({ config: options, leases: this.#leases, held: this.#held, ledger: this.#ledger, warn })
     // A live view: the same object is updated in place, so a reporter can keep a reference.
     this.stats = this.#ledger.counters

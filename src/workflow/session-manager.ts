@@ -148,7 +148,7 @@ export class SessionManager {
     if (signal?.aborted) {
       // Creation cannot be interrupted halfway; what finished after the abort is deleted at once.
       try {
-        await allocation.release({ keep: false })
+        await allocation.release({ keepVm: false })
       } finally {
         this.#releaseSlot()
       }
@@ -163,7 +163,7 @@ export class SessionManager {
     const release = (releaseOptions: ReleaseSessionOptions = {}): Promise<void> => {
       releasing ??= (async () => {
         try {
-          await allocation.release({ keep: releaseOptions.keepVm ?? false })
+          await allocation.release({ keepVm: releaseOptions.keepVm ?? false })
         } finally {
           released = true
           this.#releaseSlot()

@@ -40,7 +40,7 @@ const GC: LeaseActor = { owner: owner(9), runId: 'gc' }
 const DEAD = owner(66)
 /** Alive: A, B, gc. Everyone else is dead. */
 const liveness: OwnerLiveness = { isAlive: (o) => [1, 2, 9].includes(o.pid) && o.startTime === o.pid * 10 }
-const record = (name: string): VmRecord => ({ name, provider: 'fake', createdAt: at(0), spec: { name } })
+const record = (name: string): VmRecord => ({ name, provider: 'fake', createdAt: at(0), spec: { name }, data: {} })
 
 function entry(name: string, overrides: Partial<LeaseEntry> = {}): LeaseEntry {
   return { name, provider: 'fake', specHash: 'spec1', kind: 'slot', state: 'leased', owner: A.owner, runId: A.runId, record: record(name), createdAt: at(0), updatedAt: at(0), ...overrides }
