@@ -7,13 +7,14 @@ import { LockTimeoutError, type HeldLock } from './lock-timeout-error.js'
 /**
  * Waiters that are not first in line try the bind again after a random pause. Waking every waiter at each
  * release (all connected to the holder) was measured slower under contention: 8 processes on 2 busy cores
- * woke ~8 times per acquisition and spent their time in a herd of failed binds and reconnects instead of in
- * the next holder's section. Shorter pauses (1-4 ms) measured no better: more wake-ups on a saturated CPU.
+ * woke ~8 times per acquisition, a herd of failed binds and reconnects on a saturated CPU; short pauses
+ * (1-4 ms) and pauses that shrink with the wait measured slower too (more wake-ups). The one waiter first in
+ * line is woken at once, so the pause only decides who gets in line next.
  */
-const POLL_MIN_MS = 2
-const POLL_MAX_MS = 10
+const POLL_MIN_MS = 5
+const POLL_MAX_MS = 15
 /** After the holder turned us away (someone else is first in line), poll this long before asking again. */
-const FRONT_RETRY_MS = 10
+const FRONT_RETRY_MS = 30
 /** Even first in line, look again this often (a missed close, a holder that answers nothing). */
 const FRONT_SAFETY_MS = 1_000
 /** The byte a holder sends the one waiter it keeps: "you are first in line; I close this on release". */
