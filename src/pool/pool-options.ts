@@ -76,7 +76,7 @@ export interface PoolOptions {
    * @default true
    */
   reaper?: boolean | { providerName: string; providerOptions?: Record<string, JsonValue> }
-  /** Identifies this run in VM names and leases. @default 8 random base-36 characters */
+  /** Identifies this run in VM names and leases. @default 8 random hex digits */
   runId?: string
   /** What every VM of this pool looks like (the name is chosen by the pool). Idle VMs are adopted only with an equal spec. @default {} */
   spec?: PoolVmSpec

@@ -87,10 +87,9 @@ export function normalizeLeaseKey(key: string | number): string {
   return text
 }
 
-/** The one run-id generator: 8 random base-36 characters, short enough for names, unique enough between runs on one host. */
+/** The one run-id generator (pools, workflows): 8 random hex digits, short enough for names, unique enough between runs on one host. */
 export function generateRunId(): string {
-  const bytes = randomBytes(8)
-  return Array.from(bytes, (byte) => (byte % 36).toString(36)).join('')
+  return randomBytes(4).toString('hex')
 }
 
 export function makeVmName(prefix: string, runId: string, suffix: string): string {

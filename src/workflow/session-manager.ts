@@ -50,7 +50,7 @@ export interface SessionManagerOptions {
   queueTimeoutMs?: number
   /** VM names are `<prefix>-<runId>-<n>`. @default 'vm-pool-wf' */
   prefix?: string
-  /** Identifies this run in VM names, so `vm-pool gc` can tell runs apart. @default 8 random base-36 characters */
+  /** Identifies this run in VM names, so `vm-pool gc` can tell runs apart. @default 8 random hex digits */
   runId?: string
   /** Image, size and labels of every VM (the name is chosen by the manager). */
   spec?: Omit<VmSpec, 'name'>
