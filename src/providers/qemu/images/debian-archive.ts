@@ -1,0 +1,239 @@
+import { createHash } from 'node:crypto'
+import { createWriteStream } from 'node:fs'
+import { access, constants, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { basename, join } from 'node:path'
+import { Transform } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import { gunzipSync } from 'node:zlib'
+import { request, type Dispatcher } from 'undici'
+import { VmPoolError } from '../../../errors.js'
+import { runProcess } from '../../../transport/process-runner.js'
+import { scaleTimeout } from '../../../util/timeouts.js'
+import { findOnPath } from './host-tools.js'
+
+/** Debian's CDN. HTTPS: the transport is authenticated even where no gpgv/keyring can check InRelease. */
+export const DEFAULT_DEBIAN_MIRROR = 'https://deb.debian.org/debian'
+export const DEFAULT_DEBIAN_SUITE = 'bookworm'
+/** Where Debian (and Ubuntu's debian-archive-keyring package) put the archive's signing keys. */
+export const DEBIAN_ARCHIVE_KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg'
+/** One index or .deb download, from request to the last byte (the kernel .deb is ~70 MB). */
+export const ARCHIVE_DOWNLOAD_TIMEOUT_MS = 600_000
+
+export interface DebianArchiveOptions {
+  /** @default `VM_POOL_DEBIAN_MIRROR`, else https://deb.debian.org/debian */
+  mirror?: string
+  /** @default 'bookworm' */
+  suite?: string
+  /** An undici Dispatcher for every request (a proxy, a test agent). @default undici's global dispatcher */
+  dispatcher?: Dispatcher
+  /** OpenPGP keyring gpgv checks InRelease against. @default DEBIAN_ARCHIVE_KEYRING */
+  keyring?: string
+  log?: (line: string) => void
+  signal?: AbortSignal
+}
+
+/** One binary package of the index: what to fetch and the digest it must have. */
+export interface DebianPackage {
+  name: string
+  version: string
+  /** Path under the mirror root (`pool/main/b/busybox/busybox-static_...deb`). */
+  filename: string
+  size: number
+  sha256: string
+  /** Raw `Depends` + `Pre-Depends`: `a (>= 1) | b, c`. */
+  depends: string
+}
+
+export interface DebianArchive {
+  readonly mirror: string
+  readonly suite: string
+  /** How InRelease was authenticated: `gpgv` (signature checked) or `https` (transport only). */
+  readonly trust: 'gpgv' | 'https'
+  get(name: string): DebianPackage | undefined
+  /** The named packages and everything they depend on (first alternative; virtual names via Provides). */
+  resolve(names: string[]): DebianPackage[]
+  /** Download into `dir`, checking size and SHA256 against the index; a mismatch deletes the file and throws. */
+  download(pkg: DebianPackage, dir: string): Promise<string>
+}
+
+/**
+ * Debian's archive over HTTP(S) with undici, for hosts whose apt is not Debian's (Ubuntu, GitHub
+ * runners) or that have no apt. The chain of trust is apt's: InRelease (signature checked with gpgv
+ * when gpgv and the keyring exist; otherwise only over HTTPS) → SHA256 of `Packages.gz` → SHA256 of
+ * each `.deb`. Anything that does not match is refused with VMPOOL_IMAGE_BUILD_FAILED.
+ */
+export async function openDebianArchive(options: DebianArchiveOptions = {}): Promise<DebianArchive> {
+  const mirror = (options.mirror ?? process.env.VM_POOL_DEBIAN_MIRROR ?? DEFAULT_DEBIAN_MIRROR).replace(/\/+$/, '')
+  const suite = options.suite ?? DEFAULT_DEBIAN_SUITE
+  const log = options.log ?? (() => {})
+  const fetch = (path: string) => fetchBytes(`${mirror}/${path}`, options)
+
+  const inRelease = await fetch(`dists/${suite}/InRelease`)
+  const trust = await checkInRelease(inRelease, mirror, options.keyring ?? DEBIAN_ARCHIVE_KEYRING, options.signal)
+  log(trust === 'gpgv' ? `${mirror} ${suite}: InRelease signature verified with gpgv` : `${mirror} ${suite}: gpgv or the Debian archive keyring is missing; InRelease trusted through HTTPS only`)
+  const indexPath = 'main/binary-amd64/Packages.gz'
+  const expected = findReleaseDigest(inRelease.toString('utf8'), indexPath)
+  if (!expected) throw archiveError(`${mirror}/dists/${suite}/InRelease lists no SHA256 for ${indexPath}`, mirror)
+  const compressed = await fetch(`dists/${suite}/${indexPath}`)
+  checkDigest(compressed, expected, `${mirror}/dists/${suite}/${indexPath}`)
+  const packages = parsePackagesIndex(gunzipSync(compressed).toString('utf8'))
+  log(`${mirror} ${suite}: ${packages.byName.size} packages in the index (SHA256 checked against InRelease)`)
+
+  return {
+    mirror,
+    suite,
+    trust,
+    get: (name) => packages.byName.get(name),
+    resolve(names) {
+      const wanted = new Map<string, DebianPackage>()
+      const visit = (name: string, from: string | undefined): void => {
+        const pkg = packages.byName.get(name) ?? packages.providers.get(name)
+        if (!pkg) throw archiveError(`package ${name}${from ? ` (needed by ${from})` : ''} is not in ${mirror} ${suite}`, mirror)
+        if (wanted.has(pkg.name)) return
+        wanted.set(pkg.name, pkg)
+        for (const dependency of parseDepends(pkg.depends)) visit(dependency, pkg.name)
+      }
+      for (const name of names) visit(name, undefined)
+      return [...wanted.values()]
+    },
+    async download(pkg, dir) {
+      const target = join(dir, basename(pkg.filename))
+      const url = `${mirror}/${pkg.filename}`
+      const hash = createHash('sha256')
+      let size = 0
+      const response = await send(url, options)
+      try {
+        await pipeline(
+          response.body,
+          new Transform({
+            transform(chunk: Buffer, _encoding, done) {
+              hash.update(chunk)
+              size += chunk.length
+              done(null, chunk)
+            },
+          }),
+          createWriteStream(target, { mode: 0o644 }),
+        )
+      } catch (error) {
+        await rm(target, { force: true })
+        throw archiveError(`downloading ${url} failed: ${(error as Error).message}`, mirror, error)
+      }
+      const digest = hash.digest('hex')
+      if (size !== pkg.size || digest !== pkg.sha256) {
+        await rm(target, { force: true })
+        throw archiveError(`${url} does not match the archive's Packages index (SHA256 ${digest}, ${size} bytes; the index says ${pkg.sha256}, ${pkg.size} bytes): refused`, mirror, undefined, { package: pkg.name, url })
+      }
+      return target
+    },
+  }
+}
+
+/** Package names a `Depends` line needs: the first alternative of each clause, versions dropped. */
+export function parseDepends(depends: string): string[] {
+  return depends
+    .split(',')
+    .map((clause) => clause.split('|')[0]!.trim().replace(/\s*\(.*\)$/, '').replace(/:any$/, ''))
+    .filter(Boolean)
+}
+
+function parsePackagesIndex(text: string): { byName: Map<string, DebianPackage>; providers: Map<string, DebianPackage> } {
+  const byName = new Map<string, DebianPackage>()
+  const providers = new Map<string, DebianPackage>()
+  for (const stanza of text.split(/\n\n+/)) {
+    const fields = new Map<string, string>()
+    let last = ''
+    for (const line of stanza.split('\n')) {
+      if (line.startsWith(' ') && last) fields.set(last, `${fields.get(last)}\n${line}`)
+      else {
+        const colon = line.indexOf(':')
+        if (colon <= 0) continue
+        last = line.slice(0, colon)
+        fields.set(last, line.slice(colon + 1).trim())
+      }
+    }
+    const name = fields.get('Package')
+    const filename = fields.get('Filename')
+    const sha256 = fields.get('SHA256')
+    if (!name || !filename || !sha256) continue
+    const pkg: DebianPackage = {
+      name,
+      version: fields.get('Version') ?? '',
+      filename,
+      size: Number(fields.get('Size') ?? 0),
+      sha256,
+      depends: [fields.get('Pre-Depends'), fields.get('Depends')].filter(Boolean).join(', '),
+    }
+    byName.set(name, pkg)
+    for (const provided of parseDepends(fields.get('Provides') ?? '')) if (!providers.has(provided)) providers.set(provided, pkg)
+  }
+  return { byName, providers }
+}
+
+/** The `SHA256:` section line of a Release file for `path`. */
+function findReleaseDigest(release: string, path: string): { sha256: string; size: number } | undefined {
+  const section = /^SHA256:\n((?: .*\n?)+)/m.exec(release)?.[1] ?? ''
+  for (const line of section.split('\n')) {
+    const [sha256, size, name] = line.trim().split(/\s+/)
+    if (name === path && sha256 && size) return { sha256, size: Number(size) }
+  }
+  return undefined
+}
+
+function checkDigest(bytes: Buffer, expected: { sha256: string; size: number }, url: string): void {
+  const digest = createHash('sha256').update(bytes).digest('hex')
+  if (digest !== expected.sha256 || bytes.length !== expected.size) {
+    throw archiveError(`${url} does not match InRelease (SHA256 ${digest}, ${bytes.length} bytes; InRelease says ${expected.sha256}, ${expected.size} bytes): refused`, url)
+  }
+}
+
+/** gpgv against the keyring when both exist; a bad signature is refused, never downgraded to HTTPS trust. */
+async function checkInRelease(inRelease: Buffer, mirror: string, keyring: string, signal: AbortSignal | undefined): Promise<'gpgv' | 'https'> {
+  const gpgv = await findOnPath('gpgv')
+  const haveKeyring = await access(keyring, constants.R_OK).then(() => true, () => false)
+  if (!gpgv || !haveKeyring) {
+    if (!mirror.startsWith('https://')) {
+      throw archiveError(`cannot authenticate ${mirror}: it is not HTTPS and ${gpgv ? `the keyring ${keyring} is missing` : 'gpgv is not installed'}`, mirror, undefined, undefined, 'use an https:// mirror, or install gpgv and debian-archive-keyring')
+    }
+    return 'https'
+  }
+  const dir = await mkdtemp(join(tmpdir(), 'vmp-inrelease-'))
+  try {
+    await writeFile(join(dir, 'InRelease'), inRelease)
+    const result = await runProcess(gpgv, ['--keyring', keyring, join(dir, 'InRelease')], { timeoutMs: scaleTimeout(30_000), env: { ...process.env, LC_ALL: 'C' }, signal })
+    if (result.exitCode !== 0) {
+      throw archiveError(`the InRelease signature of ${mirror} does not verify against ${keyring}: ${result.stderr.trim().split('\n').slice(-2).join(' | ')}`, mirror)
+    }
+    return 'gpgv'
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
+async function send(url: string, options: DebianArchiveOptions): Promise<Dispatcher.ResponseData> {
+  let response: Dispatcher.ResponseData
+  try {
+    response = await request(url, {
+      dispatcher: options.dispatcher,
+      signal: options.signal,
+      headersTimeout: scaleTimeout(60_000),
+      bodyTimeout: scaleTimeout(ARCHIVE_DOWNLOAD_TIMEOUT_MS),
+    })
+  } catch (error) {
+    throw archiveError(`GET ${url} failed: ${(error as Error).message}`, url, error, undefined, 'check network access to the Debian mirror (or set VM_POOL_DEBIAN_MIRROR)')
+  }
+  if (response.statusCode !== 200) {
+    await response.body.dump()
+    throw archiveError(`GET ${url} answered HTTP ${response.statusCode}`, url)
+  }
+  return response
+}
+
+async function fetchBytes(url: string, options: DebianArchiveOptions): Promise<Buffer> {
+  const response = await send(url, options)
+  return Buffer.from(await response.body.arrayBuffer())
+}
+
+function archiveError(message: string, where: string, cause?: unknown, details?: Record<string, string>, hint?: string): VmPoolError {
+  return new VmPoolError({ code: 'VMPOOL_IMAGE_BUILD_FAILED', provider: 'qemu', operation: 'image build', message: `Debian archive: ${message}`, hint: hint ?? `mirror: ${where}`, details, cause })
+}
