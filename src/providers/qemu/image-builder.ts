@@ -94,6 +94,7 @@ async function buildInto(work: string, inputs: string, source: 'apt' | 'debian-a
   const manifest: ImageManifest = {
     recipeVersion: MINIMAL_IMAGE_RECIPE_VERSION,
     name: DEFAULT_IMAGE_NAME,
+    kind: 'minimal',
     kernel: 'vmlinuz',
     initrd: 'initrd.img',
     append: GUEST_KERNEL_APPEND,

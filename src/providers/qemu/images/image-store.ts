@@ -41,7 +41,9 @@ export async function listImages(imageDir: string, options: { snapshotDir?: stri
     const info: ImageInfo = { name: entry.name, dir, kind: 'broken', sizeBytes: await getAllocatedBytes(dir), snapshots: snapshots.get(resolve(dir)) ?? [] }
     try {
       const manifest = imageManifestSchema.parse(JSON.parse(await readFile(join(dir, IMAGE_MANIFEST_FILE), 'utf8')))
-      Object.assign(info, { kind: manifest.kind ?? 'custom', createdAt: manifest.createdAt, kernelVersion: manifest.build.kernelVersion, username: manifest.username })
+      // Minimal images built before manifests had a kind: a built kernel package and no disk.
+      const kind = manifest.kind ?? (manifest.build.kernelPackage && !manifest.disk ? 'minimal' : 'custom')
+      Object.assign(info, { kind, createdAt: manifest.createdAt, kernelVersion: manifest.build.kernelVersion, username: manifest.username })
     } catch (error) {
       info.problem = (error as NodeJS.ErrnoException).code === 'ENOENT' ? `no ${IMAGE_MANIFEST_FILE}` : `invalid ${IMAGE_MANIFEST_FILE}: ${(error as Error).message.split('\n')[0]}`
     }
