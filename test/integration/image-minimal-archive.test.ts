@@ -53,7 +53,8 @@ describe.skipIf(Boolean(skipReason))('minimal image without apt and dpkg on PATH
       const vm = await qemu.provider.connect(await qemu.provider.create({ name: 'noapt-minimal' }))
       expect((await vm.exec('uname -r')).stdout).toBe(`${manifest.build.kernelVersion}\n`)
       // Debian's dropbear with Debian's libraries and loader, not the host's.
-      expect((await vm.exec('ls /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libtomcrypt.so.1')).exitCode).toBe(0)
+      const libraries = await vm.exec('ls /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libc.so.6 /usr/lib/x86_64-linux-gnu/libtomcrypt.so.1')
+      expect(libraries.exitCode, libraries.stderr).toBe(0)
       await vm.close()
     } finally {
       await qemu.cleanup()
