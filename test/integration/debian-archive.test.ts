@@ -1,5 +1,6 @@
 /**
- * The .deb fetcher against Debian's real archive (HTTPS, InRelease checked with gpgv), and against a
+ * The .deb fetcher against Debian's real archive (HTTPS, InRelease checked with gpgv; bookworm,
+ * -updates and -security merged by version), and against a
  * local HTTP mirror on 127.0.0.1:0 that serves Debian's real, signed indexes next to tampered files:
  * a tampered .deb, Packages.gz or InRelease is refused, and no refused file is left behind.
  */
@@ -13,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
 import { extractDeb } from '../../src/providers/qemu/images/deb-file.js'
 import { DEBIAN_ARCHIVE_KEYRING, DEFAULT_DEBIAN_MIRROR, openDebianArchive, parseDepends, type DebianArchive } from '../../src/providers/qemu/images/debian-archive.js'
+import { compareDebianVersions } from '../../src/providers/qemu/images/debian-version.js'
 import { findOnPath } from '../../src/providers/qemu/images/host-tools.js'
 
 const scratch = mkdtempSync(join(tmpdir(), 'vmp-archive-'))
@@ -30,8 +32,11 @@ beforeAll(async () => {
 
 describe("Debian's archive (deb.debian.org)", () => {
   test('InRelease is authenticated, the index resolves dependencies, a download matches its SHA256 and unpacks', async () => {
-    expect(real.mirror).toBe(DEFAULT_DEBIAN_MIRROR)
+    expect(real.description).toBe(`${DEFAULT_DEBIAN_MIRROR} bookworm, ${DEFAULT_DEBIAN_MIRROR} bookworm-updates, https://deb.debian.org/debian-security bookworm-security`)
     expect(real.trust).toBe(canVerify ? 'gpgv' : 'https')
+    // The newest of each package across the suites: a kernel security update beats the release's kernel.
+    const releaseOnly = await openDebianArchive({ sources: [{ mirror: DEFAULT_DEBIAN_MIRROR, suite: 'bookworm' }] })
+    expect(compareDebianVersions(real.get('linux-image-amd64')!.version, releaseOnly.get('linux-image-amd64')!.version)).toBeGreaterThanOrEqual(0)
     const closure = real.resolve(['dropbear-bin']).map((pkg) => pkg.name)
     expect(closure).toEqual(expect.arrayContaining(['dropbear-bin', 'libc6', 'zlib1g', 'libtomcrypt1']))
     const busybox = real.get('busybox-static')!
@@ -56,11 +61,6 @@ describe('a local mirror serving tampered files (HTTP on 127.0.0.1:0)', () => {
       const response = await request(`${DEFAULT_DEBIAN_MIRROR}/${path}`)
       files.set(`/${path}`, Buffer.from(await response.body.arrayBuffer()))
     }
-    const busybox = real.get('busybox-static')!
-    const response = await request(`${DEFAULT_DEBIAN_MIRROR}/${busybox.filename}`)
-    const tampered = Buffer.from(await response.body.arrayBuffer())
-    tampered[tampered.length - 100] ^= 0xff
-    files.set(`/${busybox.filename}`, tampered)
     server = createServer((req, res) => {
       const body = files.get(req.url ?? '')
       res.writeHead(body ? 200 : 404).end(body)
@@ -68,11 +68,18 @@ describe('a local mirror serving tampered files (HTTP on 127.0.0.1:0)', () => {
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
     const address = server.address() as { port: number }
     mirror = `http://127.0.0.1:${address.port}`
+    if (!canVerify) return
+    // Debian's real .deb with one byte flipped, where the (genuine) index says the file is.
+    const busybox = (await openDebianArchive({ sources: [{ mirror, suite: 'bookworm' }] })).get('busybox-static')!
+    const response = await request(`${DEFAULT_DEBIAN_MIRROR}/${busybox.filename}`)
+    const tampered = Buffer.from(await response.body.arrayBuffer())
+    tampered[tampered.length - 100] ^= 0xff
+    files.set(`/${busybox.filename}`, tampered)
   }, 180_000)
   afterAll(() => new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve())))
 
   test.skipIf(!canVerify)('a .deb that does not match the Packages index is refused and deleted', async () => {
-    const archive = await openDebianArchive({ mirror })
+    const archive = await openDebianArchive({ sources: [{ mirror, suite: 'bookworm' }] })
     expect(archive.trust).toBe('gpgv')
     const dir = join(scratch, 'tampered')
     mkdirSync(dir)
@@ -89,7 +96,7 @@ describe('a local mirror serving tampered files (HTTP on 127.0.0.1:0)', () => {
     const original = files.get('/dists/bookworm/main/binary-amd64/Packages.gz')!
     files.set('/dists/bookworm/main/binary-amd64/Packages.gz', Buffer.concat([original.subarray(0, original.length - 1), Buffer.from([original.at(-1)! ^ 1])]))
     try {
-      await expect(openDebianArchive({ mirror })).rejects.toThrow(/Packages\.gz does not match InRelease .*refused/)
+      await expect(openDebianArchive({ sources: [{ mirror, suite: 'bookworm' }] })).rejects.toThrow(/Packages\.gz does not match InRelease .*refused/)
     } finally {
       files.set('/dists/bookworm/main/binary-amd64/Packages.gz', original)
     }
@@ -99,13 +106,13 @@ describe('a local mirror serving tampered files (HTTP on 127.0.0.1:0)', () => {
     const original = files.get('/dists/bookworm/InRelease')!
     files.set('/dists/bookworm/InRelease', Buffer.from(original.toString('utf8').replace('Origin: Debian', 'Origin: Debiam')))
     try {
-      await expect(openDebianArchive({ mirror })).rejects.toThrow(/InRelease signature of http:\/\/127\.0\.0\.1:\d+ does not verify/)
+      await expect(openDebianArchive({ sources: [{ mirror, suite: 'bookworm' }] })).rejects.toThrow(/InRelease signature of http:\/\/127\.0\.0\.1:\d+ does not verify/)
     } finally {
       files.set('/dists/bookworm/InRelease', original)
     }
   }, 180_000)
 
   test('a plain-HTTP mirror is refused when nothing can check its signature (no keyring)', async () => {
-    await expect(openDebianArchive({ mirror, keyring: join(scratch, 'no-such-keyring.gpg') })).rejects.toThrow(/cannot authenticate http:\/\/127\.0\.0\.1:\d+: it is not HTTPS and (the keyring .*no-such-keyring\.gpg is missing|gpgv is not installed)/)
+    await expect(openDebianArchive({ sources: [{ mirror, suite: 'bookworm' }], keyring: join(scratch, 'no-such-keyring.gpg') })).rejects.toThrow(/cannot authenticate http:\/\/127\.0\.0\.1:\d+: it is not HTTPS and (the keyring .*no-such-keyring\.gpg is missing|gpgv is not installed)/)
   })
 })

@@ -10,21 +10,45 @@ import { request, type Dispatcher } from 'undici'
 import { VmPoolError } from '../../../errors.js'
 import { runProcess } from '../../../transport/process-runner.js'
 import { scaleTimeout } from '../../../util/timeouts.js'
-import { findOnPath } from './host-tools.js'
+import { compareDebianVersions } from './debian-version.js'
+import { findOnPath, requireHostTools } from './host-tools.js'
 
 /** Debian's CDN. HTTPS: the transport is authenticated even where no gpgv/keyring can check InRelease. */
 export const DEFAULT_DEBIAN_MIRROR = 'https://deb.debian.org/debian'
+export const DEFAULT_DEBIAN_SECURITY_MIRROR = 'https://deb.debian.org/debian-security'
 export const DEFAULT_DEBIAN_SUITE = 'bookworm'
 /** Where Debian (and Ubuntu's debian-archive-keyring package) put the archive's signing keys. */
 export const DEBIAN_ARCHIVE_KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg'
 /** One index or .deb download, from request to the last byte (the kernel .deb is ~70 MB). */
 export const ARCHIVE_DOWNLOAD_TIMEOUT_MS = 600_000
 
+/** One suite of one mirror (`deb MIRROR SUITE main` in sources.list terms). */
+export interface DebianSource {
+  mirror: string
+  suite: string
+}
+
+/**
+ * Debian 12 as apt on Debian sees it: the release, its point-release updates and its security
+ * updates (the newest kernel is usually in bookworm-security). `VM_POOL_DEBIAN_MIRROR` replaces
+ * deb.debian.org for the first two; `VM_POOL_DEBIAN_SECURITY_MIRROR` the security one (with a custom
+ * main mirror and no security mirror given, security updates are left out: the mirror may be all
+ * there is).
+ */
+export function getDebianSources(options: { mirror?: string; env?: NodeJS.ProcessEnv } = {}): DebianSource[] {
+  const env = options.env ?? process.env
+  const mirror = (options.mirror ?? env.VM_POOL_DEBIAN_MIRROR ?? DEFAULT_DEBIAN_MIRROR).replace(/\/+$/, '')
+  const security = env.VM_POOL_DEBIAN_SECURITY_MIRROR ?? (mirror === DEFAULT_DEBIAN_MIRROR ? DEFAULT_DEBIAN_SECURITY_MIRROR : undefined)
+  return [
+    { mirror, suite: DEFAULT_DEBIAN_SUITE },
+    { mirror, suite: `${DEFAULT_DEBIAN_SUITE}-updates` },
+    ...(security ? [{ mirror: security.replace(/\/+$/, ''), suite: `${DEFAULT_DEBIAN_SUITE}-security` }] : []),
+  ]
+}
+
 export interface DebianArchiveOptions {
-  /** @default `VM_POOL_DEBIAN_MIRROR`, else https://deb.debian.org/debian */
-  mirror?: string
-  /** @default 'bookworm' */
-  suite?: string
+  /** @default getDebianSources() */
+  sources?: DebianSource[]
   /** An undici Dispatcher for every request (a proxy, a test agent). @default undici's global dispatcher */
   dispatcher?: Dispatcher
   /** OpenPGP keyring gpgv checks InRelease against. @default DEBIAN_ARCHIVE_KEYRING */
@@ -37,6 +61,8 @@ export interface DebianArchiveOptions {
 export interface DebianPackage {
   name: string
   version: string
+  /** The mirror whose index lists it: the file is fetched from there. */
+  mirror: string
   /** Path under the mirror root (`pool/main/b/busybox/busybox-static_...deb`). */
   filename: string
   size: number
@@ -46,10 +72,11 @@ export interface DebianPackage {
 }
 
 export interface DebianArchive {
-  readonly mirror: string
-  readonly suite: string
+  /** `https://deb.debian.org/debian bookworm, ...`: for messages. */
+  readonly description: string
   /** How InRelease was authenticated: `gpgv` (signature checked) or `https` (transport only). */
   readonly trust: 'gpgv' | 'https'
+  /** The newest version of `name` in any of the sources. */
   get(name: string): DebianPackage | undefined
   /** The named packages and everything they depend on (first alternative; virtual names via Provides). */
   resolve(names: string[]): DebianPackage[]
@@ -60,36 +87,33 @@ export interface DebianArchive {
 /**
  * Debian's archive over HTTP(S) with undici, for hosts whose apt is not Debian's (Ubuntu, GitHub
  * runners) or that have no apt. The chain of trust is apt's: InRelease (signature checked with gpgv
- * when gpgv and the keyring exist; otherwise only over HTTPS) → SHA256 of `Packages.gz` → SHA256 of
- * each `.deb`. Anything that does not match is refused with VMPOOL_IMAGE_BUILD_FAILED.
+ * when gpgv and the keyring exist; otherwise only over HTTPS) → SHA256 of the `Packages` index →
+ * SHA256 of each `.deb`. Anything that does not match is refused with VMPOOL_IMAGE_BUILD_FAILED.
  */
 export async function openDebianArchive(options: DebianArchiveOptions = {}): Promise<DebianArchive> {
-  const mirror = (options.mirror ?? process.env.VM_POOL_DEBIAN_MIRROR ?? DEFAULT_DEBIAN_MIRROR).replace(/\/+$/, '')
-  const suite = options.suite ?? DEFAULT_DEBIAN_SUITE
-  const log = options.log ?? (() => {})
-  const fetch = (path: string) => fetchBytes(`${mirror}/${path}`, options)
-
-  const inRelease = await fetch(`dists/${suite}/InRelease`)
-  const trust = await checkInRelease(inRelease, mirror, options.keyring ?? DEBIAN_ARCHIVE_KEYRING, options.signal)
-  log(trust === 'gpgv' ? `${mirror} ${suite}: InRelease signature verified with gpgv` : `${mirror} ${suite}: gpgv or the Debian archive keyring is missing; InRelease trusted through HTTPS only`)
-  const indexPath = 'main/binary-amd64/Packages.gz'
-  const expected = findReleaseDigest(inRelease.toString('utf8'), indexPath)
-  if (!expected) throw archiveError(`${mirror}/dists/${suite}/InRelease lists no SHA256 for ${indexPath}`, mirror)
-  const compressed = await fetch(`dists/${suite}/${indexPath}`)
-  checkDigest(compressed, expected, `${mirror}/dists/${suite}/${indexPath}`)
-  const packages = parsePackagesIndex(gunzipSync(compressed).toString('utf8'))
-  log(`${mirror} ${suite}: ${packages.byName.size} packages in the index (SHA256 checked against InRelease)`)
-
+  const sources = options.sources ?? getDebianSources()
+  const byName = new Map<string, DebianPackage>()
+  const providers = new Map<string, DebianPackage>()
+  const trusts: Array<'gpgv' | 'https'> = []
+  for (const source of sources) {
+    const index = await readSourceIndex(source, options)
+    trusts.push(index.trust)
+    for (const pkg of index.packages) {
+      const known = byName.get(pkg.name)
+      if (!known || compareDebianVersions(pkg.version, known.version) > 0) byName.set(pkg.name, pkg)
+    }
+    for (const [name, pkg] of index.providers) if (!providers.has(name)) providers.set(name, pkg)
+  }
+  const description = sources.map((source) => `${source.mirror} ${source.suite}`).join(', ')
   return {
-    mirror,
-    suite,
-    trust,
-    get: (name) => packages.byName.get(name),
+    description,
+    trust: trusts.every((trust) => trust === 'gpgv') ? 'gpgv' : 'https',
+    get: (name) => byName.get(name),
     resolve(names) {
       const wanted = new Map<string, DebianPackage>()
       const visit = (name: string, from: string | undefined): void => {
-        const pkg = packages.byName.get(name) ?? packages.providers.get(name)
-        if (!pkg) throw archiveError(`package ${name}${from ? ` (needed by ${from})` : ''} is not in ${mirror} ${suite}`, mirror)
+        const pkg = byName.get(name) ?? byName.get(providers.get(name)?.name ?? '')
+        if (!pkg) throw archiveError(`package ${name}${from ? ` (needed by ${from})` : ''} is not in ${description}`, description)
         if (wanted.has(pkg.name)) return
         wanted.set(pkg.name, pkg)
         for (const dependency of parseDepends(pkg.depends)) visit(dependency, pkg.name)
@@ -97,36 +121,64 @@ export async function openDebianArchive(options: DebianArchiveOptions = {}): Pro
       for (const name of names) visit(name, undefined)
       return [...wanted.values()]
     },
-    async download(pkg, dir) {
-      const target = join(dir, basename(pkg.filename))
-      const url = `${mirror}/${pkg.filename}`
-      const hash = createHash('sha256')
-      let size = 0
-      const response = await send(url, options)
-      try {
-        await pipeline(
-          response.body,
-          new Transform({
-            transform(chunk: Buffer, _encoding, done) {
-              hash.update(chunk)
-              size += chunk.length
-              done(null, chunk)
-            },
-          }),
-          createWriteStream(target, { mode: 0o644 }),
-        )
-      } catch (error) {
-        await rm(target, { force: true })
-        throw archiveError(`downloading ${url} failed: ${(error as Error).message}`, mirror, error)
-      }
-      const digest = hash.digest('hex')
-      if (size !== pkg.size || digest !== pkg.sha256) {
-        await rm(target, { force: true })
-        throw archiveError(`${url} does not match the archive's Packages index (SHA256 ${digest}, ${size} bytes; the index says ${pkg.sha256}, ${pkg.size} bytes): refused`, mirror, undefined, { package: pkg.name, url })
-      }
-      return target
-    },
+    download: (pkg, dir) => downloadPackage(pkg, dir, options),
   }
+}
+
+/** A suite's InRelease (authenticated) and its main/binary-amd64 index (checked against it). */
+async function readSourceIndex(source: DebianSource, options: DebianArchiveOptions): Promise<{ trust: 'gpgv' | 'https'; packages: DebianPackage[]; providers: Map<string, DebianPackage> }> {
+  const { mirror, suite } = source
+  const log = options.log ?? (() => {})
+  const inRelease = await fetchBytes(`${mirror}/dists/${suite}/InRelease`, options)
+  const trust = await checkInRelease(inRelease, mirror, options.keyring ?? DEBIAN_ARCHIVE_KEYRING, options.signal)
+  const release = inRelease.toString('utf8')
+  // The release suite serves Packages.gz; -updates and -security only Packages.xz (the plain file is listed, not served).
+  const gz = findReleaseDigest(release, 'main/binary-amd64/Packages.gz')
+  const indexPath = gz ? 'main/binary-amd64/Packages.gz' : 'main/binary-amd64/Packages.xz'
+  const expected = gz ?? findReleaseDigest(release, indexPath)
+  if (!expected) throw archiveError(`${mirror}/dists/${suite}/InRelease lists no SHA256 for main/binary-amd64/Packages.gz or .xz`, mirror)
+  const bytes = await fetchBytes(`${mirror}/dists/${suite}/${indexPath}`, options)
+  checkDigest(bytes, expected, `${mirror}/dists/${suite}/${indexPath}`)
+  const parsed = parsePackagesIndex(gz ? gunzipSync(bytes).toString('utf8') : await unxz(bytes, `${mirror}/dists/${suite}/${indexPath}`, options.signal), mirror)
+  log(`${mirror} ${suite}: InRelease ${trust === 'gpgv' ? 'signature verified with gpgv' : 'trusted through HTTPS only (gpgv or the Debian archive keyring is missing)'}, ${parsed.packages.length} packages (index SHA256 checked against InRelease)`)
+  return { trust, ...parsed }
+}
+
+async function unxz(bytes: Buffer, url: string, signal: AbortSignal | undefined): Promise<string> {
+  const { xz } = await requireHostTools([{ name: 'xz', pkg: 'xz-utils' }] as const, `reading ${url}`)
+  const result = await runProcess(xz, ['-dc'], { input: bytes, timeoutMs: scaleTimeout(120_000), env: process.env, signal })
+  if (result.exitCode !== 0) throw archiveError(`xz could not decompress ${url}: ${result.stderr.trim()}`, url)
+  return result.stdout
+}
+
+async function downloadPackage(pkg: DebianPackage, dir: string, options: DebianArchiveOptions): Promise<string> {
+  const target = join(dir, basename(pkg.filename))
+  const url = `${pkg.mirror}/${pkg.filename}`
+  const hash = createHash('sha256')
+  let size = 0
+  const response = await send(url, options)
+  try {
+    await pipeline(
+      response.body,
+      new Transform({
+        transform(chunk: Buffer, _encoding, done) {
+          hash.update(chunk)
+          size += chunk.length
+          done(null, chunk)
+        },
+      }),
+      createWriteStream(target, { mode: 0o644 }),
+    )
+  } catch (error) {
+    await rm(target, { force: true })
+    throw archiveError(`downloading ${url} failed: ${(error as Error).message}`, pkg.mirror, error)
+  }
+  const digest = hash.digest('hex')
+  if (size !== pkg.size || digest !== pkg.sha256) {
+    await rm(target, { force: true })
+    throw archiveError(`${url} does not match the archive's Packages index (SHA256 ${digest}, ${size} bytes; the index says ${pkg.sha256}, ${pkg.size} bytes): refused`, pkg.mirror, undefined, { package: pkg.name, url })
+  }
+  return target
 }
 
 /** Package names a `Depends` line needs: the first alternative of each clause, versions dropped. */
@@ -137,8 +189,8 @@ export function parseDepends(depends: string): string[] {
     .filter(Boolean)
 }
 
-function parsePackagesIndex(text: string): { byName: Map<string, DebianPackage>; providers: Map<string, DebianPackage> } {
-  const byName = new Map<string, DebianPackage>()
+function parsePackagesIndex(text: string, mirror: string): { packages: DebianPackage[]; providers: Map<string, DebianPackage> } {
+  const packages: DebianPackage[] = []
   const providers = new Map<string, DebianPackage>()
   for (const stanza of text.split(/\n\n+/)) {
     const fields = new Map<string, string>()
@@ -159,15 +211,16 @@ function parsePackagesIndex(text: string): { byName: Map<string, DebianPackage>;
     const pkg: DebianPackage = {
       name,
       version: fields.get('Version') ?? '',
+      mirror,
       filename,
       size: Number(fields.get('Size') ?? 0),
       sha256,
       depends: [fields.get('Pre-Depends'), fields.get('Depends')].filter(Boolean).join(', '),
     }
-    byName.set(name, pkg)
+    packages.push(pkg)
     for (const provided of parseDepends(fields.get('Provides') ?? '')) if (!providers.has(provided)) providers.set(provided, pkg)
   }
-  return { byName, providers }
+  return { packages, providers }
 }
 
 /** The `SHA256:` section line of a Release file for `path`. */

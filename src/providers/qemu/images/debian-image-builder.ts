@@ -10,7 +10,7 @@ import { scaleTimeout } from '../../../util/timeouts.js'
 import { VM_NAME_PATTERN } from '../../../util/vm-name.js'
 import { IMAGE_MANIFEST_FILE, type ImageManifest } from '../qemu-image.js'
 import { finishCloudImage } from './cloud-image.js'
-import { DEFAULT_DEBIAN_MIRROR, DEFAULT_DEBIAN_SUITE } from './debian-archive.js'
+import { DEFAULT_DEBIAN_SUITE, getDebianSources, type DebianSource } from './debian-archive.js'
 import { DEBIAN_BOOT_MARKER, DEBIAN_GUEST_USER, DEBIAN_KERNEL_APPEND, DEBIAN_SSH_MAX_SESSIONS, getDebianGuestFiles, getDebianSetupScript, type GuestFile } from './debian-guest-files.js'
 import { requireHostTools } from './host-tools.js'
 import { buildInImageSlot, type BuildImageOptions, type BuildImageResult } from './image-build-slot.js'
@@ -72,9 +72,9 @@ export async function buildDebianImage(options: BuildDebianImageOptions): Promis
     ] as const,
     `the ${name} image`,
   )
-  const mirror = (options.mirror ?? process.env.VM_POOL_DEBIAN_MIRROR ?? DEFAULT_DEBIAN_MIRROR).replace(/\/+$/, '')
+  const sources = getDebianSources({ mirror: options.mirror })
   const inputs = createHash('sha256')
-    .update(JSON.stringify({ recipe: DEBIAN_IMAGE_RECIPE_VERSION, suite: DEFAULT_DEBIAN_SUITE, packages, cloudInit: options.cloudInit ?? false, script: script ? createHash('sha256').update(script.text).digest('hex') : null }))
+    .update(JSON.stringify({ recipe: DEBIAN_IMAGE_RECIPE_VERSION, suites: sources.map((source) => source.suite), packages, cloudInit: options.cloudInit ?? false, script: script ? createHash('sha256').update(script.text).digest('hex') : null }))
     .digest('hex')
     .slice(0, 16)
 
@@ -95,9 +95,9 @@ export async function buildDebianImage(options: BuildDebianImageOptions): Promis
       await writeFile(join(work, 'setup.sh'), getDebianSetupScript({ clientPublicKey: client?.publicKey, hostKey }), { mode: 0o755 })
       if (script) await writeFile(join(work, 'user-script'), script.text, { mode: 0o755 })
 
-      log(`bootstrapping Debian ${DEFAULT_DEBIAN_SUITE} from ${mirror} with mmdebstrap (about 2 min on an idle 2-core host): ${packages.join(', ')}`)
+      log(`bootstrapping Debian ${DEFAULT_DEBIAN_SUITE} (${sources.map((source) => `${source.mirror} ${source.suite}`).join(', ')}) with mmdebstrap (about 2 min on an idle 2-core host): ${packages.join(', ')}`)
       const started = performance.now()
-      await runMmdebstrap(tools.mmdebstrap, { work, root, mirror, packages, cacheDir: join(options.imageDir, '.debian-packages'), scriptPath: script?.path, log, signal: options.signal })
+      await runMmdebstrap(tools.mmdebstrap, { work, root, sources, packages, cacheDir: join(options.imageDir, '.debian-packages'), scriptPath: script?.path, log, signal: options.signal })
       const bootstrapMs = Math.round(performance.now() - started)
       await writeOverlay(root, files.filter((file) => file.afterPackages))
 
@@ -177,7 +177,7 @@ async function writeOverlay(dir: string, files: GuestFile[]): Promise<void> {
 interface MmdebstrapOptions {
   work: string
   root: string
-  mirror: string
+  sources: DebianSource[]
   packages: string[]
   /** Downloaded .debs kept between builds (`--force` rebuilds download nothing that did not change). */
   cacheDir: string
@@ -219,7 +219,8 @@ async function runMmdebstrap(mmdebstrap: string, options: MmdebstrapOptions): Pr
     ...hooks,
     DEFAULT_DEBIAN_SUITE,
     root,
-    options.mirror,
+    // Also the guest's /etc/apt/sources.list: apt-get in the VM sees the release, -updates and -security.
+    ...options.sources.map((source) => `deb ${source.mirror} ${source.suite} main`),
   ]
   const stderrLines: string[] = []
   let partial = ''
@@ -230,7 +231,8 @@ async function runMmdebstrap(mmdebstrap: string, options: MmdebstrapOptions): Pr
     for (const line of lines) {
       stderrLines.push(line)
       if (stderrLines.length > 200) stderrLines.shift()
-      if (/^(I: (running|downloading|extracting|installing)|E: |W: )/.test(line)) options.log(`mmdebstrap: ${line}`)
+      // apt's sandbox warning is about our 0700 image dir, not a problem: keep it out of the progress.
+      if (/^(I: (running|downloading|extracting|installing)|E: |W: )/.test(line) && !line.includes('unsandboxed')) options.log(`mmdebstrap: ${line}`)
     }
   }
   const result = await runProcess(mmdebstrap, args, { env: { ...process.env, LC_ALL: 'C.UTF-8', DEBIAN_FRONTEND: 'noninteractive' }, timeoutMs: scaleTimeout(DEBIAN_BOOTSTRAP_TIMEOUT_MS), signal: options.signal, onStderr: onOutput, onStdout: onOutput, provider: 'qemu' })
@@ -258,7 +260,7 @@ async function runMmdebstrap(mmdebstrap: string, options: MmdebstrapOptions): Pr
     provider: 'qemu',
     operation: 'image build',
     message: `mmdebstrap exited with ${result.exitCode}${result.timedOut ? ' (DEBIAN_BOOTSTRAP_TIMEOUT_MS ran out)' : ''}; nothing was kept from this build. Its last lines:\n${[...stderrLines, partial].filter(Boolean).slice(-15).map((line) => `  | ${line}`).join('\n')}`,
-    hint: 'check network access to the Debian mirror (VM_POOL_DEBIAN_MIRROR), the package names, and free space',
+    hint: 'check network access to the Debian mirror (VM_POOL_DEBIAN_MIRROR, VM_POOL_DEBIAN_SECURITY_MIRROR), the package names, and free space',
     details: { exitCode: result.exitCode, output: [...stderrLines, partial].slice(-15).join('\n') },
   })
 }

@@ -6,7 +6,7 @@ import type { Dispatcher } from 'undici'
 import { VmPoolError } from '../../../errors.js'
 import { runProcess } from '../../../transport/process-runner.js'
 import { scaleTimeout } from '../../../util/timeouts.js'
-import { openDebianArchive } from './debian-archive.js'
+import { getDebianSources, openDebianArchive } from './debian-archive.js'
 import { extractDeb } from './deb-file.js'
 import { findOnPath, requireHostTools } from './host-tools.js'
 
@@ -69,7 +69,7 @@ export async function getPartsInputs(source: DebSource, base: string): Promise<s
       for await (const chunk of createReadStream((await findOnPath(tool))!)) hash.update(chunk as Buffer)
     }
   } else {
-    hash.update('debian-archive bookworm\n')
+    hash.update(`debian-archive ${getDebianSources().map((source) => source.suite).join(' ')}\n`)
   }
   return hash.digest('hex').slice(0, 16)
 }
@@ -116,18 +116,18 @@ async function fetchFromHostApt(options: MinimalPartsOptions): Promise<MinimalIm
 async function fetchFromArchive(options: MinimalPartsOptions): Promise<MinimalImageParts> {
   const { work, log, signal } = options
   await requireHostTools([{ name: 'tar', pkg: 'tar' }, { name: 'xz', pkg: 'xz-utils' }] as const, 'the minimal image (debian-archive source)')
-  const archive = await openDebianArchive({ mirror: options.mirror, dispatcher: options.dispatcher, log, signal })
+  const archive = await openDebianArchive({ sources: getDebianSources({ mirror: options.mirror }), dispatcher: options.dispatcher, log, signal })
   const meta = archive.get(KERNEL_METAPACKAGE)
   const kernelPackage = meta && /(?:^|,\s*)(linux-image-[0-9][^\s,(]*)/.exec(meta.depends)?.[1]
   const kernel = kernelPackage ? archive.get(kernelPackage) : undefined
-  if (!kernel || !kernelPackage) throw buildError(`${archive.mirror} ${archive.suite} has no ${KERNEL_METAPACKAGE} that names a kernel package`)
+  if (!kernel || !kernelPackage) throw buildError(`${archive.description} has no ${KERNEL_METAPACKAGE} that names a kernel package`)
   // The kernel alone (its Depends are for installing it, not for booting it); dropbear with its libraries.
   const userland = [archive.get('busybox-static'), ...archive.resolve(['dropbear-bin'])].filter((pkg) => pkg !== undefined)
-  if (!userland.some((pkg) => pkg.name === 'busybox-static')) throw buildError(`${archive.mirror} ${archive.suite} has no busybox-static`)
+  if (!userland.some((pkg) => pkg.name === 'busybox-static')) throw buildError(`${archive.description} has no busybox-static`)
   const debs = join(work, 'deb')
   const sysroot = join(work, 'sysroot')
   await mkdir(debs, { recursive: true })
-  log(`downloading ${[kernel, ...userland].map((pkg) => `${pkg.name} ${pkg.version}`).join(', ')} from ${archive.mirror} (SHA256 checked against the Packages index)`)
+  log(`downloading ${[kernel, ...userland].map((pkg) => `${pkg.name} ${pkg.version}`).join(', ')} (SHA256 checked against the Packages index)`)
   const kernelDeb = await archive.download(kernel, debs)
   for (const pkg of userland) await extractDeb(await archive.download(pkg, debs), sysroot, signal)
   const { kernelTree, kernelVersion } = await unpackKernel(kernelDeb, work, log, signal)
