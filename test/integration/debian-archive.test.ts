@@ -73,7 +73,7 @@ describe('a local mirror serving tampered files (HTTP on 127.0.0.1:0)', () => {
     const busybox = (await openDebianArchive({ sources: [{ mirror, suite: 'bookworm' }] })).get('busybox-static')!
     const response = await request(`${DEFAULT_DEBIAN_MIRROR}/${busybox.filename}`)
     const tampered = Buffer.from(await response.body.arrayBuffer())
-    tampered[tampered.length - 100] ^= 0xff
+    tampered.writeUInt8(tampered.readUInt8(tampered.length - 100) ^ 0xff, tampered.length - 100)
     files.set(`/${busybox.filename}`, tampered)
   }, 180_000)
   afterAll(() => new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve())))
