@@ -33,12 +33,17 @@ export interface DebianSource {
  * updates (the newest kernel is usually in bookworm-security). `VM_POOL_DEBIAN_MIRROR` replaces
  * deb.debian.org for the first two; `VM_POOL_DEBIAN_SECURITY_MIRROR` the security one (with a custom
  * main mirror and no security mirror given, security updates are left out: the mirror may be all
- * there is).
+ * there is). `scheme: 'http'` is for apt (the Debian recipe and the guest's sources.list): apt
+ * authenticates by signature, as Debian's own default `http://deb.debian.org` does, and plain HTTP
+ * also works behind TLS-intercepting proxies whose CA only the host trusts (measured on this project's
+ * CI machines: the guest's apt failed with "certificate issuer is unknown" over HTTPS).
  */
-export function getDebianSources(options: { mirror?: string; env?: NodeJS.ProcessEnv } = {}): DebianSource[] {
+export function getDebianSources(options: { mirror?: string; env?: NodeJS.ProcessEnv; scheme?: 'https' | 'http' } = {}): DebianSource[] {
   const env = options.env ?? process.env
-  const mirror = (options.mirror ?? env.VM_POOL_DEBIAN_MIRROR ?? DEFAULT_DEBIAN_MIRROR).replace(/\/+$/, '')
-  const security = env.VM_POOL_DEBIAN_SECURITY_MIRROR ?? (mirror === DEFAULT_DEBIAN_MIRROR ? DEFAULT_DEBIAN_SECURITY_MIRROR : undefined)
+  const withScheme = (url: string) => (options.scheme === 'http' ? url.replace(/^https:/, 'http:') : url)
+  const mirror = (options.mirror ?? env.VM_POOL_DEBIAN_MIRROR ?? withScheme(DEFAULT_DEBIAN_MIRROR)).replace(/\/+$/, '')
+  const isDefault = mirror === withScheme(DEFAULT_DEBIAN_MIRROR)
+  const security = env.VM_POOL_DEBIAN_SECURITY_MIRROR ?? (isDefault ? withScheme(DEFAULT_DEBIAN_SECURITY_MIRROR) : undefined)
   return [
     { mirror, suite: DEFAULT_DEBIAN_SUITE },
     { mirror, suite: `${DEFAULT_DEBIAN_SUITE}-updates` },

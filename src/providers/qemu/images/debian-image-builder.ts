@@ -72,9 +72,9 @@ export async function buildDebianImage(options: BuildDebianImageOptions): Promis
     ] as const,
     `the ${name} image`,
   )
-  const sources = getDebianSources({ mirror: options.mirror })
+  const sources = getDebianSources({ mirror: options.mirror, scheme: 'http' })
   const inputs = createHash('sha256')
-    .update(JSON.stringify({ recipe: DEBIAN_IMAGE_RECIPE_VERSION, suites: sources.map((source) => source.suite), packages, cloudInit: options.cloudInit ?? false, script: script ? createHash('sha256').update(script.text).digest('hex') : null }))
+    .update(JSON.stringify({ recipe: DEBIAN_IMAGE_RECIPE_VERSION, sources, packages, cloudInit: options.cloudInit ?? false, script: script ? createHash('sha256').update(script.text).digest('hex') : null }))
     .digest('hex')
     .slice(0, 16)
 
@@ -193,7 +193,8 @@ async function runMmdebstrap(mmdebstrap: string, options: MmdebstrapOptions): Pr
   const freshCache = `${cacheDir}.${process.pid}.new`
   await rm(freshCache, { recursive: true, force: true })
   const hooks = [
-    `--setup-hook=mkdir -p "$1/var/cache/apt/archives" && cp -a ${q(cacheDir)}/. "$1/var/cache/apt/archives/"`,
+    // Concurrent builds in one image dir may replace the cache meanwhile: a partial copy only costs downloads (apt checks each .deb's hash).
+    `--setup-hook=mkdir -p "$1/var/cache/apt/archives" && cp -a ${q(cacheDir)}/. "$1/var/cache/apt/archives/" 2>/dev/null; true`,
     // Before the packages: the kernel package then builds the small initramfs, sshd keeps the pinned key.
     `--essential-hook=cp -a ${q(join(work, 'overlay'))}/. "$1/"`,
     // setup.sh runs in the chroot, so it must be inside the root.
@@ -239,7 +240,7 @@ async function runMmdebstrap(mmdebstrap: string, options: MmdebstrapOptions): Pr
   if (result.exitCode === 0) {
     // Keep exactly the packages this build used: the cache does not grow with every Debian point release.
     await rm(cacheDir, { recursive: true, force: true })
-    await rename(freshCache, cacheDir).catch(() => mkdir(cacheDir, { recursive: true }))
+    await rename(freshCache, cacheDir).catch(() => rm(freshCache, { recursive: true, force: true }))
     return
   }
   await rm(freshCache, { recursive: true, force: true })
