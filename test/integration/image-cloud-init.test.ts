@@ -57,9 +57,12 @@ describe.skipIf(Boolean(skipReason))('a cloud image imported with a NoCloud seed
   }, 120_000)
 
   test('cloud-init found the NoCloud seed and finished', async () => {
-    const status = await vm.exec('cloud-init status --wait', { timeoutMs: scaleTimeout(300_000) })
-    expect(status.stdout).toMatch(/status: done/)
+    const status = await vm.exec('cloud-init status --wait --long', { timeoutMs: scaleTimeout(300_000) })
+    const errors = await vm.exec('grep -E "WARNING|ERROR|Traceback" /var/log/cloud-init.log | tail -20')
+    expect(status.stdout, `${status.stdout}\n${errors.stdout}`).toMatch(/status: done/)
     expect((await vm.exec('cat /run/cloud-init/result.json')).stdout).toMatch(/DataSourceNoCloud \[seed=\/dev\/vd/)
+    const schema = await vm.exec('cloud-init schema --system')
+    expect(schema.exitCode, `${schema.stdout}${schema.stderr}`).toBe(0)
   }, 400_000)
 
   test('cloud-init created the user with passwordless sudo and installed the key the import made', async () => {

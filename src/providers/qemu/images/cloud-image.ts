@@ -12,7 +12,7 @@ import { findOnPath } from './host-tools.js'
 import { buildInImageSlot, readCachedManifest, type BuildImageResult } from './image-build-slot.js'
 
 /** Bump when what an import writes beside the disk (seed, manifest) changes. */
-export const CLOUD_IMAGE_RECIPE_VERSION = 1
+export const CLOUD_IMAGE_RECIPE_VERSION = 2
 /** The non-root user cloud-init creates unless `user` says otherwise. */
 export const DEFAULT_CLOUD_USER = 'debian'
 /** Cloud images put the root file system on the disk's first partition. */

@@ -19,8 +19,9 @@ export interface CloudInitSeedOptions {
 /**
  * A NoCloud seed (ISO 9660, label `cidata`) with `meta-data` and `user-data`: the user with sudo and
  * the client key, root's key (the provider logs in as root), the pinned host key instead of generated
- * ones (no slow RSA key generation under TCG), more SSH sessions per connection, and a console line
- * when cloud-init is done. Made locally: no network access is needed to boot with it.
+ * ones (`ssh_genkeytypes: [ed25519]`, which the seed gives: no slow RSA key generation under TCG), more
+ * SSH sessions per connection, the C.UTF-8 locale,
+ * and a console line when cloud-init is done. Made locally: no network access is needed to boot with it.
  */
 export function makeCloudInitSeed(options: CloudInitSeedOptions): Buffer {
   const instanceId = `vm-pool-${createHash('sha256').update(options.hostKey.publicKey).digest('hex').slice(0, 12)}`
@@ -42,7 +43,7 @@ users:
 disable_root: false
 ssh_pwauth: false
 ssh_deletekeys: true
-ssh_genkeytypes: []
+ssh_genkeytypes: [ed25519]
 ssh_keys:
   ed25519_private: |
 ${indented(options.hostKey.privateKey)}
@@ -58,6 +59,8 @@ runcmd:
   - [sh, -c, "systemctl reload ssh.service 2>/dev/null || systemctl reload sshd.service 2>/dev/null || true"]
 package_update: false
 package_upgrade: false
+# C.UTF-8 is built into glibc: cloud-init's default (en_US.UTF-8) fails where no locale was generated.
+locale: C.UTF-8
 final_message: "${CLOUD_INIT_BOOT_MARKER}"
 `
   return makeIso9660Image('cidata', [

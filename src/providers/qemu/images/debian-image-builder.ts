@@ -9,7 +9,7 @@ import { writeFileAtomic } from '../../../util/fs-atomic.js'
 import { scaleTimeout } from '../../../util/timeouts.js'
 import { VM_NAME_PATTERN } from '../../../util/vm-name.js'
 import { IMAGE_MANIFEST_FILE, type ImageManifest } from '../qemu-image.js'
-import { finishCloudImage } from './cloud-image.js'
+import { CLOUD_IMAGE_RECIPE_VERSION, finishCloudImage } from './cloud-image.js'
 import { DEFAULT_DEBIAN_SUITE, getDebianSources, type DebianSource } from './debian-archive.js'
 import { DEBIAN_BOOT_MARKER, DEBIAN_GUEST_USER, DEBIAN_KERNEL_APPEND, DEBIAN_SSH_MAX_SESSIONS, getDebianGuestFiles, getDebianSetupScript, type GuestFile } from './debian-guest-files.js'
 import { requireHostTools } from './host-tools.js'
@@ -74,7 +74,7 @@ export async function buildDebianImage(options: BuildDebianImageOptions): Promis
   )
   const sources = getDebianSources({ mirror: options.mirror, scheme: 'http' })
   const inputs = createHash('sha256')
-    .update(JSON.stringify({ recipe: DEBIAN_IMAGE_RECIPE_VERSION, sources, packages, cloudInit: options.cloudInit ?? false, script: script ? createHash('sha256').update(script.text).digest('hex') : null }))
+    .update(JSON.stringify({ recipe: DEBIAN_IMAGE_RECIPE_VERSION, sources, packages, cloudInit: options.cloudInit ? CLOUD_IMAGE_RECIPE_VERSION : false, script: script ? createHash('sha256').update(script.text).digest('hex') : null }))
     .digest('hex')
     .slice(0, 16)
 
