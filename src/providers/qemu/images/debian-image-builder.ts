@@ -73,8 +73,11 @@ export async function buildDebianImage(options: BuildDebianImageOptions): Promis
     `the ${name} image`,
   )
   const sources = getDebianSources({ mirror: options.mirror, scheme: 'http' })
+  // What the recipe writes into the guest is part of the inputs: changing a unit or sshd setting rebuilds cached images.
+  const sample = options.cloudInit ? {} : { clientPublicKey: 'client-key', hostKey: { privateKey: 'host-key', publicKey: 'host-key.pub' } }
+  const recipe = JSON.stringify({ files: getDebianGuestFiles(sample), setup: getDebianSetupScript(sample), append: DEBIAN_KERNEL_APPEND })
   const inputs = createHash('sha256')
-    .update(JSON.stringify({ recipe: DEBIAN_IMAGE_RECIPE_VERSION, sources, packages, cloudInit: options.cloudInit ? CLOUD_IMAGE_RECIPE_VERSION : false, script: script ? createHash('sha256').update(script.text).digest('hex') : null }))
+    .update(JSON.stringify({ recipe: DEBIAN_IMAGE_RECIPE_VERSION, guest: createHash('sha256').update(recipe).digest('hex'), sources, packages, cloudInit: options.cloudInit ? CLOUD_IMAGE_RECIPE_VERSION : false, script: script ? createHash('sha256').update(script.text).digest('hex') : null }))
     .digest('hex')
     .slice(0, 16)
 
