@@ -8,7 +8,7 @@ import { generateSshKeyPair } from '../../../transport/ssh-keys.js'
 import { writeFileAtomic } from '../../../util/fs-atomic.js'
 import { scaleTimeout } from '../../../util/timeouts.js'
 import { VM_NAME_PATTERN } from '../../../util/vm-name.js'
-import { IMAGE_MANIFEST_FILE, type ImageManifest } from '../qemu-image.js'
+import { DEFAULT_IMAGE_NAME, IMAGE_MANIFEST_FILE, type ImageManifest } from '../qemu-image.js'
 import { CLOUD_IMAGE_RECIPE_VERSION, finishCloudImage } from './cloud-image.js'
 import { DEFAULT_DEBIAN_SUITE, getDebianSources, type DebianSource } from './debian-archive.js'
 import { DEBIAN_BOOT_MARKER, DEBIAN_GUEST_USER, DEBIAN_KERNEL_APPEND, DEBIAN_SSH_MAX_SESSIONS, getDebianGuestFiles, getDebianSetupScript, type GuestFile } from './debian-guest-files.js'
@@ -57,6 +57,8 @@ export async function buildDebianImage(options: BuildDebianImageOptions): Promis
   const log = options.log ?? (() => {})
   const name = options.name ?? DEBIAN_IMAGE_NAME
   if (!VM_NAME_PATTERN.test(name)) throw invalidOptions(`invalid image name ${JSON.stringify(name)}: use ${VM_NAME_PATTERN.source}`, { provider: 'qemu', operation: 'image build' })
+  // The default image is what every VM without an `image` boots: a Debian system must not silently replace it.
+  if (name === DEFAULT_IMAGE_NAME) throw invalidOptions(`--name ${name} is the default image (the minimal recipe's); pick another name`, { provider: 'qemu', operation: 'image build' })
   const extra = [...new Set(options.packages ?? [])].sort()
   const bad = extra.find((pkg) => !PACKAGE_NAME.test(pkg))
   if (bad !== undefined) throw invalidOptions(`invalid Debian package name ${JSON.stringify(bad)}`, { provider: 'qemu', operation: 'image build' })
