@@ -1,6 +1,6 @@
 import { join } from 'node:path'
 import { formatDuration } from '../../pool/duration.js'
-import { qemuProvider } from '../../providers/qemu-provider.js'
+import { qemuProvider } from '../../providers/qemu/qemu-provider.js'
 import { importImage } from '../../providers/qemu/images/cloud-image.js'
 import { IMAGE_RECIPES, buildImage } from '../../providers/qemu/images/image-recipes.js'
 import { listImages, removeImage, type ImageInfo } from '../../providers/qemu/images/image-store.js'
