@@ -3,14 +3,16 @@ import type { Document, LineCounter } from 'yaml'
 import { z } from 'zod'
 import { VmPoolError } from '../errors.js'
 import { formatZodError } from '../config/zod-error.js'
+import { vmBlockSchema } from './vm-block.js'
 import { closest, formatPath, lineColAt, parseYamlSource, readWorkflowFile, type KeyPath } from './yaml-source.js'
 import { normalizeWorkflowInput, workflowCommandSchema, workflowInputSchema, type Workflow, type WorkflowInput } from './workflow-schema.js'
 
 const FORMAT_HINT =
-  'a workflow has `name`, `env`, `setup`, `steps` (at least one) and `cleanup`; each command has `run` and optionally `name`, `working-directory`, `continue-on-error`, `timeout-seconds`, `env` (see "Workflows" in the vm-pool docs)'
+  'a workflow has `name`, `vm` (image, cpus, memory-mib, disk-gib), `env`, `setup`, `steps` (at least one) and `cleanup`; each command has `run` and optionally `name`, `working-directory`, `continue-on-error`, `timeout-seconds`, `env` (see "Workflows" in the vm-pool docs)'
 
 const TOP_LEVEL_KEYS = Object.keys(workflowInputSchema.shape)
 const COMMAND_KEYS = Object.keys(workflowCommandSchema.shape)
+const VM_KEYS = Object.keys(vmBlockSchema.shape)
 
 /**
  * Parse a workflow from YAML text. `source` (a file name) prefixes every message so the user knows
@@ -73,7 +75,7 @@ function describeIssues(error: z.ZodError, yaml: { doc: Document; lineCounter: L
   for (const issue of error.issues) {
     const path = issue.path.filter((key): key is string | number => typeof key !== 'symbol')
     if (issue.code === 'unrecognized_keys') {
-      const allowed = path.length === 0 ? TOP_LEVEL_KEYS : COMMAND_KEYS
+      const allowed = path.length === 0 ? TOP_LEVEL_KEYS : path[0] === 'vm' ? VM_KEYS : COMMAND_KEYS
       for (const key of issue.keys) {
         const suggestion = closest(key, allowed)
         problems.push({

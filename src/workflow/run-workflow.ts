@@ -131,7 +131,8 @@ export async function runWorkflow(workflow: Workflow, options: RunWorkflowOption
   }
 
   const started = performance.now()
-  const session = await sessions.openSession(signal ? { signal } : {})
+  // The workflow's `vm:` block, over the session manager's spec.
+  const session = await sessions.openSession({ ...(signal ? { signal } : {}), ...(workflow.vm ? { spec: workflow.vm } : {}) })
   const vm = session.vm
   emit({ type: 'session-open', workflow: workflow.name, vm: vm.name, durationMs: Math.round(performance.now() - started) })
 

@@ -1,4 +1,6 @@
 import { z } from 'zod'
+import type { VmSpec } from '../providers/vm-provider.js'
+import { vmBlockSchema, vmBlockToSpec } from './vm-block.js'
 
 /**
  * The workflow file format (DESIGN.md, seeds 000/002/004): `name`, `env`, `setup`, `steps`, `cleanup`.
@@ -58,6 +60,8 @@ export const workflowInputSchema = z
   .object(
     {
       name: nonEmptyString('name').optional(),
+      /** The workflow's VM: `image`, `cpus`, `memory-mib`, `disk-gib` (the provider's defaults for what is left out). */
+      vm: vmBlockSchema.optional(),
       env: envSchema.optional(),
       setup: commandListSchema.optional(),
       steps: commandListSchema.min(1, { error: 'a workflow needs at least one step' }),
@@ -94,6 +98,8 @@ export interface Workflow {
   name: string
   /** Where it was loaded from, for messages. */
   source?: string
+  /** From `vm:` (image, cpus, memory-mib, disk-gib); absent: the session manager's spec decides. */
+  vm?: Omit<VmSpec, 'name' | 'labels'>
   env: Record<string, string>
   setup: WorkflowStep[]
   steps: WorkflowStep[]
@@ -130,5 +136,6 @@ export function normalizeWorkflowInput(input: z.output<typeof workflowInputSchem
     cleanup: (input.cleanup ?? []).map(normalizeCommand),
   }
   if (source !== undefined) workflow.source = source
+  if (input.vm !== undefined) workflow.vm = vmBlockToSpec(input.vm)
   return workflow
 }

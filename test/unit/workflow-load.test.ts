@@ -110,6 +110,20 @@ cleanup: [ { run: "rm -rf /work" } ]
     expect(catchError(() => parseWorkflow('- run: a\n')).message).toContain('expected a mapping with `name` and `steps`')
   })
 
+  test('a `vm:` block (image, cpus, memory-mib, disk-gib) becomes the VM spec; left out: no spec', () => {
+    const workflow = parseWorkflow('vm:\n  image: debian-12\n  cpus: 2\n  memory-mib: 1024\n  disk-gib: 4\nsteps:\n  - run: a\n')
+    expect(workflow.vm).toEqual({ image: 'debian-12', cpus: 2, memoryMiB: 1024, diskGiB: 4 })
+    expect(parseWorkflow('vm: { image: minimal }\nsteps:\n  - run: a\n').vm).toEqual({ image: 'minimal' })
+    expect(parseWorkflow('steps:\n  - run: a\n').vm).toBeUndefined()
+  })
+
+  test('a bad `vm:` block is refused by path: unknown key with a suggestion, a bad value, not a mapping', () => {
+    const unknown = catchError(() => parseWorkflow('vm:\n  memory_mib: 512\nsteps:\n  - run: a\n', 'ci.yml'))
+    expect(unknown.message).toContain('ci.yml:2:3: vm.memory_mib: unknown key (did you mean "memory-mib"?); allowed: image, cpus, memory-mib, disk-gib')
+    expect(catchError(() => parseWorkflow('vm:\n  cpus: 0\nsteps:\n  - run: a\n', 'ci.yml')).message).toContain('ci.yml:2:9: vm.cpus')
+    expect(catchError(() => parseWorkflow('vm: debian-12\nsteps:\n  - run: a\n', 'ci.yml')).message).toContain('vm: expected a mapping with image, cpus, memory-mib, disk-gib')
+  })
+
   test('a bad environment variable name is refused by path', () => {
     const error = catchError(() => parseWorkflow('env:\n  BAD-NAME: 1\nsteps:\n  - run: a\n', 'ci.yml'))
     expect(error.message).toContain('ci.yml:2:3: env.BAD-NAME: invalid environment variable name')

@@ -127,6 +127,18 @@ describe('runWorkflow: the seed verification matrix', () => {
     expect(provider.stats).toMatchObject({ created: 3, live: 0 })
   })
 
+  test("the workflow's `vm:` block is the spec its VM is created with, over the session manager's spec", async () => {
+    const specs: unknown[] = []
+    const recording: VmProvider = { ...provider, create: (spec) => (specs.push(spec), provider.create(spec)) }
+    const sessions = new SessionManager({ provider: recording, spec: { cpus: 1, labels: { team: 'a' } } })
+    const workflow = defineWorkflow({ name: 'on-debian', vm: { image: 'debian-12', cpus: 2, 'memory-mib': 1024, 'disk-gib': 4 }, steps: [{ run: 'true' }] })
+    const result = await runWorkflow(workflow, { sessions })
+    expect(result.status).toBe('success')
+    expect(specs).toEqual([{ name: result.vm, image: 'debian-12', cpus: 2, memoryMiB: 1024, diskGiB: 4, labels: { team: 'a' } }])
+    await runWorkflow(defineWorkflow({ name: 'default-vm', steps: [{ run: 'true' }] }), { sessions })
+    expect(specs[1]).toEqual({ name: expect.any(String), cpus: 1, labels: { team: 'a' } })
+  })
+
   test('10 steps → 1 VM', async () => {
     const sessions = new SessionManager({ provider })
     const result = await runWorkflow(await fixture('ten-steps.yml'), { sessions })

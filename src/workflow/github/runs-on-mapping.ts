@@ -4,6 +4,7 @@ import { z } from 'zod'
 import { VmPoolError } from '../../errors.js'
 import { formatZodError } from '../../config/zod-error.js'
 import type { VmSpec } from '../../providers/vm-provider.js'
+import { vmBlockSchema, vmBlockToSpec } from '../vm-block.js'
 import { lineColAt, parseYamlSource, readWorkflowFile } from '../yaml-source.js'
 
 /**
@@ -20,20 +21,8 @@ import { lineColAt, parseYamlSource, readWorkflowFile } from '../yaml-source.js'
 /** Looked for in the repository when `--runners` is not given. */
 export const DEFAULT_RUNNERS_FILE = join('.github', 'vm-pool.yml')
 
-const specSchema = z
-  .object(
-    {
-      image: z.string().min(1).optional(),
-      cpus: z.number().int().positive().optional(),
-      'memory-mib': z.number().int().positive().optional(),
-      'disk-gib': z.number().int().positive().optional(),
-    },
-    { error: 'expected a mapping with image, cpus, memory-mib, disk-gib' },
-  )
-  .strict()
-
 const mappingSchema = z
-  .object({ 'runs-on': z.record(z.string().min(1), specSchema, { error: 'expected a mapping of label: { image, cpus, memory-mib, disk-gib }' }) }, { error: 'expected a mapping with `runs-on:`' })
+  .object({ 'runs-on': z.record(z.string().min(1), vmBlockSchema, { error: 'expected a mapping of label: { image, cpus, memory-mib, disk-gib }' }) }, { error: 'expected a mapping with `runs-on:`' })
   .strict()
 
 export type RunnerSpec = Omit<VmSpec, 'name' | 'labels'>
@@ -69,12 +58,7 @@ export function parseRunsOnMapping(text: string, source: string): RunsOnMapping 
   }
   const entries: Record<string, RunnerSpec> = {}
   for (const [label, spec] of Object.entries(parsed.data['runs-on'])) {
-    const runner: RunnerSpec = {}
-    if (spec.image !== undefined) runner.image = spec.image
-    if (spec.cpus !== undefined) runner.cpus = spec.cpus
-    if (spec['memory-mib'] !== undefined) runner.memoryMiB = spec['memory-mib']
-    if (spec['disk-gib'] !== undefined) runner.diskGiB = spec['disk-gib']
-    entries[label] = runner
+    entries[label] = vmBlockToSpec(spec)
   }
   return { source, entries }
 }
