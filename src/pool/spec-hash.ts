@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import type { VmSpec } from '../providers/vm-provider.js'
+import type { VmProvider, VmSpec } from '../providers/vm-provider.js'
 
 /** A spec without its name: what a pool asks for; VMs with the same hash are interchangeable. */
 export type PoolVmSpec = Omit<VmSpec, 'name'>
@@ -12,6 +12,14 @@ export type PoolVmSpec = Omit<VmSpec, 'name'>
 export function getSpecHash(spec: PoolVmSpec | VmSpec): string {
   const { name: _name, ...rest } = spec as VmSpec
   return createHash('sha256').update(stableStringify(rest)).digest('hex').slice(0, 16)
+}
+
+/**
+ * The hash a pool files a VM under: the spec over the provider's `specDefaults`, so `{}` asked of a
+ * provider whose default image is debian-12 never matches a warm VM of the default minimal image.
+ */
+export function getPoolSpecHash(provider: Pick<VmProvider, 'specDefaults'>, spec: PoolVmSpec): string {
+  return getSpecHash({ ...provider.specDefaults, ...spec })
 }
 
 function stableStringify(value: unknown): string {

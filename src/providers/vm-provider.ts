@@ -92,6 +92,12 @@ export interface VmProvider {
    * that VM alone, as one-line commands or instructions. Never contains secrets (a key is named by path).
    */
   describe?(record: VmRecord): KeptVmHelp
+  /**
+   * Optional: what this provider's VMs are where a spec leaves a field out, when that differs between
+   * instances of one provider (qemu: an `image` option other than the default). Pools hash a spec over
+   * these, so a warm VM is adopted only by a pool that would have created the same VM.
+   */
+  readonly specDefaults?: Readonly<Omit<VmSpec, 'name' | 'labels'>>
 }
 
 /** What `VmProvider.describe` returns. */
