@@ -2,7 +2,8 @@
 # The README's first command: from a fresh clone on Debian (Ubuntu: see the README), set up everything and run
 # examples/basic — four Vitest files running commands in real QEMU VMs — printing the summary line.
 #
-#   ./scripts/example.sh
+#   ./scripts/example.sh           # examples/basic on the minimal image
+#   ./scripts/example.sh debian    # examples/debian on the debian-12 image (also installs mmdebstrap, builds the image as root)
 #
 # What it does, skipping each step that is already done:
 #   1. Debian packages (QEMU and the guest image's parts) via apt-get, with sudo when not root
@@ -12,6 +13,8 @@
 #   5. vitest run --root examples/basic
 set -euo pipefail
 cd "$(dirname "$0")/.."
+example="${1:-basic}"
+case "$example" in basic|debian) ;; *) printf 'usage: %s [basic|debian]\n' "$0" >&2; exit 2 ;; esac
 
 say() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf '\nexample.sh: %s\n' "$*" >&2; exit 1; }
@@ -33,6 +36,11 @@ command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86 qemu-
 command -v cpio >/dev/null 2>&1 || missing+=(cpio)
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 [ -d /etc/ssl/certs ] || missing+=(ca-certificates)
+if [ "$example" = debian ]; then
+  command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+  command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
+  [ -x /usr/sbin/mkfs.ext4 ] || [ -x /sbin/mkfs.ext4 ] || missing+=(e2fsprogs)
+fi
 if ! command -v npm >/dev/null 2>&1; then missing+=(nodejs npm); fi
 if [ "${#missing[@]}" -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
@@ -68,6 +76,16 @@ npm run build >/dev/null
 # 4. The guest image.
 say "vm-pool image build"
 node dist/cli/main.js image build
+
+if [ "$example" = debian ]; then
+  # mmdebstrap's root mode needs root; the finished image is handed to the user sudo ran for.
+  say "vm-pool image build debian-12 (as root; 2-7 min the first time, cached afterwards)"
+  # --image-dir: this user's image dir, not root's (sudo changes HOME).
+  image_dir="${VM_POOL_IMAGE_DIR:-${VM_POOL_STATE_DIR:-$HOME/.cache/vm-pool}/images}"
+  as_root env "PATH=$PATH" node dist/cli/main.js image build debian-12 --image-dir "$image_dir"
+  say "vitest run --root examples/debian (the first VM boots Debian, 1-2 min under TCG; later ones are restored)"
+  exec node node_modules/vitest/vitest.mjs run --root examples/debian
+fi
 
 # 5. The example suite. The plugin prints "vm-pool: N created, N reused, N deleted, N leaked" at the end.
 say "vitest run --root examples/basic (real QEMU VMs; the first boots take a few seconds each)"

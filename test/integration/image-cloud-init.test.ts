@@ -44,7 +44,8 @@ describe.skipIf(Boolean(skipReason))('a cloud image imported with a NoCloud seed
     // The import made its own keys: nothing the cloud build knew.
     expect(readFileSync(image.clientKey, 'utf8')).not.toBe(readFileSync(join(cloud.dir, 'client_key'), 'utf8'))
     expect(image.hostKey).not.toBe(cloud.manifest.hostKey)
-    qemu = useQemuTestProvider({ imageDir, image: 'debian-cloud', bootTimeoutMs: scaleTimeout(DEBIAN_BOOT_TIMEOUT_MS) })
+    // snapshot: false — this test is about the first boot through cloud-init, not a restored template.
+    qemu = useQemuTestProvider({ imageDir, image: 'debian-cloud', snapshot: false, bootTimeoutMs: scaleTimeout(DEBIAN_BOOT_TIMEOUT_MS) })
     const record = await qemu.provider.create({ name: 'cloud-test-a' })
     console.log(`imported cloud image: cold boot through cloud-init to first exec ${record.data.bootMs} ms`)
     vm = await qemu.provider.connect(record)

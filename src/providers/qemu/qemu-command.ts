@@ -17,6 +17,12 @@ export interface QemuMachine {
   cpus: number
   memoryMiB: number
   image: ResolvedImage
+  /**
+   * Images with a disk: the virtual size of each VM's own disk overlay (`diskGiB`, never smaller than
+   * the image's disk); undefined: the image disk's own size. A restore needs the same size, so it is
+   * part of the machine.
+   */
+  diskBytes?: number
 }
 
 /** Per-instance plumbing: differs between a VM and a clone restored from its saved state. */
@@ -32,6 +38,8 @@ export interface QemuInstance {
   daemonize: boolean
   /** `-incoming` source, for a restore. */
   incoming?: string
+  /** Images with a disk: this instance's own qcow2 overlay (see `disk-overlay.ts`); without it QEMU's throwaway `snapshot=on`. */
+  disk?: string
 }
 
 /** The guest CPU/accelerator options: TCG emulates a modern CPU with one host thread per vCPU. */
@@ -39,8 +47,12 @@ export function getAccelArgs(accel: QemuAccel): string[] {
   return accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi', '-cpu', 'max']
 }
 
-/** The machine's devices and boot source: identical for a fresh boot and a restore. */
-export function buildMachineArgs(machine: QemuMachine): string[] {
+/**
+ * The machine's devices and boot source: identical for a fresh boot and a restore. `disk`: the
+ * instance's own overlay of the image's disk (a restore loads into another file than the template
+ * wrote, with the same contents: the snapshot key uses a placeholder here).
+ */
+export function buildMachineArgs(machine: QemuMachine, disk?: string): string[] {
   const { image } = machine
   const args = [
     ...getAccelArgs(machine.accel),
@@ -60,8 +72,10 @@ export function buildMachineArgs(machine: QemuMachine): string[] {
     args.push('-kernel', image.kernel, '-append', image.append)
     if (image.initrd) args.push('-initrd', image.initrd)
   }
-  // snapshot=on: the guest writes to a temporary overlay, the image file stays pristine and shareable.
-  if (image.disk) args.push('-drive', `file=${image.disk},format=${image.diskFormat},if=virtio,snapshot=on`)
+  // The VM's own overlay (backed by the read-only image disk, or a snapshot's frozen disk); without one,
+  // snapshot=on: the guest writes to a temporary overlay. Either way the image file stays pristine and shareable.
+  if (image.disk && disk) args.push('-drive', `file=${disk},format=qcow2,if=virtio`)
+  else if (image.disk) args.push('-drive', `file=${image.disk},format=${image.diskFormat},if=virtio,snapshot=on`)
   if (image.seed) args.push('-drive', `file=${image.seed},format=raw,if=virtio,readonly=on`)
   return args
 }
@@ -69,7 +83,7 @@ export function buildMachineArgs(machine: QemuMachine): string[] {
 export function buildQemuArgs(machine: QemuMachine, instance: QemuInstance): string[] {
   const args = [
     '-name', `${QEMU_NAME_PREFIX}${instance.name}`,
-    ...buildMachineArgs(machine),
+    ...buildMachineArgs(machine, instance.disk),
     '-netdev', `user,id=net0,hostfwd=tcp:127.0.0.1:${instance.sshPort}-:22`,
     '-serial', `file:${instance.serialLog}`,
     '-qmp', `unix:${instance.qmpSocket},server=on,wait=off`,

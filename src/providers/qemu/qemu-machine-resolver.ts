@@ -8,6 +8,8 @@ import type { QemuConfig } from './qemu-provider-options.js'
 import { SnapshotRestoreStrategy } from './snapshot-restore-strategy.js'
 import type { StartStrategy } from './start-strategy.js'
 
+const GIB = 1024 ** 3
+
 /**
  * From options and a spec to what runs: the QEMU binary, the machine (image, accelerator, vCPUs,
  * memory) and the start strategy for it. Create and reset ask the same resolver, so a reset VM gets
@@ -40,16 +42,22 @@ export class QemuMachineResolver {
   }
 
   /** The machine a spec asks for: create and reset must agree exactly (a restore needs the same machine). */
-  async resolve(spec: Pick<VmSpec, 'image' | 'cpus' | 'memoryMiB'>, binary: string): Promise<QemuMachine> {
+  async resolve(spec: Pick<VmSpec, 'image' | 'cpus' | 'memoryMiB' | 'diskGiB'>, binary: string): Promise<QemuMachine> {
     const { options } = this.#config
     const image = await loadImage(spec.image ?? options.image, this.#config.imageDir())
     const { accel } = await this.resolveAccel(binary, image)
-    return { accel, cpus: spec.cpus ?? options.cpus, memoryMiB: Math.max(spec.memoryMiB ?? options.memoryMiB, image.minMemoryMiB), image }
+    const machine: QemuMachine = { accel, cpus: spec.cpus ?? options.cpus, memoryMiB: Math.max(spec.memoryMiB ?? options.memoryMiB, image.minMemoryMiB), image }
+    // diskGiB sizes the VM's own disk overlay (never below the image's disk); the initramfs image has no disk to size.
+    if (image.disk && spec.diskGiB !== undefined) machine.diskBytes = Math.max(spec.diskGiB * GIB, image.diskVirtualBytes ?? 0)
+    return machine
   }
 
-  /** Snapshots need all guest state in RAM: an image with a disk writes to an overlay the saved state does not contain. */
+  /**
+   * Initramfs images keep all guest state in RAM; disk images get a frozen copy of the template's disk
+   * beside the saved state, and each restored VM its own overlay on it (snapshot-restore-strategy.ts).
+   */
   canSnapshot(machine: QemuMachine): boolean {
-    return this.#config.options.snapshot === 'auto' && machine.image.disk === undefined && machine.image.kernel !== undefined
+    return this.#config.options.snapshot === 'auto' && (machine.image.kernel !== undefined || machine.image.disk !== undefined)
   }
 
   /** A snapshot restore when the machine allows it (its template a cold boot), else a cold boot. */

@@ -11,6 +11,7 @@ import { createDebug } from '../../util/debug.js'
 import { getProcessStartTime, isProcessAlive, type ProcessIdentity } from '../../util/process-info.js'
 import { scaleTimeout, sleep } from '../../util/timeouts.js'
 import { readSerialTail } from './boot-wait.js'
+import { createDiskOverlay } from './disk-overlay.js'
 import { findFreeLoopbackPort } from './free-port.js'
 import { buildQemuArgs, type QemuMachine } from './qemu-command.js'
 import { findQemuByCommandLine, identifyQemu } from './qemu-process-scan.js'
@@ -42,15 +43,23 @@ export interface LaunchOptions {
   preferredPort?: number
   /** Where to shorten the path when the monitor socket's path is too long. */
   pathHint: string
+  /** Images with a disk: the qcow2 file the VM's overlay is backed by instead of the image's disk (a snapshot's frozen disk). */
+  diskBacking?: string
 }
 
 /** Start a detached QEMU and record its identity in `process.json`. On any failure no QEMU of `dir` is left running. */
 export async function launchQemu(options: LaunchOptions): Promise<QemuProcessFile> {
   const { dir, machine } = options
   dir.assertSocketPathFits({ vm: options.vm, hint: options.pathHint })
+  const { image } = machine
+  const disk = image.disk ? dir.path('disk') : undefined
+  if (image.disk) {
+    const backing = options.diskBacking ? { backing: options.diskBacking, backingFormat: 'qcow2' as const } : { backing: image.disk, backingFormat: image.diskFormat }
+    await createDiskOverlay({ file: dir.path('disk'), ...backing, sizeBytes: machine.diskBytes, vm: options.vm, qemuBinary: options.binary })
+  }
   for (let attempt = 1; ; attempt++) {
     const port = attempt === 1 && options.preferredPort ? options.preferredPort : await findFreeLoopbackPort()
-    const args = buildQemuArgs(machine, { name: dir.instanceName, sshPort: port, pidFile: dir.path('pid'), serialLog: dir.path('serial'), qmpSocket: dir.path('qmp'), daemonize: true, incoming: options.incoming })
+    const args = buildQemuArgs(machine, { name: dir.instanceName, sshPort: port, pidFile: dir.path('pid'), serialLog: dir.path('serial'), qmpSocket: dir.path('qmp'), daemonize: true, incoming: options.incoming, disk })
     debug('starting %s: %s %s', dir.instanceName, options.binary, args.join(' '))
     const started = await runProcess(options.binary, args, { timeoutMs: scaleTimeout(QEMU_START_TIMEOUT_MS), env: process.env, provider: 'qemu', vm: options.vm })
     if (started.exitCode === 0) {

@@ -27,7 +27,7 @@ export const qemuProviderOptionsSchema = z
     bootTimeoutMs: z.number().int().positive().optional(),
     /**
      * `auto`: boot the image once, save the running guest, and start every VM by restoring that
-     * state (about 1 s instead of a boot; images with a `disk` always boot). Also enables
+     * state (about 1 s instead of a boot; a disk image's VMs each get an overlay on the template's frozen disk). Also enables
      * `reset(name)` (`keepWarm: { reset: 'snapshot' }`). `false`: every VM boots. @default 'auto'
      */
     snapshot: z.union([z.literal('auto'), z.literal(false)]).default('auto'),

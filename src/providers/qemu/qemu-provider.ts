@@ -8,7 +8,7 @@ import { getProcessStartUnixMs, isProcessAlive } from '../../util/process-info.j
 import { validateVmName } from '../../util/vm-name.js'
 import type { JsonValue, KeptVmHelp, ProviderProbe, VmInfo, VmProvider, VmRecord, VmSpec } from '../vm-provider.js'
 import { describeQemuVm, getHostKeyAlias, isPublicKeyLine } from './kept-vm-help.js'
-import type { ResolvedImage } from './qemu-image.js'
+import { DEFAULT_IMAGE_NAME, type ResolvedImage } from './qemu-image.js'
 import { QemuMachineResolver } from './qemu-machine-resolver.js'
 import { identifyQemu, findVmQemuProcesses } from './qemu-process-scan.js'
 import { stopQemuOf } from './qemu-process.js'
@@ -171,6 +171,9 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
 
     describe: describeQemuVm,
 
+    // Another default image is another kind of VM for the pool (warm VMs are adopted by spec hash).
+    ...(config.options.image === DEFAULT_IMAGE_NAME ? {} : { specDefaults: Object.freeze({ image: config.options.image }) }),
+
     async close(): Promise<void> {
       const transports = [...bootTransports.values()]
       bootTransports.clear()
@@ -191,7 +194,7 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
       const binary = await machines.requireBinary('reset')
       const machine = await machines.resolve(record.spec, binary)
       if (!machines.canSnapshot(machine)) {
-        throw new VmPoolError({ code: 'VMPOOL_SNAPSHOT_INVALID', provider: PROVIDER, operation: 'reset', vm: name, message: `VM ${name} cannot be reset to a snapshot: its image ${machine.image.dir} has a disk`, hint: "use a keepWarm.reset shell line instead of 'snapshot' for disk images" })
+        throw new VmPoolError({ code: 'VMPOOL_SNAPSHOT_INVALID', provider: PROVIDER, operation: 'reset', vm: name, message: `VM ${name} cannot be reset to a snapshot: its image ${machine.image.dir} has neither a kernel nor a disk` })
       }
       await dropBootTransport(name)
       const old = await dir.readProcess()

@@ -51,6 +51,8 @@ export const snapshotManifestSchema = z
     /** The template's cold boot and the save, for `vm-pool doctor` and the bench. */
     bootMs: z.number().int().nonnegative(),
     saveMs: z.number().int().nonnegative(),
+    /** Disk images: the template's overlay as it was at the save (`disk-<id>.qcow2`, read-only), under each restored VM's overlay. */
+    diskFile: z.string().regex(/^disk-[0-9a-f]{16}\.qcow2$/).optional(),
   })
   .strict()
 
@@ -107,12 +109,16 @@ export async function getSnapshotSlot(options: { snapshotDir: string; machine: Q
     imageManifest: createHash('sha256').update(await readFile(join(image.dir, IMAGE_MANIFEST_FILE))).digest('hex'),
     kernel: await describeFile(image.kernel),
     initrd: await describeFile(image.initrd),
-    machineArgs: buildMachineArgs(machine),
+    machineArgs: buildMachineArgs(machine, image.disk ? '<per-VM overlay>' : undefined),
   }
+  // Disk images only: the keys of existing initramfs snapshots stay what they were.
+  // (machineArgs has a placeholder for the disk: each VM's overlay has its own path, the same contents.)
+  if (image.disk) Object.assign(facts, { disk: await describeFile(image.disk), diskBytes: machine.diskBytes ?? null })
   const key = createHash('sha256').update(JSON.stringify(facts)).digest('hex')
   const where = createHash('sha256').update(`${options.qemuBinary}\0${image.dir}`).digest('hex').slice(0, 8)
   const imageName = basename(image.dir).toLowerCase().replace(/[^a-z0-9-]/g, '-').slice(0, 24) || 'image'
-  const dir = join(options.snapshotDir, `${imageName}-${machine.accel}-${machine.cpus}c-${machine.memoryMiB}m-${where}`)
+  const diskSize = machine.diskBytes === undefined ? '' : `-${Math.round(machine.diskBytes / 1024 ** 3)}g`
+  const dir = join(options.snapshotDir, `${imageName}-${machine.accel}-${machine.cpus}c-${machine.memoryMiB}m${diskSize}-${where}`)
   return { dir, key, facts }
 }
 
@@ -141,11 +147,14 @@ export async function readSnapshot(slot: SnapshotSlot): Promise<SnapshotState> {
   } catch {
     return { status: 'stale', reason: `${manifest.stateFile} is missing` }
   }
+  if (manifest.diskFile !== undefined && !(await stat(join(slot.dir, manifest.diskFile)).then(() => true, () => false))) {
+    return { status: 'stale', reason: `${manifest.diskFile} is missing` }
+  }
   return { status: 'ready', manifest, stateFile }
 }
 
-/** What `buildSnapshot` must do: boot a template, save it to `stateFile`, shut it down. */
-export type SnapshotBuilder = (options: { stateFile: string; workDir: string }) => Promise<{ bootMs: number; saveMs: number }>
+/** Boot a template, save it to `stateFile`, shut it down; a disk image's template overlay goes to `diskFile` (`disk: true`). */
+export type SnapshotBuilder = (options: { stateFile: string; workDir: string; diskFile: string }) => Promise<{ bootMs: number; saveMs: number; disk?: boolean }>
 
 /** Builds in flight in this process, by slot dir: concurrent creates here share one build instead of queueing on the file lock. */
 const inFlight = new Map<string, Promise<SnapshotManifest>>()
@@ -174,12 +183,15 @@ async function ensureSnapshotOnce(slot: SnapshotSlot, build: SnapshotBuilder): P
     const id = randomBytes(8).toString('hex')
     const stateName = `state-${id}`
     const partial = join(slot.dir, `${stateName}.partial`)
+    const diskName = `disk-${id}.qcow2`
+    const diskPartial = join(slot.dir, `${diskName}.partial`)
     const workDir = join(slot.dir, 'template')
     await rm(workDir, { recursive: true, force: true })
     await mkdir(workDir, { mode: 0o700 })
     try {
-      const { bootMs, saveMs } = await build({ stateFile: partial, workDir })
+      const { bootMs, saveMs, disk } = await build({ stateFile: partial, workDir, diskFile: diskPartial })
       await rename(partial, join(slot.dir, stateName))
+      if (disk) await rename(diskPartial, join(slot.dir, diskName))
       const manifest: SnapshotManifest = {
         formatVersion: SNAPSHOT_FORMAT_VERSION,
         id,
@@ -190,12 +202,14 @@ async function ensureSnapshotOnce(slot: SnapshotSlot, build: SnapshotBuilder): P
         createdAt: new Date().toISOString(),
         bootMs,
         saveMs,
+        ...(disk ? { diskFile: diskName } : {}),
       }
       await writeFileAtomic(join(slot.dir, SNAPSHOT_MANIFEST_FILE), `${JSON.stringify(manifest, null, 2)}\n`, 0o600)
       debug('snapshot %s saved in %s (%d bytes, boot %d ms, save %d ms)', id, slot.dir, manifest.stateBytes, bootMs, saveMs)
       return manifest
     } finally {
       await rm(partial, { force: true })
+      await rm(diskPartial, { force: true })
       await rm(workDir, { recursive: true, force: true })
     }
   })
@@ -215,11 +229,14 @@ export async function invalidateSnapshot(slot: SnapshotSlot, id: string, reason:
   })
 }
 
-/** The manifest first (a snapshot without one is not used), then every state file. A restore still reading an unlinked file keeps its copy. */
+/**
+ * The manifest first (a snapshot without one is not used), then every state file and frozen disk. A
+ * restore still reading an unlinked file keeps its copy; a VM on a removed frozen disk too (QEMU holds it open).
+ */
 async function removeSnapshotFiles(dir: string): Promise<void> {
   await rm(join(dir, SNAPSHOT_MANIFEST_FILE), { force: true })
   for (const entry of await readdir(dir).catch(() => [] as string[])) {
-    if (entry.startsWith('state-')) await rm(join(dir, entry), { force: true })
+    if (entry.startsWith('state-') || entry.startsWith('disk-')) await rm(join(dir, entry), { force: true })
   }
 }
 

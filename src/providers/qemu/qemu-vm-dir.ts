@@ -33,12 +33,14 @@ export const VM_DIR_FILES = Object.freeze({
   clientKey: 'client_key',
   /** The pinned guest host key under the alias `vm-pool-<name>`, for a person's `ssh` (see `describe`). */
   knownHosts: 'known_hosts',
+  /** Images with a disk: this VM's own qcow2 overlay over the image's (or a snapshot's frozen) disk (disk-overlay.ts). */
+  disk: 'disk.qcow2',
 })
 
 export type VmDirFile = keyof typeof VM_DIR_FILES
 
-/** What one QEMU run leaves; a reset replaces these and keeps the key, the record and known_hosts. */
-const INSTANCE_FILES: readonly VmDirFile[] = ['process', 'pid', 'qmp', 'serial']
+/** What one QEMU run leaves; a reset replaces these (the disk overlay too) and keeps the key, the record and known_hosts. */
+const INSTANCE_FILES: readonly VmDirFile[] = ['process', 'pid', 'qmp', 'serial', 'disk']
 
 /** sun_path is 108 bytes on Linux, the terminating NUL included. */
 export const MAX_UNIX_SOCKET_PATH_BYTES = 107

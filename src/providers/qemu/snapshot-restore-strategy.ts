@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises'
+import { readFile, rename } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import { VmPoolError, isVmPoolError } from '../../errors.js'
 import { quoteShellArg } from '../../transport/shell.js'
@@ -7,6 +7,7 @@ import { createDebug } from '../../util/debug.js'
 import { isProcessAlive } from '../../util/process-info.js'
 import { scaleTimeout, sleep } from '../../util/timeouts.js'
 import { waitForBoot } from './boot-wait.js'
+import { freezeDisk } from './disk-overlay.js'
 import type { QemuMachine } from './qemu-command.js'
 import { launchQemu, stopQemuOf } from './qemu-process.js'
 import { ensureSnapshot, getSnapshotSlot, invalidateSnapshot, resumeRestoredGuest, saveGuestState, type SnapshotBuilder, type SnapshotManifest, type SnapshotSlot } from './qemu-snapshot.js'
@@ -83,7 +84,8 @@ export class SnapshotRestoreStrategy implements StartStrategy {
     let identity: QemuProcessFile | undefined
     let transport: SshTransport | undefined
     try {
-      identity = await launchQemu({ binary: this.#context.binary, machine: this.#machine, dir, vm, incoming: `exec:cat ${quoteShellArg(join(slot.dir, snapshot.stateFile))}`, preferredPort: request.preferredPort, pathHint: this.#context.pathHint })
+      const diskBacking = snapshot.diskFile === undefined ? undefined : join(slot.dir, snapshot.diskFile)
+      identity = await launchQemu({ binary: this.#context.binary, machine: this.#machine, dir, vm, incoming: `exec:cat ${quoteShellArg(join(slot.dir, snapshot.stateFile))}`, preferredPort: request.preferredPort, pathHint: this.#context.pathHint, diskBacking })
       await resumeRestoredGuest({ qmpSocket: dir.path('qmp'), identity, deadline: startedAt + timeout.ms, timeoutName: timeout.name, timeoutMs: timeout.ms, vm })
       const image = this.#machine.image
       transport = makeGuestTransport({ vm, port: identity.port, username: image.username, hostKey: image.hostKey, privateKey: request.privateKey, booting: true })
@@ -99,26 +101,36 @@ export class SnapshotRestoreStrategy implements StartStrategy {
     }
   }
 
-  /** Boot a template, save it into the slot, shut it down (ensureSnapshot holds the slot lock around this). */
+  /**
+   * Boot a template, save it into the slot, shut it down (ensureSnapshot holds the slot lock around this).
+   * A disk image's template writes to its own overlay; stopped for the save, that overlay is the disk the
+   * saved RAM belongs to: it becomes the snapshot's frozen disk.
+   */
   #buildTemplate(slot: SnapshotSlot, vm: string): SnapshotBuilder {
-    return async ({ stateFile, workDir }) => {
+    return async ({ stateFile, workDir, diskFile }) => {
       const dir = new QemuVmDir(workDir, `snapshot-${basename(slot.dir)}`)
       // A builder that died mid-build (SIGKILL) may have left its template running: it is ours to end now.
       await stopQemuOf(dir, false)
       debug('%s: no usable snapshot in %s, booting a template to save', vm, slot.dir)
       const privateKey = await readFile(this.#machine.image.clientKey)
       const { transport, bootMs } = await this.#template.start({ vm, dir, privateKey, context: ` (the snapshot template in ${slot.dir})` })
+      let saveMs: number
       try {
         // Our SSH session must be over before the save, or every clone starts with a dead session in it.
         await transport.close()
         await sleep(SNAPSHOT_SETTLE_MS)
         const saveStarted = performance.now()
         await saveGuestState(dir.path('qmp'), stateFile)
-        return { bootMs, saveMs: Math.round(performance.now() - saveStarted) }
+        saveMs = Math.round(performance.now() - saveStarted)
       } finally {
         await transport.close()
         await stopQemuOf(dir, true)
       }
+      if (this.#machine.image.disk === undefined) return { bootMs, saveMs }
+      // QEMU is gone: nothing writes to the overlay any more.
+      await rename(dir.path('disk'), diskFile)
+      await freezeDisk(diskFile)
+      return { bootMs, saveMs, disk: true }
     }
   }
 }
