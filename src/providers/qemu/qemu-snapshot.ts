@@ -111,8 +111,7 @@ export async function getSnapshotSlot(options: { snapshotDir: string; machine: Q
     initrd: await describeFile(image.initrd),
     machineArgs: buildMachineArgs(machine, image.disk ? '<per-VM overlay>' : undefined),
   }
-  // Disk images only: the keys of existing initramfs snapshots stay what they were.
-  // (machineArgs has a placeholder for the disk: each VM's overlay has its own path, the same contents.)
+  // Disk images only (initramfs snapshot keys stay as they were); machineArgs holds a placeholder for each VM's own overlay.
   if (image.disk) Object.assign(facts, { disk: await describeFile(image.disk), diskBytes: machine.diskBytes ?? null })
   const key = createHash('sha256').update(JSON.stringify(facts)).digest('hex')
   const where = createHash('sha256').update(`${options.qemuBinary}\0${image.dir}`).digest('hex').slice(0, 8)
