@@ -3,7 +3,8 @@
  * Options: `--provider NAME` (or VM_POOL_PROVIDER; default qemu) runs only the sections for that
  * provider plus the provider-independent ones; `--short` (or BENCH_SHORT=1) takes fewer samples;
  * `--files N` / `--workers W` size the seed 003 suite (default 8 files, 4 with --short; 2 workers);
- * `--only a,b` runs only the named sections (seed-003, qemu-boot, lease-store).
+ * `--only a,b` runs only the named sections (seed-003, qemu-boot, lease-store, qemu-debian); `--debian` adds
+ * the opt-in qemu-debian section (the debian-12 image: minutes of Debian boots) to the others.
  * Add a section with one line in `sections`. Runs against dist/ (`npm run build` first).
  */
 import { parseArgs } from 'node:util'
@@ -25,16 +26,19 @@ interface BenchSection {
   name: string
   /** Runs only for these providers; absent = provider-independent. */
   providers?: string[]
+  /** Runs only when asked for (`--only NAME`, or its own flag). */
+  optIn?: boolean
   run(options: BenchOptions): Promise<BenchRow[]>
 }
 
 const sections: BenchSection[] = [
   { name: 'seed-003', run: async (options) => (await import('./seed-003.ts')).runSeed003Bench(options) },
   { name: 'qemu-boot', providers: ['qemu'], run: async (options) => (await import('./qemu-boot.ts')).runQemuBootBench(options) },
+  { name: 'qemu-debian', providers: ['qemu'], optIn: true, run: async (options) => (await import('./qemu-debian.ts')).runQemuDebianBench(options) },
   { name: 'lease-store', run: async () => (await (await import('./lease-store.ts')).runLeaseStoreBench()).map((row) => ({ benchmark: row.name, value: `p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms`, note: `${row.samples} samples` })) },
 ]
 
-const { values } = parseArgs({ options: { provider: { type: 'string', short: 'p' }, short: { type: 'boolean' }, only: { type: 'string' }, files: { type: 'string' }, workers: { type: 'string' } }, strict: true })
+const { values } = parseArgs({ options: { provider: { type: 'string', short: 'p' }, short: { type: 'boolean' }, debian: { type: 'boolean' }, only: { type: 'string' }, files: { type: 'string' }, workers: { type: 'string' } }, strict: true })
 const options: BenchOptions = {
   provider: values.provider ?? process.env.VM_POOL_PROVIDER ?? 'qemu',
   short: values.short ?? ['1', 'true'].includes(process.env.BENCH_SHORT ?? ''),
@@ -53,6 +57,7 @@ let failed = false
 for (const section of sections) {
   if (section.providers && !section.providers.includes(options.provider)) continue
   if (values.only && !values.only.split(',').includes(section.name)) continue
+  if (section.optIn && !values.only?.split(',').includes(section.name) && !(section.name === 'qemu-debian' && values.debian)) continue
   process.stderr.write(`bench: ${section.name}...\n`)
   try {
     rows.push(...(await section.run(options)))
