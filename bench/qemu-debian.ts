@@ -2,8 +2,8 @@
  * Bench section (opt-in: `npm run bench -- --only qemu-debian`, or `--debian` beside the others): the
  * debian-12 image — a cold boot to the first finished exec next to a VM restored from a snapshot
  * (create + connect + first exec; each restored VM on its own disk overlay), in one run. Needs the
- * image (`sudo env "PATH=$PATH" npx vm-pool image build debian-12`) in `VM_POOL_IMAGE_DIR` or the
- * default image dir. Minutes, not seconds, under TCG: a Debian boot with systemd takes 1-2 min.
+ * image (`sudo env "PATH=$PATH" npx vm-pool image build debian-12`) in `BENCH_DEBIAN_IMAGE_DIR`,
+ * `VM_POOL_IMAGE_DIR` or the default image dir. Minutes, not seconds, under TCG: a Debian boot with systemd takes 1-2 min.
  */
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { homedir, tmpdir } from 'node:os'
@@ -18,7 +18,8 @@ const DEBIAN_BENCH_BOOT_TIMEOUT_MS = 1_800_000
 
 export async function runQemuDebianBench(options: Pick<BenchOptions, 'short'>): Promise<BenchRow[]> {
   const { qemuProvider } = await loadDist()
-  const imageDir = process.env.VM_POOL_IMAGE_DIR ?? join(process.env.VM_POOL_STATE_DIR ?? join(homedir(), '.cache', 'vm-pool'), 'images')
+  // BENCH_DEBIAN_IMAGE_DIR: where the debian-12 image is when it is not beside the minimal one.
+  const imageDir = process.env.BENCH_DEBIAN_IMAGE_DIR ?? process.env.VM_POOL_IMAGE_DIR ?? join(process.env.VM_POOL_STATE_DIR ?? join(homedir(), '.cache', 'vm-pool'), 'images')
   if (!existsSync(join(imageDir, IMAGE, 'manifest.json'))) {
     return [{ benchmark: `qemu ${IMAGE}`, value: 'skipped', note: `no ${IMAGE} image in ${imageDir}: sudo env "PATH=$PATH" npx vm-pool image build ${IMAGE}` }]
   }
