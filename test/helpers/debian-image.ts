@@ -4,7 +4,7 @@
  * dir, never in the shared one (`~/.cache/vm-pool/images`), so tests never replace an image someone
  * else uses. A Debian build takes ~2-3 min on an idle 2-core host, and needs root (mmdebstrap).
  */
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { buildDebianImage } from '../../src/providers/qemu/images/debian-image-builder.js'
 import type { BuildImageResult } from '../../src/providers/qemu/images/image-build-slot.js'
@@ -17,8 +17,12 @@ export function getTestImageDir(): string {
   return process.env.VM_POOL_TEST_IMAGE_DIR ?? join(getStateDir(), 'test-images')
 }
 
-/** Run by `--script` in the shared test image: the tests check its mark. */
-export const DEBIAN_TEST_SCRIPT = '#!/bin/sh\nset -eu\necho "written by the vm-pool test --script" > /etc/vm-pool-test-script\n'
+/**
+ * Run by `--script` in the shared test image: the tests check its mark. A file, so CI can build the same
+ * image ahead of the suite (`vm-pool image build debian-12 --script test/helpers/debian-test-script.sh`):
+ * the inputs hash covers the script's contents, so the tests then find the image up to date.
+ */
+export const DEBIAN_TEST_SCRIPT = readFileSync(new URL('./debian-test-script.sh', import.meta.url), 'utf8')
 
 /** First Debian boot under TCG is ~70 s on an idle host; several VMs on 2 busy cores take much longer. */
 export const DEBIAN_BOOT_TIMEOUT_MS = 900_000
