@@ -1,12 +1,12 @@
 import { rm } from 'node:fs/promises'
 import type { VmInfo, VmProvider } from '../providers/vm-provider.js'
-import { getCurrentProcessIdentity, getProcessStartUnixMs, isPidAlive, isProcessAlive } from '../util/process-info.js'
+import { getCurrentProcessIdentity, isProcessAlive } from '../util/process-info.js'
 import { getStateDir } from '../util/state-dir.js'
 import { scaleTimeout, withTimeout } from '../util/timeouts.js'
 import { formatDuration } from './duration.js'
 import { FileLeaseStore } from './file-lease-store.js'
 import { isSameOwner, type LeaseEntry, type LeaseStore } from './lease-store.js'
-import { matchesSweepPrefix, parsePytestWorkerName, SWEEP_PREFIXES } from './naming.js'
+import { judgeRunnerName, matchesSweepPrefix, SWEEP_PREFIXES } from './naming.js'
 import { findOrphanedMarkers, reapOwner } from './reaper.js'
 
 /** One health check of an idle warm VM (`true` over exec). Scaled. */
@@ -18,8 +18,6 @@ export const GC_DELETE_TIMEOUT_MS = 120_000
  * re-registers them. gc keeps such VMs this long rather than risk deleting one a live run still uses.
  */
 export const RECOVERED_LEASE_GRACE_MS = 10 * 60_000
-/** `pytest-worker-<pid>-<unix seconds>`: the name is made after the worker started; allow for the whole-second rounding of both clocks. */
-const PYTEST_START_SLACK_MS = 2_000
 
 export interface GcOptions {
   provider: VmProvider
@@ -187,15 +185,8 @@ function decide(info: VmInfo, entry: LeaseEntry | undefined, now: number, option
     }
     return remove(`holder pid ${entry.owner.pid} is gone (${entry.state}, run ${entry.runId})`)
   }
-  const pytest = parsePytestWorkerName(name)
-  if (pytest) {
-    if (!isPidAlive(pytest.pid)) return remove(`pytest worker pid ${pytest.pid} is gone`)
-    const started = getProcessStartUnixMs(pytest.pid)
-    if (started !== null && started > pytest.createdAtMs + PYTEST_START_SLACK_MS) {
-      return remove(`pid ${pytest.pid} is alive but started after the VM was named: the pid was reused`)
-    }
-    return keep(`pytest worker pid ${pytest.pid} is alive`)
-  }
+  const runner = judgeRunnerName(name)
+  if (runner) return runner.alive ? keep(runner.reason) : remove(runner.reason)
   return remove('no lease: no live vm-pool process holds it')
 }
 

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
-import { invalidOptions } from '../errors.js'
+import { VmPoolError, invalidOptions } from '../errors.js'
+import { getProcessStartUnixMs, isPidAlive } from '../util/process-info.js'
 import { validateVmName } from '../util/vm-name.js'
 
 /**
@@ -9,8 +10,10 @@ import { validateVmName } from '../util/vm-name.js'
 export const WORKER_PREFIX = 'vitest-worker'
 export const FRESH_PREFIX = 'vitest-fresh'
 export const WORKFLOW_PREFIX = 'vm-pool-wf'
-/** seed 003: `pytest-worker-<pid>-<unix time>`, judged by that pid and time. */
+/** Other runners' worker VMs (the pytest plugin in python/): `pytest-worker-<pid>-<unix time>`, judged by that pid and time. */
 export const PYTEST_WORKER_PREFIX = 'pytest-worker'
+/** `pytest-worker-<pid>-<unix seconds>`: the name is made after the worker started; allow for the whole-second rounding of both clocks. */
+export const PYTEST_START_SLACK_MS = 2_000
 
 /** Name prefixes `vm-pool gc` sweeps by default (each followed by `-`). */
 export const SWEEP_PREFIXES: readonly string[] = Object.freeze([WORKER_PREFIX, FRESH_PREFIX, WORKFLOW_PREFIX, PYTEST_WORKER_PREFIX, 'test-vm'])
@@ -73,4 +76,52 @@ export function parsePytestWorkerName(name: string): PytestWorkerName | null {
   const match = /^pytest-worker-(\d{1,10})-(\d{9,11})$/.exec(name)
   if (!match) return null
   return { pid: Number(match[1]), createdAtMs: Number(match[2]) * 1000 }
+}
+
+/** The name of a pytest worker's VM: `pytest-worker-<pid>-<unix seconds>`, the pid of the worker process. */
+export function makePytestWorkerName(pid: number, unixSeconds: number): string {
+  return validateVmName(`${PYTEST_WORKER_PREFIX}-${pid}-${unixSeconds}`)
+}
+
+export interface RunnerNameVerdict {
+  /** True while the process the name carries is the one that named the VM. */
+  alive: boolean
+  reason: string
+}
+
+/**
+ * A VM name that carries its runner's pid and time (`pytest-worker-<pid>-<unix time>`) is judged by them
+ * when no lease knows the VM: alive while that pid runs *and* started before that time (a later start
+ * means the pid was reused). `null` for other names. `vm-pool gc` decides with this, and the pool refuses
+ * to boot a VM under such a name that this would already call dead, so both always agree.
+ */
+export function judgeRunnerName(name: string): RunnerNameVerdict | null {
+  const pytest = parsePytestWorkerName(name)
+  if (!pytest) return null
+  if (!isPidAlive(pytest.pid)) return { alive: false, reason: `pytest worker pid ${pytest.pid} is gone` }
+  const started = getProcessStartUnixMs(pytest.pid)
+  if (started !== null && started > pytest.createdAtMs + PYTEST_START_SLACK_MS) {
+    return { alive: false, reason: `pid ${pytest.pid} is alive but started after the VM was named: the pid was reused` }
+  }
+  return { alive: true, reason: `pytest worker pid ${pytest.pid} is alive` }
+}
+
+/**
+ * An explicit name for a VM the pool boots (`acquire(key, { name })`): a valid VM name, and one that
+ * `vm-pool gc` would not already judge dead by the pid and time it carries.
+ */
+export function validateExplicitName(name: string, provider?: string): string {
+  validateVmName(name, provider)
+  const verdict = judgeRunnerName(name)
+  if (verdict && !verdict.alive) {
+    throw new VmPoolError({
+      code: 'VMPOOL_INVALID_NAME',
+      provider,
+      operation: 'acquire',
+      vm: name,
+      message: `refusing the name ${name}: ${verdict.reason}, so \`vm-pool gc\` would delete the VM as soon as its lease is gone`,
+      hint: 'name it after the live runner process: pytest-worker-<its pid>-<unix time now>',
+    })
+  }
+  return name
 }

@@ -10,7 +10,7 @@ import { scaleTimeout, withTimeout } from '../util/timeouts.js'
 import { validateVmName } from '../util/vm-name.js'
 import { FileLeaseStore } from './file-lease-store.js'
 import { isSameOwner, type LeaseEntry, type LeaseKind, type LeaseStore, type LeaseTable } from './lease-store.js'
-import { generateRunId, getFreshPrefix, makeVmName, normalizeLeaseKey, validatePrefix, validateRunId, WORKER_PREFIX } from './naming.js'
+import { generateRunId, getFreshPrefix, makeVmName, normalizeLeaseKey, validateExplicitName, validatePrefix, validateRunId, WORKER_PREFIX } from './naming.js'
 import { ReaperHandle } from './reaper.js'
 import { getSpecHash, type PoolVmSpec } from './spec-hash.js'
 import { vmSpecSchema } from '../config/vm-spec-schema.js'
@@ -130,8 +130,19 @@ export interface ReleaseOptions {
   discard?: boolean
 }
 
+export interface AcquireOptions {
+  /**
+   * The name of a VM booted for this key, instead of `<prefix>-<runId>-<key>` (e.g. the pytest plugin's
+   * `pytest-worker-<pid>-<unix time>`). Reserved like any other name; a taken name fails with
+   * `VMPOOL_CREATE_FAILED`. An adopted warm VM keeps the name it was booted with; a key already held
+   * returns its VM whatever the name. A name carrying a pid and time must name a live process (see
+   * `judgeRunnerName` in pool/naming.ts). @default `<prefix>-<runId>-<key>`
+   */
+  name?: string
+}
+
 export interface VmLease extends AsyncDisposable {
-  /** Connected in this process. Hand `vm.record` to another process to reach the same VM there. */
+  /** Connected in this process. Hand `vm.record` to another process to reach the same VM there. A new connection after `reset()`. */
   readonly vm: Vm
   readonly name: string
   readonly key: string
@@ -139,6 +150,12 @@ export interface VmLease extends AsyncDisposable {
   readonly adopted: boolean
   /** Give it back: idle (keepWarm) or deleted, once the last holder of this key released it. Idempotent. */
   release(options?: ReleaseOptions): Promise<void>
+  /**
+   * Put the VM back to the provider's clean saved state (`provider.reset`, e.g. qemu's snapshot) and keep
+   * holding it under the same name; `vm` is a new connection afterwards (the lease entry gets the new record).
+   * A provider without `reset` fails with `VMPOOL_INVALID_OPTIONS`.
+   */
+  reset(): Promise<void>
 }
 
 /** A throwaway VM: deleted on dispose (`await using vm = await pool.fresh()`), on `drain()`, or by the reaper. */
@@ -164,8 +181,8 @@ export interface VmPool {
   readonly store: LeaseStore
   /** The watchdog's pid once one runs (after the first VM), for diagnostics. */
   readonly reaperPid: number | undefined
-  /** The VM for `key`: the same one while held; adopts an idle warm VM with the same spec, else boots one. */
-  acquire(key: string | number): Promise<VmLease>
+  /** The VM for `key`: the same one while held; adopts an idle warm VM with the same spec, else boots one (named `options.name` if given). */
+  acquire(key: string | number, options?: AcquireOptions): Promise<VmLease>
   /** A new VM that is always deleted. `spec` is merged over the pool's; a `name` is used as is (it must be free). */
   fresh(spec?: PoolVmSpec & { name?: string }): Promise<FreshVm>
   /** Hand back every lease (idle with keepWarm, else deleted), delete fresh VMs, stop the watchdog. The pool is closed afterwards. */
@@ -272,15 +289,16 @@ class LeasedVmPool implements VmPool {
     return this.#reaperHandle?.pid
   }
 
-  async acquire(key: string | number): Promise<VmLease> {
+  async acquire(key: string | number, options: AcquireOptions = {}): Promise<VmLease> {
     this.#assertOpen('acquire')
     const k = normalizeLeaseKey(key)
+    const name = options.name === undefined ? undefined : validateExplicitName(options.name, this.#provider.name)
     let slot = this.#slots.get(k)
     if (slot) {
       slot.refs++
       this.#counters.reused++
     } else {
-      slot = { refs: 1, promise: this.#track(this.#obtain(k)) }
+      slot = { refs: 1, promise: this.#track(this.#obtain(k, name)) }
       this.#slots.set(k, slot)
       const created = slot
       created.promise.catch(() => {
@@ -359,13 +377,38 @@ class LeasedVmPool implements VmPool {
       await this.#giveBack(held, options.discard === true)
     }
     return {
-      vm: held.vm,
+      // A getter: reset() replaces the connection of every lease on this key.
+      get vm() {
+        return held.vm
+      },
       name: held.name,
       key,
       adopted: held.adopted,
       release,
+      reset: async () => {
+        if (released) throw this.#closedError('reset')
+        await this.#resetHeld(held)
+      },
       [Symbol.asyncDispose]: () => release(),
     }
+  }
+
+  /** The VM restored to the provider's saved state under its name: new record in the lease entry, new connection. */
+  async #resetHeld(held: Held): Promise<void> {
+    if (typeof this.#provider.reset !== 'function') {
+      throw invalidOptions(`${this.#provider.name} cannot reset a VM to a snapshot`, { operation: 'reset', provider: this.#provider.name, vm: held.name, hint: 'use the qemu provider with snapshots on (its default), or reset with a shell line' })
+    }
+    await held.vm.close?.().catch(() => {})
+    const record = await this.#provider.reset(held.name)
+    await this.#update((table, now) => {
+      const entry = table[held.name]
+      if (entry && isSameOwner(entry.owner, this.#me)) {
+        entry.record = record
+        entry.updatedAt = new Date(now).toISOString()
+        this.#held.set(held.name, structuredClone(entry))
+      }
+    })
+    held.vm = await this.#provider.connect(record)
   }
 
   #makeFreshVm(held: Held): FreshVm {
@@ -401,7 +444,7 @@ class LeasedVmPool implements VmPool {
   }
 
   /** An idle warm VM with our spec, else a new one. */
-  async #obtain(key: string): Promise<Held> {
+  async #obtain(key: string, name: string | undefined): Promise<Held> {
     await this.#ensureReaper()
     for (;;) {
       const entry = await this.#update((table, now) => {
@@ -424,6 +467,7 @@ class LeasedVmPool implements VmPool {
         return held
       }
     }
+    if (name !== undefined) return this.#create('slot', name, this.options.spec, key, true)
     return this.#create('slot', makeVmName(this.options.prefix, this.runId, key), this.options.spec, key, false)
   }
 
