@@ -13,6 +13,7 @@ const COMMAND_SUMMARIES: Record<string, string> = {
   warm: 'boot idle VMs ahead of time for later runs to adopt',
   image: 'build the default QEMU guest image',
   doctor: 'say which providers are usable here, and why not',
+  protocol: 'serve the pool to another test runner (pytest, ...) as JSON lines on stdio',
 }
 
 function getVersion(): string {

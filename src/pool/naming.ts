@@ -14,9 +14,13 @@ export const WORKFLOW_PREFIX = 'vm-pool-wf'
 export const PYTEST_WORKER_PREFIX = 'pytest-worker'
 /** `pytest-worker-<pid>-<unix seconds>`: the name is made after the worker started; allow for the whole-second rounding of both clocks. */
 export const PYTEST_START_SLACK_MS = 2_000
+/** The pytest plugin's `fresh_vm` VMs: `pytest-fresh-<runId>-<n>`. */
+export const PYTEST_FRESH_PREFIX = 'pytest-fresh'
+/** VMs a `vm-pool protocol` client leases without naming them: `vm-pool-runner-<runId>-<key or n>`. */
+export const RUNNER_PREFIX = 'vm-pool-runner'
 
 /** Name prefixes `vm-pool gc` sweeps by default (each followed by `-`). */
-export const SWEEP_PREFIXES: readonly string[] = Object.freeze([WORKER_PREFIX, FRESH_PREFIX, WORKFLOW_PREFIX, PYTEST_WORKER_PREFIX, 'test-vm'])
+export const SWEEP_PREFIXES: readonly string[] = Object.freeze([WORKER_PREFIX, FRESH_PREFIX, WORKFLOW_PREFIX, PYTEST_WORKER_PREFIX, PYTEST_FRESH_PREFIX, RUNNER_PREFIX, 'test-vm'])
 
 const PREFIX_PATTERN = /^[a-z0-9][a-z0-9-]{0,39}$/
 const RUN_ID_PATTERN = /^[a-z0-9]{1,16}$/

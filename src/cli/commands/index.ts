@@ -8,4 +8,5 @@ export const commands: Record<string, () => Promise<CliCommand>> = {
   run: async () => (await import('./run.js')).runCommand,
   image: async () => (await import('./image.js')).imageCommand,
   doctor: async () => (await import('./doctor.js')).doctorCommand,
+  protocol: async () => (await import('./protocol.js')).protocolCommand,
 }
