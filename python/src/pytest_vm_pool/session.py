@@ -105,6 +105,11 @@ class VmPoolSession:
         return self._client is not None
 
     @property
+    def helper_pid(self) -> Optional[int]:
+        """The pid of this process's ``vm-pool protocol`` helper, once started."""
+        return self._client.pid if self._client is not None else None
+
+    @property
     def failure(self) -> Optional[VmPoolError]:
         return self._failure
 
