@@ -105,13 +105,14 @@ export interface TestRecord {
 /** `node dist/cli/main.js`, quoted for the plugin's shell-like split of VM_POOL_HELPER. */
 export const HELPER_COMMAND = `'${process.execPath}' '${CLI}'`
 
+/** `project`: a folder name under fixtures/ without its `pytest-` prefix, or an absolute path (copied either way). */
 export async function runPytest(project: string, options: PytestRunOptions): Promise<PytestRun> {
   const site = await installPlugin(options.python)
-  const dir = mkdtempSync(join(tmpdir(), `vm-pool-pytest-${project}-`))
+  const dir = mkdtempSync(join(tmpdir(), `vm-pool-pytest-${project.startsWith('/') ? 'project' : project}-`))
   // Call runPytest inside a test: its files go when the test ends (a kill test's reaper may still be reading them before).
   onTestFinished(() => rmSync(dir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 }))
   const projectDir = join(dir, 'project')
-  cpSync(join(FIXTURES, `pytest-${project}`), projectDir, { recursive: true })
+  cpSync(project.startsWith('/') ? project : join(FIXTURES, `pytest-${project}`), projectDir, { recursive: true })
   const stateDir = options.stateDir ?? join(dir, 'state')
   const resultsDir = join(dir, 'results')
   mkdirSync(resultsDir, { recursive: true })

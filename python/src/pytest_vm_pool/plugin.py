@@ -113,7 +113,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         _preflight(session.config, keep=False)
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: List[pytest.Item]) -> None:
+    # trylast: after -k / -m deselection, so only the tests that will run count.
     if _is_xdist_worker(config) or _is_xdist_controller(config):
         return
     if any(VM_FIXTURES.intersection(getattr(item, "fixturenames", ())) for item in items):
