@@ -61,7 +61,8 @@ def test_keep_warm_off_and_defaults(pytester, monkeypatch):
     assert settings.pool() == {"freshPrefix": "pytest-fresh"}
 
 
-def test_bad_values_are_one_usage_error_line(pytester):
+def test_bad_values_are_one_usage_error_line(pytester, monkeypatch):
+    monkeypatch.delenv("VM_POOL_PROVIDER_OPTIONS", raising=False)
     result = pytester.runpytest("--vm-pool-keep-warm=banana")
     assert result.ret == 4
     result.stderr.fnmatch_lines(["ERROR: vm-pool: --vm-pool-keep-warm must be a duration like 90s, 30m or 2h, got 'banana'"])
