@@ -7,7 +7,7 @@ import type { VmProvider } from './vm-provider.js'
  * choosing `fake` never loads ssh2.
  */
 const factories: Record<string, (options: unknown) => Promise<VmProvider>> = {
-  qemu: async (options) => (await import('./qemu-provider.js')).qemuProvider(options as never),
+  qemu: async (options) => (await import('./qemu/qemu-provider.js')).qemuProvider(options as never),
   fake: async (options) => (await import('./fake-provider.js')).fakeProvider(options as never),
   multipass: async (options) => (await import('./multipass-provider.js')).multipassProvider(options as never),
   orbstack: async (options) => (await import('./orbstack-provider.js')).orbstackProvider(options as never),

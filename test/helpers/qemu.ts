@@ -5,16 +5,41 @@
  * with a throwaway state dir (the built image is still found in the shared image dir) and deletes
  * every VM created in it afterwards, even when tests failed.
  */
-import { accessSync, constants, existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { accessSync, constants, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { delimiter, join } from 'node:path'
-import { qemuProvider, type QemuProvider, type QemuProviderOptions } from '../../src/providers/qemu-provider.js'
+import { qemuProvider, type QemuProvider } from '../../src/providers/qemu/qemu-provider.js'
+import type { QemuProviderOptions } from '../../src/providers/qemu/qemu-provider-options.js'
 import { DEFAULT_IMAGE_NAME, getImageDir, IMAGE_MANIFEST_FILE } from '../../src/providers/qemu/qemu-image.js'
+import { isPidAlive } from '../../src/util/process-info.js'
 
 /** Time a test allows for one `create` (a TCG boot, several at once on 2 cores). */
 export const QEMU_TEST_CREATE_TIMEOUT_MS = 150_000
 
-function findOnPath(binary: string): string | undefined {
+/** Live (not zombie) processes whose argv passes `match`: read from /proc here, independently of the provider's own scan. */
+export function livePidsWhere(match: (argv: string[]) => boolean): number[] {
+  const pids: number[] = []
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue
+    try {
+      const argv = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0')
+      if (match(argv) && isPidAlive(Number(entry))) pids.push(Number(entry))
+    } catch {
+      // exited while we looked
+    }
+  }
+  return pids
+}
+
+/** Pids of QEMU processes started for VM `name` (matched by `-name vm-pool-<name>` in their command line). */
+export function qemuPidsFor(name: string): number[] {
+  return livePidsWhere((argv) => {
+    const at = argv.indexOf('-name')
+    return at >= 0 && argv[at + 1] === `vm-pool-${name}`
+  })
+}
+
+export function findOnPath(binary: string): string | undefined {
   for (const dir of (process.env.PATH ?? '').split(delimiter).filter(Boolean)) {
     try {
       accessSync(join(dir, binary), constants.X_OK)

@@ -1,6 +1,7 @@
 /**
  * Real QEMU VMs: isolation between concurrent VMs, a VM killed behind the provider's back, host key
- * pinning, and boots that cannot succeed (a garbage initrd; a guest that never starts SSH).
+ * pinning, how a person reaches and removes a kept VM (`describe`), and boots that cannot succeed
+ * (a garbage initrd; a guest that never starts SSH).
  * Two VMs are booted for the whole file and reused; the broken boots cost a few seconds each.
  */
 import { spawnSync } from 'node:child_process'
@@ -9,30 +10,15 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
-import type { QemuVm } from '../../src/providers/qemu-provider.js'
+import type { QemuVm } from '../../src/providers/qemu/qemu-vm.js'
 import { DEFAULT_IMAGE_NAME, getImageDir, loadImage } from '../../src/providers/qemu/qemu-image.js'
 import type { VmRecord } from '../../src/providers/vm-provider.js'
 import { generateSshKeyPair } from '../../src/transport/ssh-keys.js'
 import { isPidAlive } from '../../src/util/process-info.js'
-import { getQemuSkipReason, QEMU_TEST_CREATE_TIMEOUT_MS, useQemuTestProvider, type QemuTestProvider } from '../helpers/qemu.js'
+import { scaleTimeout } from '../../src/util/timeouts.js'
+import { getQemuSkipReason, QEMU_TEST_CREATE_TIMEOUT_MS, qemuPidsFor, useQemuTestProvider, type QemuTestProvider } from '../helpers/qemu.js'
 
 const skipReason = getQemuSkipReason()
-
-/** Pids of QEMU processes started for VM `name` (matched by `-name vm-pool-<name>` in their command line). */
-function qemuPidsFor(name: string): number[] {
-  const pids: number[] = []
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      const argv = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0')
-      const at = argv.indexOf('-name')
-      if (at >= 0 && argv[at + 1] === `vm-pool-${name}` && isPidAlive(Number(entry))) pids.push(Number(entry))
-    } catch {
-      // exited while we looked
-    }
-  }
-  return pids
-}
 
 describe.skipIf(Boolean(skipReason))('qemu provider with real VMs', () => {
   let qemu: QemuTestProvider
@@ -95,10 +81,42 @@ describe.skipIf(Boolean(skipReason))('qemu provider with real VMs', () => {
     // The other VM is unaffected.
     expect((await vms[0]!.exec('echo alive')).stdout).toBe('alive\n')
   })
+
+  test('describe: its ssh line gets a shell with the pinned host key and no key contents; its remove line deletes that VM alone', async () => {
+    const [name, record] = [names[0]!, records[0]!]
+    const help = qemu.provider.describe(record)
+    const keyPath = String(record.data.keyPath)
+    expect(help.reach).toContain(keyPath)
+    expect(`${help.reach}\n${help.remove}`).not.toContain(readFileSync(keyPath, 'utf8').split('\n')[1]!)
+    const ssh = (line: string) => spawnSync('sh', ['-c', `${line} 'hostname; echo reached'`], { encoding: 'utf8', timeout: 60_000, stdio: ['ignore', 'pipe', 'pipe'] })
+    const reached = ssh(help.reach)
+    expect(reached.status, reached.stderr).toBe(0)
+    expect(reached.stdout).toBe(`${name}\nreached\n`)
+    expect(reached.stderr).toBe('')
+    // The host key is really checked: the same line against a known_hosts file with another key is refused.
+    const forged = join(mkdtempSync(join(tmpdir(), 'vmp-kh-')), 'known_hosts')
+    writeFileSync(forged, `vm-pool-${name} ${generateSshKeyPair().publicKey}\n`)
+    const refused = ssh(help.reach.replace(join(String(record.data.vmDir), 'known_hosts'), forged))
+    expect(refused.status).not.toBe(0)
+    expect(refused.stderr).toMatch(/Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED/)
+    rmSync(forged, { force: true })
+
+    await vms[0]!.close()
+    const pid = record.data.pid as number
+    const removed = spawnSync('sh', ['-c', help.remove], { encoding: 'utf8' })
+    expect(removed.status, removed.stderr).toBe(0)
+    for (let i = 0; i < 100 && isPidAlive(pid); i++) await new Promise((resolve) => setTimeout(resolve, 100))
+    expect(isPidAlive(pid)).toBe(false)
+    expect(qemuPidsFor(name)).toEqual([])
+    expect(existsSync(String(record.data.vmDir))).toBe(false)
+    expect((await qemu.provider.list()).some((info) => info.name === name)).toBe(false)
+  }, 90_000)
 })
 
 describe.skipIf(Boolean(skipReason))('qemu boots that cannot succeed', () => {
   const imageDir = mkdtempSync(join(tmpdir(), 'vmp-img-'))
+  // 12 s on a quiet machine; scaled like every boot wait, since a loaded machine's TCG kernel may not print a line in 12 s.
+  const bootTimeoutMs = scaleTimeout(12_000)
   let qemu: QemuTestProvider
 
   /** A copy of the built image's manifest and key, with the given initrd. */
@@ -113,7 +131,7 @@ describe.skipIf(Boolean(skipReason))('qemu boots that cannot succeed', () => {
   }
 
   beforeAll(async () => {
-    qemu = useQemuTestProvider({ imageDir, bootTimeoutMs: 12_000 })
+    qemu = useQemuTestProvider({ imageDir, bootTimeoutMs })
     await makeImage('garbage', Buffer.from('this is not a cpio archive, it is garbage\n'.repeat(1000)))
     // A valid initramfs whose /init never starts an SSH server (and prints the boot marker, so SSH is tried).
     const root = join(imageDir, 'silent-root')
@@ -137,20 +155,20 @@ describe.skipIf(Boolean(skipReason))('qemu boots that cannot succeed', () => {
     expect(isVmPoolError(error, 'VMPOOL_CREATE_FAILED')).toBe(true)
     expect((error as Error).message).toMatch(/QEMU exited while the guest was booting/)
     expect((error as Error).message).toMatch(/Kernel panic|Unable to mount root/)
-    expect(performance.now() - started).toBeLessThan(12_000)
+    expect(performance.now() - started).toBeLessThan(bootTimeoutMs)
     expect(qemuPidsFor(name)).toEqual([])
     expect(await qemu.provider.list()).toEqual([])
-  }, 60_000)
+  }, 60_000 + bootTimeoutMs)
 
   test('a guest that never answers SSH fails with VMPOOL_BOOT_TIMEOUT, is killed, and leaves nothing', async () => {
     const name = `test-qemu-silent-${process.pid}`
     const error = await qemu.provider.create({ name, image: 'silent' }).catch((e: unknown) => e)
     expect(isVmPoolError(error, 'VMPOOL_BOOT_TIMEOUT')).toBe(true)
-    expect((error as Error).message).toMatch(/timed out after 12000 ms waiting for SSH on 127\.0\.0\.1:\d+ \(BOOT_TIMEOUT_MS/)
+    expect((error as Error).message).toMatch(new RegExp(`timed out after ${bootTimeoutMs} ms waiting for SSH on 127\\.0\\.0\\.1:\\d+ \\(BOOT_TIMEOUT_MS`))
     expect((error as Error).message).toContain('guest network up (not really)')
     expect(qemuPidsFor(name)).toEqual([])
     expect(await qemu.provider.list()).toEqual([])
-  }, 90_000)
+  }, 60_000 + 2 * bootTimeoutMs)
 
   test('a missing image names the command that builds it', async () => {
     const error = await qemu.provider.create({ name: `test-qemu-noimage-${process.pid}`, image: 'minimal' }).catch((e: unknown) => e)

@@ -2,8 +2,8 @@
  * Snapshot-restored QEMU VMs (`snapshot: 'auto'`, the default) on their own snapshot dir: the first
  * creates (one here, one in another process at the same time) share one template boot; restored VMs
  * are independent of each other and of the snapshot, answer exec with their own identity, reset to
- * the snapshot, and are deleted cleanly; a snapshot with a foreign key or a corrupt state file is
- * rebuilt, never used. QEMU time: three template boots (first build + two rebuilds) and a few restores.
+ * the snapshot, and are deleted cleanly; a restore that only ran out of time keeps the snapshot; a
+ * snapshot with a foreign key or a corrupt state file is rebuilt, never used. QEMU time: three template boots (first build + two rebuilds) and a few restores.
  * (The shared provider contract already runs on restored VMs: test/contract/qemu-provider.test.ts uses the default.)
  */
 import { spawn } from 'node:child_process'
@@ -12,12 +12,13 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { ensureDistBuilt } from '../../fixtures/pool/harness.js'
-import type { QemuVm } from '../../src/providers/qemu-provider.js'
+import { isVmPoolError } from '../../src/errors.js'
+import type { QemuVm } from '../../src/providers/qemu/qemu-vm.js'
 import { SNAPSHOT_MANIFEST_FILE } from '../../src/providers/qemu/qemu-snapshot.js'
 import type { VmRecord } from '../../src/providers/vm-provider.js'
 // Zombie-aware: a killed, daemonized QEMU may stay a zombie where PID 1 does not reap.
 import { isPidAlive } from '../../src/util/process-info.js'
-import { getQemuSkipReason, QEMU_TEST_CREATE_TIMEOUT_MS, useQemuTestProvider, type QemuTestProvider } from '../helpers/qemu.js'
+import { getQemuSkipReason, QEMU_TEST_CREATE_TIMEOUT_MS, qemuPidsFor, useQemuTestProvider, type QemuTestProvider } from '../helpers/qemu.js'
 
 const skipReason = getQemuSkipReason()
 /** A first create waits for a template boot (or for the other process's) and then restores. */
@@ -136,6 +137,25 @@ describe.skipIf(Boolean(skipReason))('qemu snapshot restore', () => {
     }
     expect((await qemu.provider.list()).map((info) => info.name)).toEqual(['snap-base'])
   }, 60_000)
+
+  test('a restore that runs out of time (a busy machine) fails with VMPOOL_BOOT_TIMEOUT and keeps the snapshot: the next create restores from it', async () => {
+    const before = manifest()
+    // 50 ms: no restore finishes in that time, so the restore itself times out, as a slow one on a busy CI machine does.
+    const impatient = useQemuTestProvider({ snapshotDir, bootTimeoutMs: 50 })
+    try {
+      const error = await impatient.provider.create({ name: 'snap-impatient' }).catch((e: unknown) => e)
+      expect(isVmPoolError(error, 'VMPOOL_BOOT_TIMEOUT'), String(error)).toBe(true)
+      expect(await impatient.provider.list()).toEqual([])
+      expect(qemuPidsFor('snap-impatient')).toEqual([])
+    } finally {
+      await impatient.cleanup()
+    }
+    expect(manifest()).toEqual(before)
+    expect(stateFiles()).toEqual([before.stateFile])
+    const vm = await create('snap-after-timeout')
+    expect(records.get('snap-after-timeout')!.data.restoredFrom).toBe(before.id)
+    expect((await vm.exec('hostname')).stdout).toBe('snap-after-timeout\n')
+  }, QEMU_TEST_CREATE_TIMEOUT_MS)
 
   test('a snapshot whose key does not match (another image or machine) is deleted and rebuilt, not used', async () => {
     const old = manifest()

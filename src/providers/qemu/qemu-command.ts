@@ -4,6 +4,9 @@ import type { ResolvedImage } from './qemu-image.js'
 
 export type QemuAccel = 'kvm' | 'tcg'
 
+/** `-name` of every QEMU this provider starts is `vm-pool-<instance name>`: how `ps` and the leak scan find them. */
+export const QEMU_NAME_PREFIX = 'vm-pool-'
+
 /**
  * Everything that defines the emulated machine. A VM restored from a saved state must be started
  * with exactly the same machine options (QEMU refuses or corrupts a migration otherwise), so they
@@ -65,7 +68,7 @@ export function buildMachineArgs(machine: QemuMachine): string[] {
 
 export function buildQemuArgs(machine: QemuMachine, instance: QemuInstance): string[] {
   const args = [
-    '-name', `vm-pool-${instance.name}`,
+    '-name', `${QEMU_NAME_PREFIX}${instance.name}`,
     ...buildMachineArgs(machine),
     '-netdev', `user,id=net0,hostfwd=tcp:127.0.0.1:${instance.sshPort}-:22`,
     '-serial', `file:${instance.serialLog}`,

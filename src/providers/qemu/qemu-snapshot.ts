@@ -202,8 +202,9 @@ async function ensureSnapshotOnce(slot: SnapshotSlot, build: SnapshotBuilder): P
 }
 
 /**
- * A restore from snapshot `id` failed (QEMU rejected the state, or the guest never answered): delete
- * it so the next create rebuilds it — unless someone already replaced it with another build.
+ * A restore from snapshot `id` proved it broken (QEMU rejected the state, or the guest was not right
+ * after loading; a timeout proves nothing): delete it so the next create rebuilds it — unless someone
+ * already replaced it with another build.
  */
 export async function invalidateSnapshot(slot: SnapshotSlot, id: string, reason: string): Promise<void> {
   await withSlotLock(slot, async () => {
@@ -276,10 +277,11 @@ export async function saveGuestState(qmpSocket: string, file: string): Promise<v
 /**
  * A QEMU started with `-incoming` loads the saved guest, which was stopped when it was saved, so it
  * stays paused afterwards. `cont` sent while QEMU still loads (status `inmigrate`) is lost and the
- * guest never runs: poll `query-status` until the load is over, then `cont`. Throws when QEMU exits
- * (it rejected the state) or `deadline` passes.
+ * guest never runs: poll `query-status` until the load is over, then `cont`. Throws
+ * VMPOOL_SNAPSHOT_INVALID when QEMU exits (it rejected the state) or reports a wrong state, and
+ * VMPOOL_BOOT_TIMEOUT (`timeoutName`) when `deadline` passes first: a slow load is no proof of a broken one.
  */
-export async function resumeRestoredGuest(options: { qmpSocket: string; identity: ProcessIdentity; deadline: number; vm: string }): Promise<void> {
+export async function resumeRestoredGuest(options: { qmpSocket: string; identity: ProcessIdentity; deadline: number; timeoutName: string; timeoutMs: number; vm: string }): Promise<void> {
   let status = 'unknown'
   for (;;) {
     if (!isProcessAlive(options.identity)) {
@@ -300,7 +302,16 @@ export async function resumeRestoredGuest(options: { qmpSocket: string; identity
       throw new VmPoolError({ code: 'VMPOOL_SNAPSHOT_INVALID', provider: 'qemu', operation: 'create', vm: options.vm, message: `the restored guest is in state ${JSON.stringify(status)} instead of paused after loading` })
     }
     if (performance.now() > options.deadline) {
-      throw new VmPoolError({ code: 'VMPOOL_SNAPSHOT_INVALID', provider: 'qemu', operation: 'create', vm: options.vm, message: `QEMU was still loading the saved guest state when RESTORE_TIMEOUT_MS ran out (status ${status})` })
+      throw new VmPoolTimeoutError({
+        code: 'VMPOOL_BOOT_TIMEOUT',
+        provider: 'qemu',
+        operation: 'create',
+        vm: options.vm,
+        timeoutName: options.timeoutName,
+        timeoutMs: options.timeoutMs,
+        message: `QEMU was still loading the saved guest state when ${options.timeoutName} (${options.timeoutMs} ms) ran out (status ${status}); the snapshot is kept`,
+        hint: 'on a slow or busy machine set VM_POOL_TIMEOUT_SCALE=2 (or higher); the VM was killed',
+      })
     }
     await sleep(STATUS_POLL_INTERVAL_MS)
   }

@@ -1,0 +1,116 @@
+/**
+ * Waiting for a started guest to answer: the serial console's boot marker first (until then an SSH
+ * attempt only sits in QEMU's forwarder), then a first command over SSH. Fails fast when QEMU exits,
+ * and every failure shows the end of the guest's console.
+ */
+import { open, readFile } from 'node:fs/promises'
+import { VmPoolError, VmPoolTimeoutError, isVmPoolError } from '../../errors.js'
+import type { SshTransport } from '../../transport/ssh-transport.js'
+import { isProcessAlive } from '../../util/process-info.js'
+import { sleep } from '../../util/timeouts.js'
+import type { QemuProcessFile } from './qemu-vm-dir.js'
+
+/** Pause between boot checks. */
+const BOOT_POLL_INTERVAL_MS = 200
+/** Console lines shown in a boot error. */
+const SERIAL_TAIL_LINES = 25
+/** Bytes read from the end of the console log for those lines. */
+const SERIAL_TAIL_BYTES = 16_384
+
+export interface WaitForBootOptions {
+  vm: string
+  transport: SshTransport
+  identity: QemuProcessFile
+  serialLog: string
+  /** The name of the timeout that set `timeoutMs`, for the message (`BOOT_TIMEOUT_MS`, `RESTORE_TIMEOUT_MS`). */
+  timeoutName: string
+  timeoutMs: number
+  /** `performance.now()` when QEMU was started: the deadline counts from there. */
+  startedAt: number
+  /** Wait for this console line before trying SSH; undefined: try SSH at once (a restored guest is already up). */
+  bootMarker: string | undefined
+  /** Run until it exits 0: the guest is up. */
+  readyCommand: () => string
+  /** Appended to error messages, e.g. ` (the snapshot template in DIR)`. */
+  context?: string
+}
+
+/**
+ * Until a command runs in the guest. Throws VMPOOL_CREATE_FAILED when QEMU exits, VMPOOL_BOOT_TIMEOUT
+ * when `timeoutMs` runs out, and the SSH error at once when the guest answers with the wrong host key
+ * or refuses the key (waiting would not help).
+ */
+export async function waitForBoot(options: WaitForBootOptions): Promise<void> {
+  const { vm, transport, identity } = options
+  const deadline = options.startedAt + options.timeoutMs
+  let lastError: unknown
+  let markerSeen = options.bootMarker === undefined
+  while (performance.now() < deadline) {
+    if (!isProcessAlive(identity)) {
+      throw new VmPoolError({
+        code: 'VMPOOL_CREATE_FAILED',
+        provider: 'qemu',
+        operation: 'create',
+        vm,
+        message: `QEMU exited while the guest was booting${options.context ?? ''}; the guest's console ended with:\n${await readSerialTail(options.serialLog)}`,
+        hint: 'a kernel panic or a broken image: rebuild it with `vm-pool image build --force`',
+      })
+    }
+    if (!markerSeen) {
+      markerSeen = (await readFile(options.serialLog, 'utf8').catch(() => '')).includes(options.bootMarker!)
+      if (!markerSeen) {
+        await sleep(BOOT_POLL_INTERVAL_MS)
+        continue
+      }
+    }
+    try {
+      // An attempt may not outlast the boot deadline (the handshake timeout alone could).
+      const remainingMs = Math.max(1, deadline - performance.now())
+      const attempt = transport.exec(options.readyCommand())
+      let timer: NodeJS.Timeout | undefined
+      const expired = new Promise<undefined>((resolve) => (timer = setTimeout(resolve, remainingMs, undefined)))
+      const result = await Promise.race([attempt, expired]).finally(() => clearTimeout(timer))
+      if (result === undefined) {
+        attempt.catch(() => {})
+        await transport.close()
+        break
+      }
+      if (result.exitCode === 0) return
+      lastError = new Error(`the first command exited with ${result.exitCode}`)
+    } catch (error) {
+      if (isVmPoolError(error, 'VMPOOL_HOST_KEY_MISMATCH') || isVmPoolError(error, 'VMPOOL_AUTH_FAILED')) throw error
+      lastError = error
+    }
+    await sleep(BOOT_POLL_INTERVAL_MS)
+  }
+  throw new VmPoolTimeoutError({
+    code: 'VMPOOL_BOOT_TIMEOUT',
+    provider: 'qemu',
+    operation: 'create',
+    vm,
+    timeoutName: options.timeoutName,
+    timeoutMs: options.timeoutMs,
+    message: `timed out after ${options.timeoutMs} ms waiting for SSH on 127.0.0.1:${identity.port} (${options.timeoutName}, ${identity.accel})${options.context ?? ''}; last error: ${(lastError as Error | undefined)?.message ?? 'none'}; the guest's console ended with:\n${await readSerialTail(options.serialLog)}`,
+    hint: 'on a slow or busy machine set VM_POOL_TIMEOUT_SCALE=2 (or higher); the VM was killed',
+    cause: lastError,
+  })
+}
+
+/** The last SERIAL_TAIL_LINES non-empty console lines, indented for an error message. */
+export async function readSerialTail(serialLog: string): Promise<string> {
+  try {
+    const handle = await open(serialLog, 'r')
+    try {
+      const { size } = await handle.stat()
+      const length = Math.min(size, SERIAL_TAIL_BYTES)
+      const buffer = Buffer.alloc(length)
+      await handle.read(buffer, 0, length, size - length)
+      const lines = buffer.toString('utf8').replace(/\r/g, '').split('\n').filter((line) => line.trim() !== '')
+      return lines.length === 0 ? '  (no console output)' : lines.slice(-SERIAL_TAIL_LINES).map((line) => `  | ${line}`).join('\n')
+    } finally {
+      await handle.close()
+    }
+  } catch {
+    return '  (no console log)'
+  }
+}

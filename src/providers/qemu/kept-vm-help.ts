@@ -1,0 +1,39 @@
+import { existsSync } from 'node:fs'
+import { formatZodError } from '../../config/zod-error.js'
+import { invalidOptions } from '../../errors.js'
+import { quoteShellArg, toShellLine } from '../../transport/shell.js'
+import type { KeptVmHelp, VmRecord } from '../vm-provider.js'
+import { QEMU_NAME_PREFIX } from './qemu-command.js'
+import { QemuVmDir, qemuRecordDataSchema } from './qemu-vm-dir.js'
+
+/** An OpenSSH public key line (`ssh-ed25519 AAAA...`), which a known_hosts file can pin; a `SHA256:` fingerprint cannot be. */
+export function isPublicKeyLine(hostKey: string): boolean {
+  return /^(ssh-|ecdsa-|sk-)\S+ \S+/.test(hostKey.trim())
+}
+
+/** The alias a VM's host key is pinned under in its known_hosts file: stable when a reset moves the port. */
+export function getHostKeyAlias(name: string): string {
+  return `${QEMU_NAME_PREFIX}${name}`
+}
+
+/**
+ * How a person reaches a kept QEMU VM and deletes it alone. `reach`: an OpenSSH command with the VM's
+ * key file (by path, never its contents), its port and user on 127.0.0.1, checking the pinned host key
+ * (the VM dir's known_hosts) when there is one, else with host key checking off and quiet (the port is
+ * loopback and changes per VM). `remove`: stop that VM's QEMU by the pid QEMU wrote, only if that pid's
+ * command line still names this VM's pid file, then remove its dir.
+ */
+export function describeQemuVm(record: VmRecord): KeptVmHelp {
+  const parsed = qemuRecordDataSchema.safeParse(record.data)
+  if (!parsed.success) throw invalidOptions(`not a qemu VM record: ${formatZodError(parsed.error, record.data)}`, { provider: 'qemu', vm: record.name })
+  const data = parsed.data
+  const dir = new QemuVmDir(data.vmDir, record.name)
+  const knownHosts = dir.path('knownHosts')
+  const hostKeyOptions = existsSync(knownHosts)
+    ? ['-o', `HostKeyAlias=${getHostKeyAlias(record.name)}`, '-o', `UserKnownHostsFile=${knownHosts}`, '-o', 'StrictHostKeyChecking=yes']
+    : ['-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR']
+  const reach = toShellLine(['ssh', '-i', data.keyPath, '-p', String(data.port), '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', ...hostKeyOptions, `${data.username}@${data.host}`])
+  const pidFile = quoteShellArg(dir.path('pid'))
+  const remove = `pid=$(cat ${pidFile} 2>/dev/null) && grep -qF -- ${pidFile} "/proc/$pid/cmdline" 2>/dev/null && kill "$pid"; rm -rf -- ${quoteShellArg(dir.dir)}`
+  return { reach, remove }
+}
