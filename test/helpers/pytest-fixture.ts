@@ -69,6 +69,8 @@ export interface PytestRunOptions {
   env?: Record<string, string>
   /** Share a state dir with an earlier run (warm VMs); default: a new one. */
   stateDir?: string
+  /** `fake` (default: "VMs" are directories, 200 ms boots) or `qemu` (real VMs; the image is found in the shared image dir). */
+  provider?: 'fake' | 'qemu'
   /** Called once pytest runs, e.g. to signal it; the run ends when it exits. */
   onSpawn?: (child: ChildProcess, run: PytestRun) => void | Promise<void>
 }
@@ -124,8 +126,8 @@ export async function runPytest(project: string, options: PytestRunOptions): Pro
     PYTHONDONTWRITEBYTECODE: '1',
     NO_COLOR: '1',
     VM_POOL_HELPER: HELPER_COMMAND,
-    VM_POOL_PROVIDER: 'fake',
-    VM_POOL_PROVIDER_OPTIONS: JSON.stringify({ stateDir, bootDelayMs: 200 }),
+    VM_POOL_PROVIDER: options.provider ?? 'fake',
+    VM_POOL_PROVIDER_OPTIONS: JSON.stringify(options.provider === 'qemu' ? { stateDir } : { stateDir, bootDelayMs: 200 }),
     VM_POOL_E2E_RESULTS: resultsDir,
     ...options.env,
   })
