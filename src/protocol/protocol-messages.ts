@@ -75,6 +75,11 @@ const requestSchemas = {
       timeoutMs: z.number().int().positive().optional(),
       /** Send `stdout` / `stderr` events while the command runs. */
       stream: z.boolean().default(false),
+      /**
+       * `cancel` (and a drain) kill the command. Costs a small preamble per exec in the guest (two process
+       * starts, ~50 ms on an emulated QEMU guest), so it is opt-in; `timeoutMs` implies it.
+       */
+      cancellable: z.boolean().default(false),
     })
     .strict()
     .refine((value) => value.input === undefined || value.inputBase64 === undefined, { error: 'give input or inputBase64, not both' }),

@@ -1,8 +1,9 @@
 import { readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
-import { VmPoolError, isVmPoolError } from '../errors.js'
+import { VmPoolError } from '../errors.js'
 import { createDebug } from '../util/debug.js'
-import { BadRequest, parseRequest, type EventMessage, type RequestId, type ResponseMessage } from './protocol-messages.js'
+import { InflightRequests, toVmPoolError } from './inflight-requests.js'
+import { BadRequest, parseRequest, type EventMessage, type ResponseMessage } from './protocol-messages.js'
 import { ProtocolSession } from './protocol-session.js'
 import { RunnerWatch } from './runner-watch.js'
 
@@ -53,13 +54,7 @@ export async function serveProtocol(options: ServeProtocolOptions): Promise<numb
   watch.watch(options.parentPid ?? process.ppid)
   const session = new ProtocolSession({ env: options.env, version: getVersion(), onRunnerPid: (pid) => watch.watch(pid), warn: (message) => log(`[vm-pool] warning: ${message}`) })
 
-  const inflight = new Map<RequestId, { controller: AbortController; done: Promise<void> }>()
-  const answer = (id: RequestId | null, work: () => Promise<unknown>) =>
-    work().then(
-      (result) => write({ id, ok: true, result: result ?? {} }),
-      (error: unknown) => write({ id, ok: false, error: toVmPoolError(error).toJSON() }),
-    )
-
+  const inflight = new InflightRequests(write)
   const lines = createInterface({ input: options.input, crlfDelay: Number.POSITIVE_INFINITY })
   lines.on('line', (line) => {
     if (line.trim() === '') return
@@ -73,29 +68,24 @@ export async function serveProtocol(options: ServeProtocolOptions): Promise<numb
     }
     const { id } = request
     if (request.op === 'cancel') {
-      const target = inflight.get(request.params.target)
-      target?.controller.abort(new VmPoolError({ code: 'VMPOOL_EXEC_ABORTED', operation: 'cancel', message: `request ${request.params.target} was cancelled by the client` }))
-      void answer(id, async () => ({ cancelled: target !== undefined }))
+      const { target } = request.params
+      write({ id, ok: true, result: inflight.cancel(target, new VmPoolError({ code: 'VMPOOL_EXEC_ABORTED', operation: 'cancel', message: `request ${JSON.stringify(target)} was cancelled by the client` })) })
       return
     }
     if (inflight.has(id)) {
       write({ id, ok: false, error: new VmPoolError({ code: 'VMPOOL_INVALID_OPTIONS', operation: request.op, message: `request id ${JSON.stringify(id)} is already in flight`, hint: 'use a new id for every request' }).toJSON() })
       return
     }
-    if (request.op === 'drain') {
-      // Everything still running belongs to VMs the drain is about to hand back or delete.
-      for (const entry of inflight.values()) entry.controller.abort(new VmPoolError({ code: 'VMPOOL_EXEC_ABORTED', operation: 'drain', message: 'the client drained the pool while this request ran' }))
-    }
-    const controller = new AbortController()
-    const context = { id, signal: controller.signal, emit: (event: 'stdout' | 'stderr', data: string) => write({ id, event, data }) }
-    const done = answer(id, () => session.handle(request, context)).finally(() => inflight.delete(id))
-    inflight.set(id, { controller, done })
+    // Everything still running belongs to VMs the drain is about to hand back or delete.
+    if (request.op === 'drain') inflight.stopAll(new VmPoolError({ code: 'VMPOOL_EXEC_ABORTED', operation: 'drain', message: 'the client drained the pool while this request ran' }))
+    const cancellable = request.op === 'exec' && (request.params.cancellable || request.params.timeoutMs !== undefined)
+    inflight.start(id, cancellable, (signal) => session.handle(request, { id, signal, emit: (event, data) => write({ id, event, data }) }))
   })
   // A runner that closed stdin on purpose (a batch: `printf ... | vm-pool protocol`) gets the answers to what it
   // sent; one that died does not wait for them: the watch below stops the helper at once.
   lines.once('close', () => {
     if (!watch.isAlive()) return stop(`runner pid ${watch.pid} is gone`)
-    void Promise.allSettled([...inflight.values()].map((entry) => entry.done)).then(() => stop('stdin closed'))
+    void inflight.settled().then(() => stop('stdin closed'))
   })
   const onAbort = () => stop(`signal (${String(options.signal?.reason ?? 'aborted')})`)
   if (options.signal?.aborted) onAbort()
@@ -108,7 +98,7 @@ export async function serveProtocol(options: ServeProtocolOptions): Promise<numb
   let code = 0
   if (!session.drained) {
     // The runner went without draining: stop its commands, delete its VMs.
-    for (const { controller } of inflight.values()) controller.abort(new VmPoolError({ code: 'VMPOOL_EXEC_ABORTED', operation: 'protocol', message: `the helper is stopping: ${reason}` }))
+    inflight.stopAll(new VmPoolError({ code: 'VMPOOL_EXEC_ABORTED', operation: 'protocol', message: `the helper is stopping: ${reason}` }))
     log(`vm-pool protocol: ${reason} without a drain; deleting the VMs it held`)
   }
   try {
@@ -117,17 +107,12 @@ export async function serveProtocol(options: ServeProtocolOptions): Promise<numb
     code = 1
     log(toVmPoolError(error).message)
   }
-  await Promise.allSettled([...inflight.values()].map((entry) => entry.done))
+  await inflight.settled()
   lines.close()
   // A runner that died may leave its end of the pipe open in a child: do not wait for EOF that never comes.
   options.input.destroy?.()
   options.output.off('error', onOutputError)
   return code
-}
-
-function toVmPoolError(error: unknown): VmPoolError {
-  if (isVmPoolError(error)) return error
-  return new VmPoolError({ code: 'VMPOOL_INTERNAL', operation: 'protocol', message: error instanceof Error ? error.message : String(error), cause: error })
 }
 
 function getVersion(): string {

@@ -12,7 +12,8 @@ const debug = createDebug('vm-pool:protocol')
 /** What a request handler may do besides answering: stream output, notice a `cancel`. */
 export interface RequestContext {
   readonly id: RequestId
-  readonly signal: AbortSignal
+  /** Set for requests the client may cancel (an exec with `cancellable` or `timeoutMs`). */
+  readonly signal: AbortSignal | undefined
   emit(event: 'stdout' | 'stderr', data: string): void
 }
 
@@ -163,7 +164,7 @@ export class ProtocolSession {
       ...(params.env !== undefined ? { env: params.env } : {}),
       ...(params.timeoutMs !== undefined ? { timeoutMs: params.timeoutMs } : {}),
       ...(input !== undefined ? { input } : {}),
-      signal: context.signal,
+      ...(context.signal ? { signal: context.signal } : {}),
       ...(params.stream ? { onStdout: (chunk: string) => context.emit('stdout', chunk), onStderr: (chunk: string) => context.emit('stderr', chunk) } : {}),
     })
   }

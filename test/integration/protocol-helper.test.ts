@@ -170,18 +170,26 @@ describe('exec and files', () => {
     expect(order).toEqual(['quick', 'slow'])
   })
 
-  test('cancel aborts a running exec; drain aborts what still runs', async () => {
+  test('cancel kills a cancellable exec; a plain one is answered at once and left to run; drain stops what still runs', async () => {
     state = makeStateDir()
     const client = start()
     await client.hello({})
     const { vm } = await client.request('acquire')
     const id = client.nextId()
-    const running = client.requestWithId(id, 'exec', { vm, command: 'sleep 30' }, undefined)
-    await new Promise((resolve) => setTimeout(resolve, 300))
-    expect(await client.request('cancel', { target: id })).toEqual({ cancelled: true })
+    const running = client.requestWithId(id, 'exec', { vm, command: 'echo $$ > killed.pid; exec sleep 30', cancellable: true }, undefined)
+    await waitFor(() => existsSync(join(state.dir, 'fake', vm, 'home', 'killed.pid')), 'the cancellable command to start')
+    const pid = Number(readFileSync(join(state.dir, 'fake', vm, 'home', 'killed.pid'), 'utf8'))
+    expect(await client.request('cancel', { target: id })).toEqual({ cancelled: true, killed: true })
     expect(await failure(running)).toMatchObject({ code: 'VMPOOL_EXEC_ABORTED' })
-    expect(await client.request('cancel', { target: 'never-sent' })).toEqual({ cancelled: false })
-    const longer = failure(client.request('exec', { vm, command: 'sleep 30' }))
+    expect(isPidRunning(pid)).toBe(false)
+    // Without cancellable (the fast path: no kill preamble) the answer comes now and the command runs on.
+    const plainId = client.nextId()
+    const plain = failure(client.requestWithId(plainId, 'exec', { vm, command: 'sleep 0.5; touch plain-finished' }, undefined))
+    expect(await client.request('cancel', { target: plainId })).toEqual({ cancelled: true, killed: false })
+    expect(await plain).toMatchObject({ code: 'VMPOOL_EXEC_ABORTED', message: expect.stringContaining('cancelled by the client') })
+    await waitFor(() => existsSync(join(state.dir, 'fake', vm, 'home', 'plain-finished')), 'the abandoned command to finish on its own')
+    expect(await client.request('cancel', { target: 'never-sent' })).toEqual({ cancelled: false, killed: false })
+    const longer = failure(client.request('exec', { vm, command: 'sleep 30', timeoutMs: 60_000 }))
     await new Promise((resolve) => setTimeout(resolve, 300))
     const started = Date.now()
     await client.request('drain')
@@ -220,7 +228,7 @@ describe('exec and files', () => {
     let guestPort = 0
     const serverId = client.nextId()
     const server = client
-      .requestWithId(serverId, 'exec', { vm, command: ['node', '-e', "const s=require('http').createServer((q,r)=>r.end('from the guest'));s.listen(0,'127.0.0.1',()=>console.log(s.address().port))"], stream: true }, (event) => {
+      .requestWithId(serverId, 'exec', { vm, command: ['node', '-e', "const s=require('http').createServer((q,r)=>r.end('from the guest'));s.listen(0,'127.0.0.1',()=>console.log(s.address().port))"], stream: true, cancellable: true }, (event) => {
         if (event.event === 'stdout' && guestPort === 0) guestPort = Number(event.data.trim())
       })
       .catch((error: unknown) => error)
@@ -265,7 +273,7 @@ describe('lifecycle', () => {
     const client = start({ args: ['--parent-pid', String(runner.pid)] })
     await client.hello({})
     await client.request('acquire')
-    const running = client.request('exec', { vm: fakeVms()[0]!, command: 'sleep 30' }).catch((e: unknown) => e)
+    const running = client.request('exec', { vm: fakeVms()[0]!, command: 'sleep 30', cancellable: true }).catch((e: unknown) => e)
     runner.kill('SIGKILL')
     expect(await client.exited).toEqual({ code: 0, signal: null })
     expect(fakeVms()).toEqual([])

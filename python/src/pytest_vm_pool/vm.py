@@ -102,12 +102,15 @@ class Vm:
         stream: bool = False,
         on_stdout: Optional[OutputHandler] = None,
         on_stderr: Optional[OutputHandler] = None,
+        cancellable: bool = False,
     ) -> ExecResult:
         """Run ``command`` in the VM: a string is a shell line, a list is argv (quoted safely).
 
-        ``timeout`` is in seconds. ``stream=True`` writes the output to this process's stdout/stderr as it comes
-        (pytest captures it per test; ``-s`` shows it live); ``on_stdout`` / ``on_stderr`` get the chunks instead
-        (called from the client's reader thread).
+        ``timeout`` is in seconds: the command is killed then and the result has ``timed_out``. ``stream=True``
+        writes the output to this process's stdout/stderr as it comes (pytest captures it per test; ``-s`` shows
+        it live); ``on_stdout`` / ``on_stderr`` get the chunks instead (called from the client's reader thread).
+        ``cancellable=True`` (implied by ``timeout``): Ctrl-C kills the command in the VM too; it costs a few
+        process starts per exec in the guest, so it is off by default (the VM's deletion ends a command anyway).
         """
         self._used()
         params: Dict[str, Any] = {"vm": self.name, "command": command if isinstance(command, str) else list(command)}
@@ -121,6 +124,8 @@ class Vm:
             params["input"] = input
         if timeout is not None:
             params["timeoutMs"] = max(1, int(timeout * 1000))
+        if cancellable:
+            params["cancellable"] = True
         handlers = {"stdout": on_stdout or (_writer(sys.stdout) if stream else None), "stderr": on_stderr or (_writer(sys.stderr) if stream else None)}
         on_event = None
         if handlers["stdout"] or handlers["stderr"]:

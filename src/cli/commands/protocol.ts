@@ -6,6 +6,11 @@ import { parseCommandArgs, UsageError, type CliCommand } from '../cli-command.js
  * with it but plain data and the process's streams.
  */
 const SERVER_MODULE = new URL('../../protocol/protocol-server.js', import.meta.url)
+/**
+ * After serving, the helper exits even if something still holds the process: an exec that could not be
+ * cancelled (a plain exec on the fake provider is a host process). Its runner is gone and its VMs are handed back.
+ */
+export const HELPER_EXIT_GRACE_MS = 1_000
 
 interface ProtocolServerModule {
   serveProtocol(options: {
@@ -45,7 +50,7 @@ Environment (defaults for hello's pool):
     const parentPid = raw === undefined ? undefined : Number(raw)
     if (parentPid !== undefined && (!Number.isInteger(parentPid) || parentPid <= 0)) throw new UsageError(`--parent-pid must be a positive integer, got ${JSON.stringify(raw)}`)
     const { serveProtocol } = (await import(SERVER_MODULE.href)) as ProtocolServerModule
-    return serveProtocol({
+    const code = await serveProtocol({
       input: process.stdin,
       output: io.stdout,
       env: io.env,
@@ -53,5 +58,7 @@ Environment (defaults for hello's pool):
       signal: io.signal,
       log: (line) => io.stderr.write(`${line}\n`),
     })
+    setTimeout(() => process.exit(code), HELPER_EXIT_GRACE_MS).unref()
+    return code
   },
 }
