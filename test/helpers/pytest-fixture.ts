@@ -8,7 +8,8 @@
  * pytest and xdist. None: the tests skip with the reason, except in CI (CI=true), where that is an error.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { createHash, type Hash } from 'node:crypto'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -46,20 +47,46 @@ let installed: Promise<string> | undefined
 
 /**
  * pip builds python/ (a copy: the build writes build/ and *.egg-info next to the sources) and installs it
- * into a temp dir that goes on PYTHONPATH: the `pytest11` entry point is what loads the plugin. Once per file.
+ * into a directory that goes on PYTHONPATH: the `pytest11` entry point is what loads the plugin. The result is
+ * cached by the hash of python/ in node_modules/.cache/ (renamed into place, so parallel test files never see
+ * half an install): every test file of a run shares one build.
  */
 export function installPlugin(python: string): Promise<string> {
   installed ??= (async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'vm-pool-pytest-plugin-'))
-    process.once('exit', () => rmSync(dir, { recursive: true, force: true }))
-    const source = join(dir, 'src')
-    cpSync(join(REPO, 'python'), source, { recursive: true, filter: (path) => !/(\/build|\.egg-info|__pycache__)$/.test(path) })
-    const site = join(dir, 'site')
-    const result = await runQuiet(python, ['-m', 'pip', 'install', '--quiet', '--no-deps', '--no-build-isolation', '--no-index', '--root-user-action=ignore', '--target', site, source])
-    if (result.code !== 0) throw new Error(`pip could not install python/ (exit ${result.code}): ${result.output}`)
-    return site
+    const hash = hashTree(join(REPO, 'python'), createHash('sha256').update(python)).digest('hex').slice(0, 16)
+    const cache = join(REPO, 'node_modules/.cache/vm-pool-pytest')
+    const site = join(cache, hash)
+    if (existsSync(site)) return site
+    mkdirSync(cache, { recursive: true })
+    const work = mkdtempSync(join(cache, 'build-'))
+    try {
+      const source = join(work, 'src')
+      cpSync(join(REPO, 'python'), source, { recursive: true, filter: (path) => !/(\/build|\.egg-info|__pycache__)$/.test(path) })
+      const result = await runQuiet(python, ['-m', 'pip', 'install', '--quiet', '--no-deps', '--no-build-isolation', '--no-index', '--root-user-action=ignore', '--target', join(work, 'site'), source])
+      if (result.code !== 0) throw new Error(`pip could not install python/ (exit ${result.code}): ${result.output}`)
+      try {
+        renameSync(join(work, 'site'), site)
+      } catch (error) {
+        // Another test file finished the same build first: use it.
+        if (!existsSync(site)) throw error
+      }
+      return site
+    } finally {
+      rmSync(work, { recursive: true, force: true })
+    }
   })()
   return installed
+}
+
+function hashTree(dir: string, hash: Hash): Hash {
+  for (const entry of readdirSync(dir, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
+    if (/^(build|__pycache__)$|\.egg-info$/.test(entry.name)) continue
+    const path = join(dir, entry.name)
+    hash.update(entry.name)
+    if (entry.isDirectory()) hashTree(path, hash)
+    else hash.update(readFileSync(path))
+  }
+  return hash
 }
 
 export interface PytestRunOptions {
