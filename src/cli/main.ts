@@ -13,6 +13,8 @@ const COMMAND_SUMMARIES: Record<string, string> = {
   warm: 'boot idle VMs ahead of time for later runs to adopt',
   image: 'build the default QEMU guest image',
   doctor: 'say which providers are usable here, and why not',
+  serve: 'run GitHub workflows on VMs for GitHub webhook events (push, pull_request)',
+  history: 'success rates, flaky and slow steps of the workflows run so far',
   protocol: 'serve the pool to another test runner (pytest, ...) as JSON lines on stdio',
 }
 
@@ -41,6 +43,8 @@ Environment:
   VM_POOL_PROVIDER_OPTIONS  provider options as a JSON object
   VM_POOL_STATE_DIR         where VMs, images and leases are kept (default: ~/.cache/vm-pool)
   VM_POOL_TIMEOUT_SCALE     multiply every timeout (slow machines)
+  VM_POOL_HISTORY_DB        the command history file (default: <state dir>/history.sqlite), or off
+  VM_POOL_WEBHOOK_SECRET    the GitHub webhook secret of vm-pool serve
   DEBUG=vm-pool*            debug output and stack traces
 `
 }

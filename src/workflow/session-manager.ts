@@ -64,6 +64,8 @@ export interface SessionManagerOptions {
 export interface OpenSessionOptions {
   /** Aborting stops waiting for a slot; a VM created meanwhile is deleted. */
   signal?: AbortSignal
+  /** This session's VM spec, over the manager's `spec` (a GitHub job's `runs-on` VM). */
+  spec?: Omit<VmSpec, 'name'>
 }
 
 export interface ReleaseSessionOptions {
@@ -137,12 +139,14 @@ export class SessionManager {
    */
   async openSession(options: OpenSessionOptions = {}): Promise<WorkflowSession> {
     const { signal } = options
+    const spec = vmSpecSchema.safeParse(options.spec ?? {})
+    if (!spec.success) throw invalidOptions(`invalid openSession spec: ${formatZodError(spec.error, options.spec)}`, { operation: 'open-session', provider: this.provider.name })
     await this.#acquireSlot(signal)
     const id = ++this.#counter
     const name = this.#vmName(id)
     let allocation: VmAllocation
     try {
-      allocation = await this.#allocator.allocate({ ...this.#spec, name })
+      allocation = await this.#allocator.allocate({ ...this.#spec, ...spec.data, name })
     } catch (error) {
       this.#releaseSlot()
       if (isVmPoolError(error)) throw error

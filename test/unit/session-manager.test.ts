@@ -171,6 +171,26 @@ describe('SessionManager', () => {
     expect(provider.stats.created).toBe(0)
   })
 
+  test('openSession({ spec }) gives that session its own VM spec over the manager\'s; a bad one fails before a slot is taken', async () => {
+    const specs: unknown[] = []
+    const allocator: VmAllocator = {
+      async allocate(spec) {
+        specs.push(spec)
+        const record = await provider.create(spec)
+        const vm = await provider.connect(record)
+        return { vm, release: () => provider.delete(vm.name) }
+      },
+    }
+    const sessions = new SessionManager({ provider, runId: 'spec', allocator, maxConcurrentSessions: 1, spec: { image: 'minimal', cpus: 1 } })
+    const session = await sessions.openSession({ spec: { cpus: 2, memoryMiB: 512 } })
+    expect(specs).toEqual([{ image: 'minimal', cpus: 2, memoryMiB: 512, name: 'vm-pool-wf-spec-1' }])
+    const error = await rejection(sessions.openSession({ spec: { cpus: 0 } }))
+    expect(isVmPoolError(error, 'VMPOOL_INVALID_OPTIONS')).toBe(true)
+    expect((error as Error).message).toMatch(/invalid openSession spec: cpus/)
+    expect(sessions.queuedSessions).toBe(0)
+    await session.release()
+  })
+
   test('options are validated: each problem names the option', () => {
     expect(() => new SessionManager({ provider, maxConcurrentSessions: 0 })).toThrow(/maxConcurrentSessions/)
     expect(() => new SessionManager({ provider, onLimit: 'wait' as never })).toThrow(/onLimit/)

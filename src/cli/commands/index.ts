@@ -8,5 +8,7 @@ export const commands: Record<string, () => Promise<CliCommand>> = {
   run: async () => (await import('./run.js')).runCommand,
   image: async () => (await import('./image.js')).imageCommand,
   doctor: async () => (await import('./doctor.js')).doctorCommand,
+  serve: async () => (await import('./serve.js')).serveCommand,
+  history: async () => (await import('./history.js')).historyCommand,
   protocol: async () => (await import('./protocol.js')).protocolCommand,
 }

@@ -1,17 +1,15 @@
-import { VmPoolError, isVmPoolError } from '../../errors.js'
-import { createProvider } from '../../providers/provider-registry.js'
-import type { JsonValue, VmProvider } from '../../providers/vm-provider.js'
-import { createPool, type VmPool } from '../../pool/vm-pool.js'
+import { isVmPoolError } from '../../errors.js'
 import { getTimeoutScale } from '../../util/timeouts.js'
-import { poolVmAllocator } from '../../workflow/vm-allocator.js'
 import { loadWorkflow } from '../../workflow/load-workflow.js'
-import { runWorkflow, succeeded, type StepError, type StepResult, type WorkflowEvent, type WorkflowResult } from '../../workflow/run-workflow.js'
-import { DEFAULT_MAX_CONCURRENT_SESSIONS, SessionManager, WORKFLOW_VM_PREFIX } from '../../workflow/session-manager.js'
+import { runWorkflow, succeeded, type StepError, type WorkflowResult } from '../../workflow/run-workflow.js'
+import { DEFAULT_MAX_CONCURRENT_SESSIONS } from '../../workflow/session-manager.js'
 import type { Workflow } from '../../workflow/workflow-schema.js'
+import { createHistoryRecorder } from '../../workflow/history/history-recorder.js'
 import { PROVIDER_OPTION, UsageError, getProviderName, getProviderOptions, parseCommandArgs, type CliCommand, type CliIo } from '../cli-command.js'
-
-/** Lines of a failing command's stdout and stderr shown each; `--json` has everything. */
-const MAX_OUTPUT_LINES = 40
+import { openHistory } from '../open-history.js'
+import { MAX_OUTPUT_LINES, formatDuration, formatEvent, formatKeptVm } from '../run-output.js'
+import { openRunSessions, parseMaxConcurrent } from '../run-sessions.js'
+import { GITHUB_RUN_OPTIONS, GITHUB_RUN_HELP, isGithubRun } from './run-github-options.js'
 
 /** Exit code after Ctrl-C / SIGTERM, as shells report 128 + SIGINT. */
 const INTERRUPTED_EXIT_CODE = 130
@@ -23,6 +21,7 @@ export const runCommand: CliCommand = {
   name: 'run',
   summary: 'run workflow files, each on exactly one VM',
   help: `Usage: vm-pool run <workflow.yml>... [--provider NAME] [--keep-vm] [--max-concurrent N] [--json]
+       vm-pool run .github/workflows/ci.yml [--job ID]... [--matrix KEY=VALUE]... [--list] [--strict]
 
 Run each workflow file on exactly one VM of its own: the VM is created before the first command,
 setup, steps and cleanup all run on it in order, and it is deleted afterwards. A failed setup
@@ -56,6 +55,7 @@ Workflow file (YAML):
       env: { TARGET: x86 }         # merged over the workflow env
   cleanup: [ { run: "rm -rf work" } ]   # always runs
 
+${GITHUB_RUN_HELP}
 Exit codes:
   0    every workflow succeeded
   1    a workflow failed (a command failed or timed out, or a VM could not be created)
@@ -65,7 +65,7 @@ Exit codes:
 
 Environment:
   VM_POOL_PROVIDER, VM_POOL_PROVIDER_OPTIONS (JSON), VM_POOL_STATE_DIR, VM_POOL_TIMEOUT_SCALE,
-  DEBUG=vm-pool* (stack traces and debug lines)
+  VM_POOL_HISTORY_DB (the command history file, or off), DEBUG=vm-pool* (stack traces and debug lines)
 
 Examples:
   vm-pool run ci/build.yml
@@ -79,8 +79,10 @@ Examples:
       'keep-vm': { type: 'boolean' },
       'max-concurrent': { type: 'string' },
       json: { type: 'boolean' },
+      ...GITHUB_RUN_OPTIONS,
     })
     if (positionals.length === 0) throw new UsageError('missing workflow file: vm-pool run <workflow.yml>...')
+    if (await isGithubRun(positionals, values)) return (await import('./run-github.js')).runGithubFiles(positionals, values, io)
     const maxConcurrent = parseMaxConcurrent(values['max-concurrent'])
     const json = values.json ?? false
     const keepVm = values['keep-vm'] ?? false
@@ -92,25 +94,10 @@ Examples:
     const workflows = await loadAll(positionals, io)
     if (!workflows) return 2
 
-    const providerName = getProviderName(values.provider, io.env)
-    const providerOptions = getProviderOptions(io.env)
-    const provider = await createProvider(providerName, providerOptions)
-    let pool: VmPool | undefined
+    const { sessions, close } = await openRunSessions(getProviderName(values.provider, io.env), getProviderOptions(io.env), maxConcurrent)
+    const history = openHistory(io)
+    const recordHistory = createHistoryRecorder(history, (message) => io.stderr.write(`${message}\n`))
     try {
-      await assertUsable(provider)
-      // VMs come from the cross-process pool so the reaper deletes them if this process is killed
-      // (SIGKILL skips our cleanup) and a concurrent `vm-pool gc` sees them as held, not orphaned.
-      pool = createPool({ provider, prefix: WORKFLOW_VM_PREFIX, reaper: { providerName, providerOptions: providerOptions as Record<string, JsonValue> } })
-      const sessions = new SessionManager({
-        provider,
-        prefix: WORKFLOW_VM_PREFIX,
-        runId: pool.runId,
-        allocator: poolVmAllocator(pool),
-        maxConcurrentSessions: maxConcurrent,
-        onLimit: 'queue',
-        // Our own files wait for each other; how long is up to them, not to a queue timer.
-        queueTimeoutMs: Number.POSITIVE_INFINITY,
-      })
       const progress = json ? io.stderr : io.stdout
       const labels = makeLabels(workflows)
       const started = performance.now()
@@ -122,7 +109,7 @@ Examples:
               sessions,
               keepVm,
               signal: io.signal,
-              onEvent: (event) => progress.write(formatEvent(label, event)),
+              onEvent: (event) => progress.write(formatEvent(label, event, event.type === 'command-end' ? recordHistory(workflow.name, '', event.result) : undefined)),
             })
           } catch (error) {
             // No VM could be had (create failed, aborted while queued): nothing ran, nothing to clean.
@@ -136,27 +123,17 @@ Examples:
         }),
       )
       for (const [index, entry] of entries.entries()) {
-        if (entry.keptVm) progress.write(formatKeptVm(labels[index]!, entry))
+        if (entry.keptVm) progress.write(formatKeptVm(labels[index]!, entry.keptVm))
       }
       if (json) io.stdout.write(`${JSON.stringify(entries, null, 2)}\n`)
       progress.write(formatSummary(entries, Math.round(performance.now() - started), io.signal.aborted))
       if (io.signal.aborted) return INTERRUPTED_EXIT_CODE
       return entries.every((entry) => entry.status === 'success') ? 0 : 1
     } finally {
-      // Every session released its VM already (deleted, or kept with --keep-vm); drain stops the reaper.
-      await pool?.drain()
-      await provider.close?.()
+      history?.close()
+      await close()
     }
   },
-}
-
-function parseMaxConcurrent(raw: string | undefined): number {
-  if (raw === undefined) return DEFAULT_MAX_CONCURRENT_SESSIONS
-  const value = Number(raw)
-  if (!/^\d+$/.test(raw) || !Number.isSafeInteger(value) || value < 1) {
-    throw new UsageError(`--max-concurrent must be a whole number of at least 1, got ${JSON.stringify(raw)}`)
-  }
-  return value
 }
 
 async function loadAll(paths: string[], io: CliIo): Promise<Workflow[] | undefined> {
@@ -171,19 +148,6 @@ async function loadAll(paths: string[], io: CliIo): Promise<Workflow[] | undefin
   return undefined
 }
 
-async function assertUsable(provider: VmProvider): Promise<void> {
-  if (!provider.probe) return
-  const probe = await provider.probe()
-  if (probe.usable) return
-  throw new VmPoolError({
-    code: 'VMPOOL_PROVIDER_UNAVAILABLE',
-    provider: provider.name,
-    operation: 'run',
-    message: `the ${provider.name} provider is not usable here: ${probe.reason}`,
-    hint: probe.hint ?? 'run vm-pool doctor, or choose another provider with --provider',
-  })
-}
-
 /** Prefixes for interleaved output, padded to one width; the same name twice gets `#2`. */
 function makeLabels(workflows: Workflow[]): string[] {
   const seen = new Map<string, number>()
@@ -194,51 +158,6 @@ function makeLabels(workflows: Workflow[]): string[] {
   })
   const width = Math.max(...names.map((name) => name.length))
   return names.map((name) => `[${name}]`.padEnd(width + 2))
-}
-
-function formatEvent(label: string, event: WorkflowEvent): string {
-  switch (event.type) {
-    case 'session-open':
-      return `${label} vm ${event.vm} ready (${formatDuration(event.durationMs)})\n`
-    case 'command-start':
-      return ''
-    case 'command-end':
-      return formatCommand(label, event.result)
-    case 'session-release':
-      if (event.error) return `${label} vm ${event.vm} could NOT be deleted: ${event.error.message}\n`
-      return `${label} vm ${event.vm} ${event.kept ? 'kept' : 'deleted'}\n`
-  }
-}
-
-function formatCommand(label: string, result: StepResult): string {
-  const head = `${label} ${result.phase.padEnd(7)}`
-  if (result.skipped) return `${head} skip  ${''.padEnd(8)} ${''.padStart(8)}  ${result.name}\n`
-  const ok = succeeded(result)
-  const status = ok ? 'ok' : result.continuedOnError ? 'warn' : 'FAIL'
-  const exit = result.error ? 'exit -' : `exit ${result.exitCode}`
-  const note = result.timedOut ? ' (timed out)' : result.continuedOnError ? ' (continue-on-error)' : ''
-  let line = `${head} ${status.padEnd(4)}  ${exit.padEnd(8)} ${formatDuration(result.durationMs).padStart(8)}  ${result.name}${note}\n`
-  if (!ok) line += formatOutput(result)
-  return line
-}
-
-function formatOutput(result: StepResult): string {
-  const lines: string[] = []
-  if (result.error) lines.push(`    error  | ${result.error.message.split('\n').join('\n           | ')}`)
-  for (const stream of ['stdout', 'stderr'] as const) {
-    const text = result[stream].replace(/\n$/, '')
-    if (text === '') continue
-    const all = text.split('\n')
-    if (all.length > MAX_OUTPUT_LINES) lines.push(`    ${stream} | … ${all.length - MAX_OUTPUT_LINES} earlier lines (all of it: --json)`)
-    for (const line of all.slice(-MAX_OUTPUT_LINES)) lines.push(`    ${stream} | ${line}`)
-  }
-  if (lines.length === 0) lines.push('    (no output)')
-  return `${lines.join('\n')}\n`
-}
-
-function formatKeptVm(label: string, entry: RunEntry): string {
-  const kept = entry.keptVm!
-  return `${label} kept VM ${kept.name} (${kept.provider}, --keep-vm)\n    reach it:  ${kept.reach}\n    delete it: ${kept.remove}\n`
 }
 
 function formatSummary(entries: RunEntry[], durationMs: number, aborted: boolean): string {
@@ -257,8 +176,4 @@ function describeFailure(entry: RunEntry): string {
   if (entry.error) return `${entry.name}: ${entry.error.code}`
   if (entry.releaseError) return `${entry.name}: VM not deleted`
   return entry.aborted ? `${entry.name}: interrupted` : entry.name
-}
-
-function formatDuration(ms: number): string {
-  return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`
 }

@@ -1,0 +1,58 @@
+import { succeeded, type KeptVm, type StepResult, type WorkflowEvent } from '../workflow/run-workflow.js'
+
+/**
+ * The progress lines of `vm-pool run` and `vm-pool serve`: one line per command as it finishes (phase,
+ * ok/FAIL/warn/skip, exit code, duration, name), the output of failed commands, VM lines.
+ */
+
+/** Lines of a failing command's stdout and stderr shown each; `--json` has everything. */
+export const MAX_OUTPUT_LINES = 40
+
+/** `note` goes under a failed command (the history's "failed N of its last M runs"). */
+export function formatEvent(label: string, event: WorkflowEvent, note?: string): string {
+  switch (event.type) {
+    case 'session-open':
+      return `${label} vm ${event.vm} ready (${formatDuration(event.durationMs)})\n`
+    case 'command-start':
+      return ''
+    case 'command-end':
+      return formatCommand(label, event.result) + (note ? `    history | ${note}\n` : '')
+    case 'session-release':
+      if (event.error) return `${label} vm ${event.vm} could NOT be deleted: ${event.error.message}\n`
+      return `${label} vm ${event.vm} ${event.kept ? 'kept' : 'deleted'}\n`
+  }
+}
+
+export function formatCommand(label: string, result: StepResult & { note?: string }): string {
+  const head = `${label} ${result.phase.padEnd(7)}`
+  if (result.skipped) return `${head} skip  ${''.padEnd(8)} ${''.padStart(8)}  ${result.name}${result.note ? ` (${result.note})` : ''}\n`
+  const ok = succeeded(result)
+  const status = ok ? 'ok' : result.continuedOnError ? 'warn' : 'FAIL'
+  const exit = result.error ? 'exit -' : `exit ${result.exitCode}`
+  const note = result.timedOut ? ' (timed out)' : result.continuedOnError ? ' (continue-on-error)' : ''
+  let line = `${head} ${status.padEnd(4)}  ${exit.padEnd(8)} ${formatDuration(result.durationMs).padStart(8)}  ${result.name}${note}\n`
+  if (!ok) line += formatOutput(result)
+  return line
+}
+
+function formatOutput(result: StepResult): string {
+  const lines: string[] = []
+  if (result.error) lines.push(`    error  | ${result.error.message.split('\n').join('\n           | ')}`)
+  for (const stream of ['stdout', 'stderr'] as const) {
+    const text = result[stream].replace(/\n$/, '')
+    if (text === '') continue
+    const all = text.split('\n')
+    if (all.length > MAX_OUTPUT_LINES) lines.push(`    ${stream} | … ${all.length - MAX_OUTPUT_LINES} earlier lines (all of it: --json)`)
+    for (const line of all.slice(-MAX_OUTPUT_LINES)) lines.push(`    ${stream} | ${line}`)
+  }
+  if (lines.length === 0) lines.push('    (no output)')
+  return `${lines.join('\n')}\n`
+}
+
+export function formatKeptVm(label: string, kept: KeptVm): string {
+  return `${label} kept VM ${kept.name} (${kept.provider}, --keep-vm)\n    reach it:  ${kept.reach}\n    delete it: ${kept.remove}\n`
+}
+
+export function formatDuration(ms: number): string {
+  return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`
+}
