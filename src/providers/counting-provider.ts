@@ -60,5 +60,6 @@ export function countingProvider(inner: VmProvider): CountingProvider {
   if (inner.probe) wrapper.probe = () => inner.probe!()
   if (inner.close) wrapper.close = () => inner.close!()
   if (inner.reset) wrapper.reset = (name) => inner.reset!(name)
+  if (inner.describe) wrapper.describe = (record) => inner.describe!(record)
   return wrapper
 }

@@ -1,15 +1,15 @@
 import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
-import { isAbsolute, join } from 'node:path'
+import { dirname, isAbsolute, join } from 'node:path'
 import { z } from 'zod'
-import { VmPoolError, invalidOptions } from '../errors.js'
-import { buildShellScript } from '../transport/shell.js'
+import { VmPoolError } from '../errors.js'
+import { buildShellScript, quoteShellArg } from '../transport/shell.js'
 import { runProcess } from '../transport/process-runner.js'
 import { writeFileAtomic } from '../util/fs-atomic.js'
 import { getStateDir } from '../util/state-dir.js'
 import { sleep } from '../util/timeouts.js'
 import { validateVmName } from '../util/vm-name.js'
-import { formatZodError } from '../config/zod-error.js'
-import type { ExecOptions, ExecResult, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
+import { parseProviderOptions } from './parse-provider-options.js'
+import type { ExecOptions, ExecResult, KeptVmHelp, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
 
 const PROVIDER = 'fake'
 
@@ -40,9 +40,7 @@ export type FakeProviderOptions = z.input<typeof fakeProviderOptionsSchema>
  * processes (the CLI, Vitest workers) see and reach the same "VMs".
  */
 export function fakeProvider(options: FakeProviderOptions = {}): VmProvider {
-  const parsed = fakeProviderOptionsSchema.safeParse(options)
-  if (!parsed.success) throw invalidOptions(`invalid fakeProvider options: ${formatZodError(parsed.error, options)}`, { provider: PROVIDER })
-  const config = Object.freeze(parsed.data)
+  const config = Object.freeze(parseProviderOptions(fakeProviderOptionsSchema, options, PROVIDER))
   const root = () => join(getStateDir(config.stateDir), 'fake')
   const vmDir = (name: string) => join(root(), name)
 
@@ -110,6 +108,12 @@ export function fakeProvider(options: FakeProviderOptions = {}): VmProvider {
 
     async probe(): Promise<ProviderProbe> {
       return { usable: true, reason: 'always usable: no VM, each "VM" is a sandbox directory on this host (tests and demos only)', details: { stateDir: root() } }
+    },
+
+    describe(record: VmRecord): KeptVmHelp {
+      const home = typeof record.data.home === 'string' ? record.data.home : join(vmDir(validateVmName(record.name, PROVIDER)), 'home')
+      // The VM's own directory (home's parent) and nothing else.
+      return { reach: `cd ${home}   (a fake VM is a directory on this host)`, remove: `rm -rf ${quoteShellArg(dirname(home))}` }
     },
   }
   return provider

@@ -1,35 +1,36 @@
-import { request, type Dispatcher } from 'undici'
+import type { Dispatcher } from 'undici'
 import { z } from 'zod'
 import { VmPoolError, invalidOptions, isVmPoolError } from '../errors.js'
-import { formatZodError } from '../config/zod-error.js'
-import { abortedError, TIMED_OUT_EXIT_CODE } from '../transport/process-runner.js'
-import { createDebug } from '../util/debug.js'
+import type { CommandRunOptions } from '../transport/command-runner.js'
+import { TIMED_OUT_EXIT_CODE } from '../transport/process-runner.js'
+import { quoteShellArg, toShellLine } from '../transport/shell.js'
 import { scaleTimeout, sleep, withTimeout } from '../util/timeouts.js'
 import { validateVmName } from '../util/vm-name.js'
-import { makeGuestExec } from '../transport/guest-exec-script.js'
-import type { ExecOptions, ExecResult, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec, VmState } from './vm-provider.js'
+import { createCliGuestVm } from './cli-guest-vm.js'
+import { createFirecrackerClient, FIRECRACKER_REQUEST_TIMEOUT_MS, isHttpStatus, type FirecrackerClient } from './firecracker/firecracker-client.js'
+import { parseProviderOptions } from './parse-provider-options.js'
+import { makeVmStateMap } from './vm-state-map.js'
+import type { ExecResult, KeptVmHelp, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
+import { READY_PROBE_TIMEOUT_MS } from './wait-until-exec-works.js'
+
+export { FIRECRACKER_MAX_RETRIES, FIRECRACKER_REQUEST_TIMEOUT_MS } from './firecracker/firecracker-client.js'
 
 const PROVIDER = 'firecracker'
-const debug = createDebug('vm-pool:firecracker')
 
 /** From `POST /api/vms` until the VM is `running` and a first command ran. */
 export const FIRECRACKER_BOOT_TIMEOUT_MS = 120_000
 /** Between `GET /api/vms/{id}` polls while a VM boots. */
 export const FIRECRACKER_POLL_INTERVAL_MS = 250
-/** Headers and body of every call except execute, which gets its own `timeout_seconds` plus this. */
-export const FIRECRACKER_REQUEST_TIMEOUT_MS = 30_000
 /** `timeout_seconds` sent when exec has no `timeoutMs`: the API wants a limit. */
 export const FIRECRACKER_DEFAULT_EXEC_TIMEOUT_SECONDS = 3_600
 /** Added to the server-side `timeout_seconds`: the guest-side timeout should fire first. */
 export const FIRECRACKER_EXEC_TIMEOUT_GRACE_SECONDS = 2
-/** Retries after the first attempt, on connection errors and 5xx (never on 4xx). */
-export const FIRECRACKER_MAX_RETRIES = 3
-/** How long the `true` readiness probe of a booting VM may take before the next poll. */
-export const FIRECRACKER_READY_PROBE_TIMEOUT_MS = 10_000
-/** How long the second call that kills a timed-out or aborted command's process group may run, in seconds (the API's unit). */
-export const FIRECRACKER_KILL_TIMEOUT_SECONDS = 30
-/** First backoff delay; doubles on each retry. */
-export const FIRECRACKER_RETRY_BASE_DELAY_MS = 200
+/**
+ * After `timeout_seconds`, how long the execute answer may take before exec stops waiting and reports
+ * a timeout (a detached child of the command can keep the server's output, and so its answer, open).
+ * Scaled by VM_POOL_TIMEOUT_SCALE; exec without `timeoutMs` waits FIRECRACKER_REQUEST_TIMEOUT_MS instead.
+ */
+export const FIRECRACKER_EXEC_ANSWER_GRACE_MS = 5_000
 
 export const firecrackerProviderOptionsSchema = z
   .object({
@@ -59,224 +60,48 @@ const executeSchema = z.looseObject({
 })
 type ApiVm = z.infer<typeof vmSchema>
 
-interface CallOptions {
-  body?: unknown
-  operation: string
-  vm?: string | undefined
-  timeoutMs?: number
-  signal?: AbortSignal | undefined
-  /**
-   * `idempotent`: retry on every connection error and 5xx. `once`: the call has effects (create,
-   * execute), so retry only when the server cannot have acted on it: the connection was never made,
-   * or 502/503 (a proxy or an overloaded server refusing the request).
-   */
-  retry: 'idempotent' | 'once'
-}
-
-const CONNECT_ERROR_CODES = new Set(['ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN'])
-const CONNECTION_LOST_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED'])
+const toVmState = makeVmStateMap({ running: ['running'], starting: ['starting', 'creating', 'booting', 'pending'], stopped: ['stopped', 'paused'], dead: ['failed', 'error', 'crashed'] })
+const FAILED_WHILE_BOOTING = /^(failed|error|crashed|stopped|deleted)$/i
 
 /**
- * Firecracker microVMs through an fcctl-web style HTTP API (seed 002), on undici. The token lives only
- * in this closure: the provider object, its records and its errors never carry it, and response bodies
- * quoted in errors have it redacted.
+ * Firecracker microVMs through an fcctl-web style HTTP API (firecracker/firecracker-client.ts does the
+ * calls). Commands go through the API's execute call with the guest-exec wrapper every CLI/API
+ * provider shares (cli-guest-vm.ts). The token lives only in the client's closure: the provider
+ * object, its records and its errors never carry it.
  */
 export function firecrackerProvider(options: FirecrackerProviderOptions = {}): VmProvider {
-  const parsed = firecrackerProviderOptionsSchema.safeParse(options)
-  if (!parsed.success) throw invalidOptions(`invalid firecrackerProvider options: ${formatZodError(parsed.error, options)}`, { provider: PROVIDER })
-  const { token: tokenOption, dispatcher, url, vmType, agentId } = parsed.data
-  const token = tokenOption ?? (process.env.FIRECRACKER_AUTH_TOKEN || undefined)
-  const baseUrl = (url ?? (process.env.FIRECRACKER_API_URL || 'http://127.0.0.1:8080')).replace(/\/+$/, '')
+  const { token, dispatcher, url, vmType, agentId } = parseProviderOptions(firecrackerProviderOptionsSchema, options, PROVIDER)
+  const client = createFirecrackerClient({
+    baseUrl: (url ?? (process.env.FIRECRACKER_API_URL || 'http://127.0.0.1:8080')).replace(/\/+$/, ''),
+    token: token ?? (process.env.FIRECRACKER_AUTH_TOKEN || undefined),
+    dispatcher,
+  })
+  const { baseUrl } = client
   const defaultVmType = vmType ?? (process.env.FIRECRACKER_VM_TYPE || 'bionic-test')
 
-  const redact = (text: string) => (token ? text.replaceAll(token, '[redacted]') : text)
-  const httpError = (operation: string, vm: string | undefined, method: string, path: string, status: number, text: string) =>
-    new VmPoolError({
-      code: 'VMPOOL_HTTP_ERROR',
-      provider: PROVIDER,
-      operation,
-      vm,
-      message: `${method} ${path} answered HTTP ${status}: ${redact(text.trim().slice(0, 300)) || '(empty body)'}`,
-      details: { method, path, status },
-    })
-
-  async function call(method: 'GET' | 'POST' | 'DELETE', path: string, callOptions: CallOptions): Promise<{ status: number; text: string }> {
-    const { operation, vm } = callOptions
-    if (!token) {
-      throw invalidOptions('no Firecracker API token: pass the token option or set FIRECRACKER_AUTH_TOKEN', { provider: PROVIDER, operation, vm })
-    }
-    const timeoutMs = callOptions.timeoutMs ?? scaleTimeout(FIRECRACKER_REQUEST_TIMEOUT_MS)
-    let lastProblem: { error?: unknown; status?: number; text?: string } = {}
-    for (let attempt = 0; attempt <= FIRECRACKER_MAX_RETRIES; attempt++) {
-      if (attempt > 0) {
-        const delay = FIRECRACKER_RETRY_BASE_DELAY_MS * 2 ** (attempt - 1)
-        debug('%s %s: retry %d in %d ms', method, path, attempt, delay)
-        await sleep(delay, callOptions.signal).catch(() => undefined)
-      }
-      if (callOptions.signal?.aborted) throw abortedError({ signal: callOptions.signal, provider: PROVIDER, vm })
-      try {
-        const response = await request(`${baseUrl}${path}`, {
-          method,
-          headers: { authorization: `Bearer ${token}`, accept: 'application/json', ...(callOptions.body === undefined ? {} : { 'content-type': 'application/json' }) },
-          body: callOptions.body === undefined ? undefined : JSON.stringify(callOptions.body),
-          signal: callOptions.signal,
-          headersTimeout: timeoutMs,
-          bodyTimeout: timeoutMs,
-          ...(dispatcher ? { dispatcher } : {}),
-        })
-        const text = await response.body.text()
-        const status = response.statusCode
-        debug('%s %s -> %d', method, path, status)
-        if (status === 401 || status === 403) {
-          // The body is not quoted: some servers echo the Authorization header they rejected.
-          throw new VmPoolError({
-            code: 'VMPOOL_AUTH_FAILED',
-            provider: PROVIDER,
-            operation,
-            vm,
-            message: `the Firecracker API at ${baseUrl} rejected the token (HTTP ${status} on ${method} ${path})`,
-            hint: 'check FIRECRACKER_AUTH_TOKEN (or the token option): it may be expired, or signed with another JWT secret than fcctl-web uses',
-            details: { method, path, status },
-          })
-        }
-        const retryable = status >= 500 && (callOptions.retry === 'idempotent' || status === 502 || status === 503)
-        if (!retryable) return { status, text }
-        lastProblem = { status, text }
-      } catch (error) {
-        if (isVmPoolError(error)) throw error
-        if (callOptions.signal?.aborted) throw abortedError({ signal: callOptions.signal, provider: PROVIDER, vm })
-        const code = (error as { code?: string }).code ?? ''
-        const retryable = CONNECT_ERROR_CODES.has(code) || (callOptions.retry === 'idempotent' && CONNECTION_LOST_CODES.has(code))
-        debug('%s %s failed: %s', method, path, code || (error as Error).message)
-        if (!retryable) {
-          throw new VmPoolError({
-            code: 'VMPOOL_HTTP_ERROR',
-            provider: PROVIDER,
-            operation,
-            vm,
-            message: `${method} ${baseUrl}${path} failed: ${redact((error as Error).message)}${code ? ` (${code})` : ''}`,
-            hint: code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' ? 'the API did not answer in time; set VM_POOL_TIMEOUT_SCALE=2 on slow hosts' : undefined,
-            cause: error,
-          })
-        }
-        lastProblem = { error }
-      }
-    }
-    if (lastProblem.status !== undefined) {
-      const error = httpError(operation, vm, method, path, lastProblem.status, lastProblem.text ?? '')
-      throw new VmPoolError({ code: 'VMPOOL_PROVIDER_UNAVAILABLE', provider: PROVIDER, operation, vm, message: `${error.shortMessage} (after ${FIRECRACKER_MAX_RETRIES} retries)`, hint: 'is fcctl-web healthy? Check its logs', details: error.details, cause: error })
-    }
-    const code = (lastProblem.error as { code?: string } | undefined)?.code
-    throw new VmPoolError({
-      code: 'VMPOOL_PROVIDER_UNAVAILABLE',
-      provider: PROVIDER,
-      operation,
-      vm,
-      message: `cannot reach the Firecracker API at ${baseUrl} (${code ?? 'connection error'}, after ${FIRECRACKER_MAX_RETRIES} retries)`,
-      hint: 'is fcctl-web running? Set FIRECRACKER_API_URL (or the url option) to where it listens',
-      cause: lastProblem.error,
-    })
-  }
-
-  async function callJson<T>(schema: z.ZodType<T>, method: 'GET' | 'POST' | 'DELETE', path: string, callOptions: CallOptions, expect: (status: number) => boolean = (s) => s >= 200 && s < 300): Promise<T> {
-    const { status, text } = await call(method, path, callOptions)
-    if (!expect(status)) throw httpError(callOptions.operation, callOptions.vm, method, path, status, text)
-    let data: unknown
-    try {
-      data = JSON.parse(text)
-    } catch (error) {
-      throw new VmPoolError({ code: 'VMPOOL_HTTP_ERROR', provider: PROVIDER, operation: callOptions.operation, vm: callOptions.vm, message: `${method} ${path} answered HTTP ${status} with something that is not JSON: ${redact(text.slice(0, 200))}`, cause: error })
-    }
-    const result = schema.safeParse(data)
-    if (!result.success) throw new VmPoolError({ code: 'VMPOOL_HTTP_ERROR', provider: PROVIDER, operation: callOptions.operation, vm: callOptions.vm, message: `${method} ${path} answered unexpected JSON: ${formatZodError(result.error)}` })
-    return result.data
-  }
-
   const notFound = (name: string, operation: string) => new VmPoolError({ code: 'VMPOOL_VM_NOT_FOUND', provider: PROVIDER, operation, vm: name, message: `VM ${name} does not exist on ${baseUrl} (deleted, or never created)` })
+  const mapNotFound = (name: string, operation: string) => (error: unknown) => Promise.reject(isHttpStatus(error, 404) ? notFound(name, operation) : error)
 
-  async function getVm(id: string, name: string, operation: string): Promise<ApiVm> {
-    return callJson(vmSchema, 'GET', `/api/vms/${encodeURIComponent(id)}`, { operation, vm: name, retry: 'idempotent' }).catch((error: unknown) => {
-      if (isVmPoolError(error, 'VMPOOL_HTTP_ERROR') && error.details?.status === 404) throw notFound(name, operation)
-      throw error
-    })
-  }
+  const getVm = (id: string, name: string, operation: string): Promise<ApiVm> =>
+    client.callJson(vmSchema, 'GET', `/api/vms/${encodeURIComponent(id)}`, { operation, vm: name, retry: 'idempotent' }).catch(mapNotFound(name, operation))
 
-  const listVms = async (): Promise<ApiVm[]> => (await callJson(vmListSchema, 'GET', '/api/vms', { operation: 'list', retry: 'idempotent' })).vms
+  const listVms = async (): Promise<ApiVm[]> => (await client.callJson(vmListSchema, 'GET', '/api/vms', { operation: 'list', retry: 'idempotent' })).vms
 
   async function deleteById(id: string, name: string): Promise<void> {
-    const { status, text } = await call('DELETE', `/api/vms/${encodeURIComponent(id)}`, { operation: 'delete', vm: name, retry: 'idempotent' })
+    const path = `/api/vms/${encodeURIComponent(id)}`
+    const { status, text } = await client.call('DELETE', path, { operation: 'delete', vm: name, retry: 'idempotent' })
     if (status === 404 || (status >= 200 && status < 300)) return
-    throw httpError('delete', name, 'DELETE', `/api/vms/${id}`, status, text)
+    throw client.httpError('delete', name, 'DELETE', path, status, text)
   }
 
-  /** One execute call. The script is bash (the API's language); env, cwd and stdin are part of it. */
-  async function execute(record: VmRecord, command: string | string[], execOptions: ExecOptions): Promise<ExecResult> {
-    const id = String(record.data.id)
-    const name = record.name
-    if (execOptions.signal?.aborted) throw abortedError({ signal: execOptions.signal, provider: PROVIDER, vm: name })
-    // The guest-side `timeout` ends the command (and the process group it leads) at timeoutMs; the
-    // server's timeout_seconds, a little later, is the backstop for a guest that stopped answering.
-    const { script, killScript } = makeGuestExec(command, { cwd: execOptions.cwd, env: execOptions.env, guestTimeoutMs: execOptions.timeoutMs })
-    const timeoutSeconds = execOptions.timeoutMs === undefined ? FIRECRACKER_DEFAULT_EXEC_TIMEOUT_SECONDS : Math.ceil(execOptions.timeoutMs / 1000) + FIRECRACKER_EXEC_TIMEOUT_GRACE_SECONDS
-    const run = (code: string, signal: AbortSignal | undefined, seconds: number) =>
-      callJson(executeSchema, 'POST', '/api/llm/execute', {
-        operation: 'exec',
-        vm: name,
-        retry: 'once',
-        signal,
-        timeoutMs: seconds * 1000 + scaleTimeout(FIRECRACKER_REQUEST_TIMEOUT_MS),
-        body: { agent_id: agentId, language: 'bash', code, vm_id: id, timeout_seconds: seconds, ...(execOptions.cwd?.startsWith('/') ? { working_dir: execOptions.cwd } : {}) },
-      }, (status) => status >= 200 && status < 300).catch((error: unknown) => {
-        if (isVmPoolError(error, 'VMPOOL_HTTP_ERROR') && error.details?.status === 404) throw notFound(name, 'exec')
-        throw error
-      })
-    // The API has no stdin: the input travels inside the script as a base64 heredoc.
-    const code =
-      execOptions.input === undefined
-        ? `sh -c ${shellQuote(script)} </dev/null`
-        : `base64 -d <<'VM_POOL_STDIN_EOF' | sh -c ${shellQuote(script)}\n${base64Lines(execOptions.input)}\nVM_POOL_STDIN_EOF`
-    // A command killed by the server's timeout or left behind by an abort may have children in their own
-    // process group (the wrapper's): kill that group with a second call.
-    const killInGuest = () => run(killScript, undefined, Math.ceil(scaleTimeout(FIRECRACKER_KILL_TIMEOUT_SECONDS * 1000) / 1000)).catch(() => undefined)
-    const started = performance.now()
-    let response: z.infer<typeof executeSchema>
-    try {
-      response = await run(code, execOptions.signal, timeoutSeconds)
-    } catch (error) {
-      if (isVmPoolError(error, 'VMPOOL_EXEC_ABORTED')) await killInGuest()
-      throw error
-    }
-    const durationMs = Math.round(performance.now() - started)
-    const timedOut = execOptions.timeoutMs !== undefined && (response.timed_out === true || (response.exit_code === TIMED_OUT_EXIT_CODE && durationMs >= execOptions.timeoutMs))
-    if (timedOut) await killInGuest()
-    if (response.stdout) execOptions.onStdout?.(response.stdout)
-    if (response.stderr) execOptions.onStderr?.(response.stderr)
-    return { exitCode: timedOut ? TIMED_OUT_EXIT_CODE : response.exit_code, stdout: response.stdout, stderr: response.stderr, durationMs, timedOut }
-  }
-
-  const makeVm = (record: VmRecord): Vm => {
-    const exec = (command: string | string[], execOptions: ExecOptions = {}) => execute(record, command, execOptions)
-    const transferFailed = (operation: string, path: string, result: ExecResult) =>
-      new VmPoolError({ code: 'VMPOOL_EXEC_FAILED', provider: PROVIDER, operation, vm: record.name, message: `${operation} ${JSON.stringify(path)} failed with exit code ${result.exitCode}: ${result.stderr.trim().slice(0, 300)}` })
-    return {
-      name: record.name,
-      provider: PROVIDER,
+  const makeVm = (record: VmRecord): Vm =>
+    createCliGuestVm({
       record,
-      exec,
-      async putFile(path, data) {
-        const result = await exec(['sh', '-c', 'cat > "$1"', 'sh', path], { input: data })
-        if (result.exitCode !== 0) throw transferFailed('putFile', path, result)
-      },
-      async getFile(path) {
-        // Responses are JSON text: base64 keeps binary files intact.
-        const result = await exec(['base64', '--', path])
-        if (result.exitCode !== 0) throw transferFailed('getFile', path, result)
-        return Buffer.from(result.stdout, 'base64')
-      },
-      async close() {},
-      async [Symbol.asyncDispose]() {},
-    }
-  }
+      provider: PROVIDER,
+      runInGuest: (argv, runOptions) => execute(client, { record, agentId, argv, runOptions }).catch(mapNotFound(record.name, 'exec')),
+      // The server's timeout_seconds is the backstop: a little after the guest-side `timeout`.
+      backstopGraceMs: FIRECRACKER_EXEC_TIMEOUT_GRACE_SECONDS * 1000,
+    })
 
   return {
     name: PROVIDER,
@@ -284,22 +109,21 @@ export function firecrackerProvider(options: FirecrackerProviderOptions = {}): V
     async create(spec: VmSpec): Promise<VmRecord> {
       const name = validateVmName(spec.name, PROVIDER)
       const type = spec.image ?? defaultVmType
-      const created = await callJson(vmSchema, 'POST', '/api/vms', { operation: 'create', vm: name, retry: 'once', body: { vm_type: type, vm_name: name } }).catch((error: unknown) => {
-        if (isVmPoolError(error, 'VMPOOL_HTTP_ERROR') && error.details?.status === 409) {
-          throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: PROVIDER, operation: 'create', vm: name, message: `a VM named ${name} already exists on ${baseUrl}`, hint: `delete it first: vm-pool gc --provider firecracker --prefix ${name}`, cause: error })
-        }
-        throw error
+      const created = await client.callJson(vmSchema, 'POST', '/api/vms', { operation: 'create', vm: name, retry: 'once', body: { vm_type: type, vm_name: name } }).catch((error: unknown) => {
+        if (!isHttpStatus(error, 409)) throw error
+        throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: PROVIDER, operation: 'create', vm: name, message: `a VM named ${name} already exists on ${baseUrl}`, hint: `delete it first: vm-pool gc --provider firecracker --prefix ${name}`, cause: error })
       })
       const record: VmRecord = { name, provider: PROVIDER, createdAt: new Date().toISOString(), spec: structuredClone(spec), data: { id: created.id, vmType: type, url: baseUrl } }
-      const bootMs = scaleTimeout(FIRECRACKER_BOOT_TIMEOUT_MS)
+      const vm = makeVm(record)
       const stop = new AbortController()
       const waitRunning = async () => {
         let status = created.status
         while (!stop.signal.aborted) {
           if (status === 'running') {
-            const probe = await execute(record, 'true', { timeoutMs: scaleTimeout(FIRECRACKER_READY_PROBE_TIMEOUT_MS), signal: stop.signal }).catch((error: unknown) => (isVmPoolError(error, 'VMPOOL_HTTP_ERROR') ? undefined : Promise.reject(error)))
+            // A VM that says `running` may not execute yet (HTTP 409): poll again.
+            const probe = await vm.exec('true', { timeoutMs: scaleTimeout(READY_PROBE_TIMEOUT_MS), signal: stop.signal }).catch((error: unknown) => (isVmPoolError(error, 'VMPOOL_HTTP_ERROR') ? undefined : Promise.reject(error)))
             if (probe?.exitCode === 0) return
-          } else if (/^(failed|error|crashed|stopped|deleted)$/i.test(status)) {
+          } else if (FAILED_WHILE_BOOTING.test(status)) {
             throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: PROVIDER, operation: 'create', vm: name, message: `VM ${name} (${created.id}) became ${status} while booting` })
           }
           await sleep(FIRECRACKER_POLL_INTERVAL_MS, stop.signal).catch(() => undefined)
@@ -307,7 +131,7 @@ export function firecrackerProvider(options: FirecrackerProviderOptions = {}): V
         }
       }
       try {
-        await withTimeout(waitRunning(), { name: 'FIRECRACKER_BOOT_TIMEOUT_MS', ms: bootMs, what: `VM ${name} (${created.id}) to be running and execute a command`, provider: PROVIDER, vm: name, code: 'VMPOOL_BOOT_TIMEOUT' })
+        await withTimeout(waitRunning(), { name: 'FIRECRACKER_BOOT_TIMEOUT_MS', ms: scaleTimeout(FIRECRACKER_BOOT_TIMEOUT_MS), what: `VM ${name} (${created.id}) to be running and execute a command`, provider: PROVIDER, vm: name, code: 'VMPOOL_BOOT_TIMEOUT' })
       } catch (error) {
         stop.abort()
         // Never leak a VM that did not come up.
@@ -342,43 +166,64 @@ export function firecrackerProvider(options: FirecrackerProviderOptions = {}): V
     },
 
     async probe(): Promise<ProviderProbe> {
-      if (!token) return { usable: false, reason: 'no API token', hint: 'set FIRECRACKER_AUTH_TOKEN (a JWT accepted by fcctl-web), or pass the token option', details: { url: baseUrl } }
+      if (!client.hasToken) return { usable: false, reason: 'no API token', hint: 'set FIRECRACKER_AUTH_TOKEN (a JWT accepted by fcctl-web), or pass the token option', details: { url: baseUrl } }
       try {
-        const { status } = await call('GET', '/health', { operation: 'probe', retry: 'idempotent' })
+        const { status } = await client.call('GET', '/health', { operation: 'probe', retry: 'idempotent' })
         if (status >= 200 && status < 300) return { usable: true, reason: `fcctl-web answers on ${baseUrl} and accepts the token`, details: { url: baseUrl, vmType: defaultVmType } }
         return { usable: false, reason: `GET /health answered HTTP ${status}`, details: { url: baseUrl } }
       } catch (error) {
-        return { usable: false, reason: isVmPoolError(error) ? error.shortMessage : redact(String(error)), hint: isVmPoolError(error) ? error.hint : undefined, details: { url: baseUrl } }
+        return { usable: false, reason: isVmPoolError(error) ? error.shortMessage : client.redact(String(error)), hint: isVmPoolError(error) ? error.hint : undefined, details: { url: baseUrl } }
       }
     },
+
+    describe: (record) => describeFirecrackerVm(record, baseUrl, agentId),
   }
 }
 
-function toVmState(status: string): VmState {
-  switch (status.toLowerCase()) {
-    case 'running':
-      return 'running'
-    case 'starting':
-    case 'creating':
-    case 'booting':
-    case 'pending':
-      return 'starting'
-    case 'stopped':
-    case 'paused':
-      return 'stopped'
-    case 'failed':
-    case 'error':
-    case 'crashed':
-      return 'dead'
-    default:
-      return 'unknown'
+interface ExecuteCall {
+  record: VmRecord
+  agentId: string
+  argv: string[]
+  runOptions: CommandRunOptions
+}
+
+/**
+ * One execute call: cli-guest-vm's `runInGuest`. The API takes bash code and has no stdin, so the
+ * input travels inside the code as a base64 heredoc. With a `timeoutMs` (the backstop), an answer
+ * that does not come within FIRECRACKER_EXEC_ANSWER_GRACE_MS after it is reported as a timeout.
+ */
+async function execute(client: FirecrackerClient, { record, agentId, argv, runOptions }: ExecuteCall): Promise<ExecResult> {
+  const { input, timeoutMs, signal } = runOptions
+  const line = toShellLine(argv)
+  const code = input === undefined ? `${line} </dev/null` : `base64 -d <<'VM_POOL_STDIN_EOF' | ${line}\n${base64Lines(input)}\nVM_POOL_STDIN_EOF`
+  const seconds = timeoutMs === undefined ? FIRECRACKER_DEFAULT_EXEC_TIMEOUT_SECONDS : Math.ceil(timeoutMs / 1000)
+  const answerGraceMs = scaleTimeout(timeoutMs === undefined ? FIRECRACKER_REQUEST_TIMEOUT_MS : FIRECRACKER_EXEC_ANSWER_GRACE_MS)
+  const started = performance.now()
+  const body = { agent_id: agentId, language: 'bash', code, vm_id: String(record.data.id), timeout_seconds: seconds }
+  try {
+    const response = await client.callJson(executeSchema, 'POST', '/api/llm/execute', { operation: 'exec', vm: record.name, retry: 'once', signal, timeoutMs: seconds * 1000 + answerGraceMs, body })
+    if (response.stdout) runOptions.onStdout?.(response.stdout)
+    if (response.stderr) runOptions.onStderr?.(response.stderr)
+    return { exitCode: response.exit_code, stdout: response.stdout, stderr: response.stderr, durationMs: Math.round(performance.now() - started), timedOut: response.timed_out === true }
+  } catch (error) {
+    const code = isVmPoolError(error, 'VMPOOL_HTTP_ERROR') ? error.details?.code : undefined
+    if (timeoutMs === undefined || (code !== 'UND_ERR_HEADERS_TIMEOUT' && code !== 'UND_ERR_BODY_TIMEOUT')) throw error
+    return { exitCode: TIMED_OUT_EXIT_CODE, stdout: '', stderr: '', durationMs: Math.round(performance.now() - started), timedOut: true }
+  }
+}
+
+/** curl lines for one VM, by its id; the token by its variable name only, never its value. */
+function describeFirecrackerVm(record: VmRecord, baseUrl: string, agentId: string): KeptVmHelp {
+  const url = typeof record.data.url === 'string' ? record.data.url : baseUrl
+  const id = String(record.data.id)
+  const auth = '-H "Authorization: Bearer $FIRECRACKER_AUTH_TOKEN"'
+  const request = JSON.stringify({ agent_id: agentId, language: 'bash', code: 'uname -a', vm_id: id, timeout_seconds: 60 })
+  return {
+    reach: `curl -sS ${auth} -H 'content-type: application/json' -d ${quoteShellArg(request)} ${quoteShellArg(`${url}/api/llm/execute`)}   (no shell: each call runs one bash snippet)`,
+    remove: `curl -sS -X DELETE ${auth} ${quoteShellArg(`${url}/api/vms/${encodeURIComponent(id)}`)}`,
   }
 }
 
 function base64Lines(input: string | Buffer): string {
   return (Buffer.isBuffer(input) ? input : Buffer.from(input)).toString('base64').replace(/.{1,76}/g, '$&\n').trimEnd()
-}
-
-function shellQuote(text: string): string {
-  return `'${text.replaceAll("'", `'\\''`)}'`
 }

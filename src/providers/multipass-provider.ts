@@ -1,12 +1,15 @@
 import { z } from 'zod'
-import { VmPoolError, invalidOptions, isVmPoolError } from '../errors.js'
-import { formatZodError } from '../config/zod-error.js'
+import { VmPoolError, isVmPoolError } from '../errors.js'
+import { sshEndpointFields } from '../transport/ssh-connection.js'
 import { SshTransport } from '../transport/ssh-transport.js'
 import { scaleTimeout } from '../util/timeouts.js'
 import { validateImageName, validateVmName } from '../util/vm-name.js'
-import { createCliGuestVm, waitUntilExecWorks } from '../transport/cli-guest-vm.js'
+import { createCliGuestVm } from './cli-guest-vm.js'
+import { waitUntilExecWorks } from './wait-until-exec-works.js'
 import { createLocalCommandRunner, createSshCommandRunner, type CommandRunner } from '../transport/command-runner.js'
-import type { ExecResult, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec, VmState } from './vm-provider.js'
+import { parseProviderOptions } from './parse-provider-options.js'
+import { makeVmStateMap } from './vm-state-map.js'
+import type { ExecResult, KeptVmHelp, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
 import { parseJsonOutput } from '../config/parse-json-output.js'
 
 const PROVIDER = 'multipass'
@@ -25,16 +28,16 @@ const UNAVAILABLE_HINT = 'is multipassd running? Try `multipass version`; on Lin
 
 export const multipassProviderOptionsSchema = z
   .object({
-    /** Run every `multipass` command on this host over SSH (seed 004). @default this machine */
-    host: z.string().min(1).optional(),
+    /** Run every `multipass` command on this host over SSH. @default this machine */
+    host: sshEndpointFields.host.optional(),
     /** SSH port of `host`. @default 22 */
-    port: z.number().int().min(1).max(65_535).default(22),
+    port: sshEndpointFields.port,
     /** SSH user on `host` (required with `host`). */
     user: z.string().min(1).optional(),
-    /** Unencrypted OpenSSH/PEM private key text for `host` (required with `host`). Never logged. */
-    privateKey: z.union([z.string().min(1), z.instanceof(Buffer)]).optional(),
-    /** Pinned host key of `host`: an OpenSSH public key line or a `SHA256:` fingerprint. */
-    hostKey: z.string().min(1).optional(),
+    /** Private key for `host` (required with `host`); see sshEndpointFields. Never logged. */
+    privateKey: sshEndpointFields.privateKey.optional(),
+    /** Pinned host key of `host`; see sshEndpointFields. */
+    hostKey: sshEndpointFields.hostKey,
     /** Default image for `multipass launch` (`24.04`, `jammy`, a blueprint); `VmSpec.image` wins. @default Multipass's LTS */
     image: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]*$/, 'expected an image name such as 24.04 or jammy').optional(),
     /** @default 1 */
@@ -64,18 +67,16 @@ export type MultipassProviderOptions = z.input<typeof multipassProviderOptionsSc
 
 const listSchema = z.object({ list: z.array(z.looseObject({ name: z.string(), state: z.string(), ipv4: z.array(z.string()).optional(), release: z.string().optional() })) })
 const infoSchema = z.looseObject({ info: z.record(z.string(), z.looseObject({ state: z.string() })) })
+const toVmState = makeVmStateMap({ running: ['Running'], starting: ['Starting', 'Restarting'], stopped: ['Stopped', 'Suspended', 'Suspending'], dead: ['Deleted'] })
 
 /**
  * Canonical Multipass instances, through the `multipass` CLI on this machine or, with `host`, on
- * another machine over SSH (seed 004). Multipass has no labels: ownership is encoded in the instance
+ * another machine over SSH. Multipass has no labels: ownership is encoded in the instance
  * name (`vitest-worker-<runId>-<slot>`), which is what `vm-pool gc` sweeps; `VmSpec.labels` stay in
  * the VmRecord only.
  */
 export function multipassProvider(options: MultipassProviderOptions = {}): VmProvider {
-  const parsed = multipassProviderOptionsSchema.safeParse(options)
-  // Never echo the options: they may hold a private key.
-  if (!parsed.success) throw invalidOptions(`invalid multipassProvider options: ${formatZodError(parsed.error, options)}`, { provider: PROVIDER })
-  const { privateKey, ...rest } = parsed.data
+  const { privateKey, ...rest } = parseProviderOptions(multipassProviderOptionsSchema, options, PROVIDER)
   const config = Object.freeze(rest)
   const runner: CommandRunner =
     config.host === undefined
@@ -198,27 +199,14 @@ export function multipassProvider(options: MultipassProviderOptions = {}): VmPro
       }
     },
 
+    describe(record: VmRecord): KeptVmHelp {
+      const name = validateVmName(record.name, PROVIDER)
+      const on = typeof record.data.host === 'string' && record.data.host !== 'local' ? `   (on ${record.data.host})` : ''
+      return { reach: `multipass shell ${name}${on}`, remove: `multipass delete --purge ${name}${on}` }
+    },
+
     async close(): Promise<void> {
       await runner.close()
     },
   }
 }
-
-function toVmState(state: string): VmState {
-  switch (state) {
-    case 'Running':
-      return 'running'
-    case 'Starting':
-    case 'Restarting':
-      return 'starting'
-    case 'Stopped':
-    case 'Suspended':
-    case 'Suspending':
-      return 'stopped'
-    case 'Deleted':
-      return 'dead'
-    default:
-      return 'unknown'
-  }
-}
-

@@ -1,11 +1,14 @@
 import { z } from 'zod'
-import { VmPoolError, invalidOptions, isVmPoolError } from '../errors.js'
-import { formatZodError } from '../config/zod-error.js'
+import { VmPoolError, isVmPoolError } from '../errors.js'
 import { scaleTimeout } from '../util/timeouts.js'
 import { validateImageName, validateVmName } from '../util/vm-name.js'
-import { createCliGuestVm, waitUntilExecWorks } from '../transport/cli-guest-vm.js'
+import { quoteShellArg } from '../transport/shell.js'
+import { createCliGuestVm } from './cli-guest-vm.js'
+import { waitUntilExecWorks } from './wait-until-exec-works.js'
 import { createLocalCommandRunner } from '../transport/command-runner.js'
-import type { ExecResult, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec, VmState } from './vm-provider.js'
+import { parseProviderOptions } from './parse-provider-options.js'
+import { makeVmStateMap } from './vm-state-map.js'
+import type { ExecResult, KeptVmHelp, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
 import { parseJsonOutput } from '../config/parse-json-output.js'
 
 const PROVIDER = 'orbstack'
@@ -37,16 +40,15 @@ const orbMachineSchema = z.looseObject({
   image: z.looseObject({ distro: z.string().optional(), version: z.string().optional(), arch: z.string().optional() }).optional(),
 })
 type OrbMachine = z.infer<typeof orbMachineSchema>
+const toVmState = makeVmStateMap({ running: ['running'], starting: ['starting', 'creating'], stopped: ['stopped', 'stopping'] })
 
 /**
- * OrbStack Linux machines through `orbctl` (seed 003). OrbStack has no labels: ownership is carried by
+ * OrbStack Linux machines through `orbctl`. OrbStack has no labels: ownership is carried by
  * the machine name (`vitest-worker-<runId>-<slot>`), which is what `vm-pool gc` sweeps. CPU, memory and
  * disk are shared by all OrbStack machines, so those spec fields are ignored.
  */
 export function orbstackProvider(options: OrbstackProviderOptions = {}): VmProvider {
-  const parsed = orbstackProviderOptionsSchema.safeParse(options)
-  if (!parsed.success) throw invalidOptions(`invalid orbstackProvider options: ${formatZodError(parsed.error, options)}`, { provider: PROVIDER })
-  const config = Object.freeze(parsed.data)
+  const config = Object.freeze(parseProviderOptions(orbstackProviderOptionsSchema, options, PROVIDER))
   const runner = createLocalCommandRunner({ provider: PROVIDER, missingHint: 'install OrbStack (https://orbstack.dev), or set orbctlBinary' })
   const orbctl = (args: string[], input?: string) => runner.run([config.orbctlBinary, ...args], { timeoutMs: scaleTimeout(ORBSTACK_CLI_TIMEOUT_MS), input })
 
@@ -133,21 +135,11 @@ export function orbstackProvider(options: OrbstackProviderOptions = {}): VmProvi
         return { usable: false, reason: isVmPoolError(error) ? error.shortMessage : String(error), hint: 'install OrbStack (macOS only: https://orbstack.dev), or set orbctlBinary' }
       }
     },
+
+    describe(record: VmRecord): KeptVmHelp {
+      const name = validateVmName(record.name, PROVIDER)
+      const user = typeof record.data.user === 'string' ? ` -u ${quoteShellArg(record.data.user)}` : ''
+      return { reach: `orb -m ${name}${user}`, remove: `orbctl delete -f ${name}` }
+    },
   }
 }
-
-function toVmState(state: string): VmState {
-  switch (state.toLowerCase()) {
-    case 'running':
-      return 'running'
-    case 'starting':
-    case 'creating':
-      return 'starting'
-    case 'stopped':
-    case 'stopping':
-      return 'stopped'
-    default:
-      return 'unknown'
-  }
-}
-

@@ -5,12 +5,15 @@ import lockfile from 'proper-lockfile'
 import { z } from 'zod'
 import { VmPoolError, invalidOptions, isVmPoolError } from '../errors.js'
 import { formatZodError } from '../config/zod-error.js'
+import { sshEndpointFields } from '../transport/ssh-connection.js'
 import { SshTransport } from '../transport/ssh-transport.js'
+import { quoteShellArg } from '../transport/shell.js'
 import { writeFileAtomic } from '../util/fs-atomic.js'
 import { getStateDir } from '../util/state-dir.js'
 import { scaleTimeout } from '../util/timeouts.js'
 import { validateVmName } from '../util/vm-name.js'
-import type { ExecOptions, ExecResult, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
+import { parseProviderOptions } from './parse-provider-options.js'
+import type { ExecOptions, ExecResult, KeptVmHelp, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
 
 const PROVIDER = 'ssh'
 
@@ -23,14 +26,8 @@ export const SSH_LEASE_LOCK_STALE_MS = 10_000
 
 const sshHostSchema = z
   .object({
-    host: z.string().min(1),
-    /** @default 22 */
-    port: z.number().int().min(1).max(65_535).default(22),
+    ...sshEndpointFields,
     user: z.string().min(1),
-    /** Unencrypted OpenSSH/PEM private key text. Never logged, never stored in records or leases. */
-    privateKey: z.union([z.string().min(1), z.instanceof(Buffer)]),
-    /** Pinned host key: an OpenSSH public key line or a `SHA256:` fingerprint. Strongly recommended. */
-    hostKey: z.string().min(1).optional(),
   })
   .strict()
 
@@ -76,16 +73,9 @@ function hostId(host: { user: string; host: string; port: number }): string {
  * Processes on other machines do not see this file: give each CI machine its own hosts.
  */
 export function sshProvider(options: SshProviderOptions): VmProvider {
-  const parsed = sshProviderOptionsSchema.safeParse(options)
-  // Never echo the options: they hold private keys.
-  if (!parsed.success) {
-    throw invalidOptions(`invalid sshProvider options: ${formatZodError(parsed.error, options)}`, {
-      provider: PROVIDER,
-      hint: 'from the CLI, pass the hosts as JSON: VM_POOL_PROVIDER_OPTIONS=\'{"hosts":[{"host":"10.0.0.5","user":"ci","privateKey":"..."}]}\'',
-    })
-  }
-  const hosts = new Map<string, SshHost>(parsed.data.hosts.map((host) => [hostId(host), host]))
-  const { reset, stateDir } = parsed.data
+  const parsed = parseProviderOptions(sshProviderOptionsSchema, options, PROVIDER, 'from the CLI, pass the hosts as JSON: VM_POOL_PROVIDER_OPTIONS=\'{"hosts":[{"host":"10.0.0.5","user":"ci","privateKey":"..."}]}\'')
+  const hosts = new Map<string, SshHost>(parsed.hosts.map((host) => [hostId(host), host]))
+  const { reset, stateDir } = parsed
   const dir = () => join(getStateDir(stateDir), 'ssh')
   const leasePath = () => join(dir(), 'leases.json')
   const transports = new Map<string, SshTransport>()
@@ -263,6 +253,17 @@ export function sshProvider(options: SshProviderOptions): VmProvider {
       return reachable > 0
         ? { usable: true, reason: summary + (problems.length ? `; ${problems.join('; ')}` : ''), details: { leaseFile: leasePath() } }
         : { usable: false, reason: `${summary}: ${problems.join('; ')}`, hint: 'check the hosts list: address, user, key, pinned host key', details: { leaseFile: leasePath() } }
+    },
+
+    describe(record: VmRecord): KeptVmHelp {
+      const name = validateVmName(record.name, PROVIDER)
+      const { host, port, user, hostId: id } = record.data
+      const target = typeof id === 'string' ? id : 'its host'
+      return {
+        // The key is never printed: it is whichever private key the hosts list gives for that host.
+        reach: typeof host === 'string' && typeof user === 'string' ? `ssh -p ${Number(port) || 22} ${quoteShellArg(`${user}@${host}`)}   (with the private key of ${target} in the sshProvider hosts list)` : `the host leased to ${name} (vm-pool ls --provider ssh)`,
+        remove: `from code: sshProvider(<the same options>).delete('${name}'): runs the reset command on ${target} and frees its lease in ${leasePath()}`,
+      }
     },
 
     async close(): Promise<void> {

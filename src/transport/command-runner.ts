@@ -1,15 +1,17 @@
 import { VmPoolError } from '../errors.js'
 import { runProcess } from './process-runner.js'
-import type { ExecResult } from './exec-types.js'
+import type { ExecOptions, ExecResult } from './exec-types.js'
 import type { SshTransport } from './ssh-transport.js'
-import type { GuestRunOptions } from './cli-guest-vm.js'
+
+/** What a runner passes on to the program it runs: no cwd or env, those belong to the command line. */
+export type CommandRunOptions = Pick<ExecOptions, 'input' | 'timeoutMs' | 'signal' | 'onStdout' | 'onStderr'>
 
 /** Runs a VM manager's CLI (`multipass`, `orbctl`) on this machine or on a remote host. */
 export interface CommandRunner {
   /** Where the CLI runs, for messages: `this machine` or `user@host:port`. */
   readonly where: string
   /** Run argv; a non-zero exit resolves. A CLI that is not installed rejects with VMPOOL_PROVIDER_UNAVAILABLE. */
-  run(argv: string[], options?: GuestRunOptions): Promise<ExecResult>
+  run(argv: string[], options?: CommandRunOptions): Promise<ExecResult>
   close(): Promise<void>
 }
 
@@ -55,8 +57,8 @@ export interface SshCommandRunnerOptions {
 }
 
 /**
- * The CLI on another machine over one persistent ssh2 connection (seed 004: the Multipass host needs
- * no agent, only sshd). argv is quoted word by word (`toShellLine`), so nothing reaches the remote
+ * The CLI on another machine over one persistent ssh2 connection (the Multipass host needs no agent,
+ * only sshd). argv is quoted word by word (`toShellLine`), so nothing reaches the remote
  * login shell unescaped; timeouts and aborts kill the remote process group (SshTransport).
  */
 export function createSshCommandRunner(transport: SshTransport, options: SshCommandRunnerOptions): CommandRunner {

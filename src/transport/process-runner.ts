@@ -1,10 +1,17 @@
 import { spawn } from 'node:child_process'
 import { StringDecoder } from 'node:string_decoder'
 import { VmPoolError } from '../errors.js'
+import { scaleTimeout } from '../util/timeouts.js'
 import type { ExecOptions, ExecResult } from './exec-types.js'
 
 /** Exit code reported for a command killed by `timeoutMs`, as coreutils `timeout` does. */
 export const TIMED_OUT_EXIT_CODE = 124
+/**
+ * After a timeout or an abort killed the process group, how long its stdout/stderr may take to close
+ * before we stop waiting for them. A child that left the group (`setsid`, a daemon) can hold them open
+ * for ever; the SSH transport has the same rule (EXEC_KILL_GRACE_MS). Scaled by VM_POOL_TIMEOUT_SCALE.
+ */
+export const PROCESS_KILL_GRACE_MS = 2_000
 
 export interface RunProcessOptions extends Omit<ExecOptions, 'cwd' | 'env'> {
   cwd?: string
@@ -17,7 +24,8 @@ export interface RunProcessOptions extends Omit<ExecOptions, 'cwd' | 'env'> {
 
 /**
  * Run a local program and collect an `ExecResult`. The child gets its own process group so a
- * timeout or an abort kills everything it started (a `sh -c` line forks), not just the shell.
+ * timeout or an abort kills everything it started (a `sh -c` line forks), not just the shell; what
+ * escaped the group gets PROCESS_KILL_GRACE_MS to let go of the pipes, then we stop waiting.
  * A program that cannot start rejects with `VMPOOL_EXEC_FAILED`; a non-zero exit does not reject.
  */
 export function runProcess(file: string, args: readonly string[], options: RunProcessOptions = {}): Promise<ExecResult> {
@@ -37,14 +45,44 @@ export function runProcess(file: string, args: readonly string[], options: RunPr
     const stderr = collect(child.stderr, options.onStderr)
     let timedOut = false
     let aborted = false
+    let settled = false
     let timer: NodeJS.Timeout | undefined
+    let graceTimer: NodeJS.Timeout | undefined
 
+    const settle = (): boolean => {
+      if (settled) return false
+      settled = true
+      clearTimeout(timer)
+      clearTimeout(graceTimer)
+      options.signal?.removeEventListener('abort', onAbort)
+      return true
+    }
+    const finish = (code: number | null, signal: NodeJS.Signals | null) => {
+      if (!settle()) return
+      // After the grace the pipes may still be open: drop them so nothing keeps this process busy.
+      child.stdout.destroy()
+      child.stderr.destroy()
+      if (aborted) {
+        reject(abortedError(options))
+        return
+      }
+      const result: ExecResult = {
+        exitCode: timedOut ? TIMED_OUT_EXIT_CODE : (code ?? 128 + signalNumber(signal)),
+        stdout: stdout(),
+        stderr: stderr(),
+        durationMs: Math.round(performance.now() - started),
+        timedOut,
+      }
+      if (signal) result.signal = signal
+      resolve(result)
+    }
     const killGroup = () => {
       try {
         if (child.pid) process.kill(-child.pid, 'SIGKILL')
       } catch {
         // the group is already gone
       }
+      graceTimer ??= setTimeout(() => finish(child.exitCode, child.signalCode), scaleTimeout(PROCESS_KILL_GRACE_MS))
     }
     const onAbort = () => {
       aborted = true
@@ -64,8 +102,7 @@ export function runProcess(file: string, args: readonly string[], options: RunPr
     else child.stdin.end()
 
     child.once('error', (error) => {
-      clearTimeout(timer)
-      options.signal?.removeEventListener('abort', onAbort)
+      if (!settle()) return
       reject(
         new VmPoolError({
           code: 'VMPOOL_EXEC_FAILED',
@@ -77,23 +114,7 @@ export function runProcess(file: string, args: readonly string[], options: RunPr
         }),
       )
     })
-    child.once('close', (code, signal) => {
-      clearTimeout(timer)
-      options.signal?.removeEventListener('abort', onAbort)
-      if (aborted) {
-        reject(abortedError(options))
-        return
-      }
-      const result: ExecResult = {
-        exitCode: timedOut ? TIMED_OUT_EXIT_CODE : (code ?? 128 + signalNumber(signal)),
-        stdout: stdout(),
-        stderr: stderr(),
-        durationMs: Math.round(performance.now() - started),
-        timedOut,
-      }
-      if (signal) result.signal = signal
-      resolve(result)
-    })
+    child.once('close', finish)
   })
 }
 

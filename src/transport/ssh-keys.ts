@@ -9,10 +9,22 @@ export interface SshKeyPair {
   publicKey: string
 }
 
-/** A fresh ed25519 key pair, for test sshds, guest images and per-run client keys. */
+/** Pairs tried before giving up; a bad pair is about 1 in 256, so two in a row are already rare. */
+const KEY_PAIR_ATTEMPTS = 16
+
+/**
+ * A fresh ed25519 key pair, for test sshds, guest images and per-run client keys. ssh2's generator
+ * strips leading zero bytes from the 32-byte public key (mscdex/ssh2#1390, open) and `parseKey`
+ * then refuses the pair ("the ssh private key could not be parsed" in a test run): a pair is kept
+ * only when both halves parse.
+ */
 export function generateSshKeyPair(comment = 'vm-pool'): SshKeyPair {
-  const pair = ssh2.utils.generateKeyPairSync('ed25519', { comment })
-  return { privateKey: pair.private, publicKey: pair.public.trim() }
+  for (let attempt = 1; ; attempt++) {
+    const pair = ssh2.utils.generateKeyPairSync('ed25519', { comment })
+    const readable = !(ssh2.utils.parseKey(pair.private) instanceof Error) && !(ssh2.utils.parseKey(pair.public) instanceof Error)
+    if (readable) return { privateKey: pair.private, publicKey: pair.public.trim() }
+    if (attempt >= KEY_PAIR_ATTEMPTS) throw new Error(`ssh2 generated ${KEY_PAIR_ATTEMPTS} unreadable ed25519 key pairs in a row`)
+  }
 }
 
 /** The raw key blob of an OpenSSH public key line (`type base64 [comment]`). */

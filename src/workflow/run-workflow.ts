@@ -1,11 +1,9 @@
-import { dirname } from 'node:path'
 import { z } from 'zod'
 import { invalidOptions, isVmPoolError } from '../errors.js'
 import { formatZodError } from '../config/zod-error.js'
-import { quoteShellArg } from '../transport/shell.js'
 import { createDebug } from '../util/debug.js'
 import { getTimeoutScale } from '../util/timeouts.js'
-import type { Vm, VmRecord } from '../providers/vm-provider.js'
+import type { KeptVmHelp, Vm, VmProvider, VmRecord } from '../providers/vm-provider.js'
 import type { SessionManager, WorkflowSession } from './session-manager.js'
 import type { Workflow, WorkflowPhase, WorkflowStep } from './workflow-schema.js'
 
@@ -91,7 +89,7 @@ export type WorkflowEvent =
 export interface RunWorkflowOptions {
   /** Where the workflow's one VM comes from, under its concurrency limit. */
   sessions: SessionManager
-  /** Leave the VM running afterwards (seed 004 debug mode); `result.keptVm` says how to reach and delete it. @default false */
+  /** Leave the VM running afterwards (debug mode); `result.keptVm` says how to reach and delete it. @default false */
   keepVm?: boolean
   /** Called as the run progresses (the CLI prints one line per `command-end`). A throwing listener is ignored. */
   onEvent?: (event: WorkflowEvent) => void
@@ -178,7 +176,7 @@ export async function runWorkflow(workflow: Workflow, options: RunWorkflowOption
   }
   if (workflow.source !== undefined) result.source = workflow.source
   if (aborted) result.aborted = true
-  if (keepVm && !releaseError) result.keptVm = describeKeptVm(vm)
+  if (keepVm && !releaseError) result.keptVm = describeKeptVm(vm, sessions.provider)
   if (releaseError) result.releaseError = releaseError
   return result
 }
@@ -244,28 +242,16 @@ function toStepError(error: unknown): StepError {
   return { code: 'VMPOOL_INTERNAL', message: (error as Error)?.message ?? String(error) }
 }
 
-function describeKeptVm(vm: Vm): KeptVm {
-  const { name, provider, record } = vm
-  const home = typeof record.data.home === 'string' ? record.data.home : undefined
-  // Only this VM: `vm-pool gc` would delete every other orphaned VM too (a kept VM has no lease, and
-  // `--prefix` only adds prefixes), so it is offered only where no single-VM command exists.
-  const remove =
-    provider === 'fake' && home
-      ? `rm -rf ${quoteShellArg(dirname(home))}`
-      : provider === 'multipass'
-        ? `multipass delete --purge ${name}${typeof record.data.host === 'string' && record.data.host !== 'local' ? `   (on ${record.data.host})` : ''}`
-        : provider === 'orbstack'
-          ? `orbctl delete -f ${name}`
-          : `from code: provider.delete('${name}'); or vm-pool gc --provider ${provider}, which deletes every orphaned VM, this one included`
-  const reach =
-    provider === 'fake' && home
-      ? `cd ${home}   (a fake VM is a directory on this host)`
-      : provider === 'multipass'
-        ? `multipass shell ${name}`
-        : provider === 'orbstack'
-          ? `orb -m ${name}`
-          : `vm-pool ls --provider ${provider} shows it; from code: provider.connect(result.keptVm.record)`
-  return { name, provider, record, reach, remove }
+/** The provider says how to reach and delete its VM (`VmProvider.describe`); a generic answer otherwise. */
+function describeKeptVm(vm: Vm, provider: VmProvider): KeptVm {
+  const { name, record } = vm
+  const help: KeptVmHelp = provider.describe?.(record) ?? {
+    reach: `vm-pool ls --provider ${vm.provider} shows it; from code: provider.connect(result.keptVm.record)`,
+    // Only this VM: `vm-pool gc` would delete every other orphaned VM too (a kept VM has no lease, and
+    // `--prefix` only adds prefixes), so it is offered as the second choice, saying so.
+    remove: `from code: provider.delete('${name}'); or vm-pool gc --provider ${vm.provider}, which deletes every orphaned VM, this one included`,
+  }
+  return { name, provider: vm.provider, record, reach: help.reach, remove: help.remove }
 }
 
 function assertWorkflow(workflow: Workflow): void {

@@ -11,7 +11,7 @@ afterAll(() => fixture.dispose())
 
 describeProviderContract('multipass (local, fixture CLI)', () => multipassProvider({ image: '24.04', cpus: 2, memoryMiB: 1536, diskGiB: 8, cloudInit: '#cloud-config\npackages: [jq]\n' }))
 
-// Remote (seed 004): every multipass command goes over ssh2 to a real sshd on loopback, whose sessions
+// Remote: every multipass command goes over ssh2 to a real sshd on loopback, whose sessions
 // have the stand-in multipass (and this Node) first on PATH.
 const skipReason = getSshdSkipReason()
 let sshd: StartedSshd | undefined

@@ -1,5 +1,5 @@
 /**
- * The contract every VmProvider passes (DESIGN.md "Core contracts"). Each provider's test file calls
+ * The contract every VmProvider passes (docs/providers.md). Each provider's test file calls
  * `describeProviderContract` with a factory; one VM is created for the exec checks (a real boot is the
  * expensive part), a second one for the create → list → delete → delete again → list lifecycle.
  */
@@ -113,9 +113,12 @@ export function describeProviderContract(label: string, makeProvider: () => VmPr
 
     test('an AbortSignal kills the command and rejects with VMPOOL_EXEC_ABORTED', async () => {
       const controller = new AbortController()
-      const pending = vm.exec('sleep 1; touch abort-marker', { signal: controller.signal })
+      // The marker is touched only once the gate exists, and the gate opens after the abort returned:
+      // a busy machine cannot make the command finish before the kill arrives.
+      const pending = vm.exec('while [ ! -e abort-gate ]; do sleep 0.1; done; touch abort-marker', { signal: controller.signal })
       setTimeout(() => controller.abort(new Error('stop')), 200)
       await expect(pending).rejects.toSatisfy((error) => isVmPoolError(error, 'VMPOOL_EXEC_ABORTED'))
+      expect((await vm.exec('touch abort-gate')).exitCode).toBe(0)
       await new Promise((resolve) => setTimeout(resolve, 1_500))
       expect((await vm.exec('test -e abort-marker && echo present || echo absent')).stdout).toBe('absent\n')
       const already = AbortSignal.abort()

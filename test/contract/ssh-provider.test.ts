@@ -24,7 +24,7 @@ describeProviderContract(
     sshProvider({
       hosts: sshd!.ports.map((port) => ({ host: sshd!.host, port, user: sshd!.user, privateKey: sshd!.clientKey.privateKey, hostKey: sshd!.hostPublicKey })),
       // The hosts are this machine: the reset removes what the contract suite leaves in the home directory.
-      reset: 'rm -rf contract-work contract-binary.bin contract-text.txt abort-marker',
+      reset: 'rm -rf contract-work contract-binary.bin contract-text.txt abort-marker abort-gate',
       stateDir,
     }),
   { skipReason },

@@ -2,6 +2,7 @@
  * multipass and orbstack providers against the stand-in CLIs in fixtures/bin (real executables on PATH,
  * state in a temp dir, every invocation logged), locally and — for multipass — on a real sshd.
  */
+import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
@@ -95,6 +96,20 @@ describe.each(providers)('%s provider with the fixture CLI', (label, make, cli) 
       fixture.setUnavailable(false)
     }
     expect((await provider.probe!()).usable).toBe(true)
+  })
+
+  test('describe: how to reach a kept VM, and a delete command that removes that VM and no other', async () => {
+    const kept = await provider.create({ name: `${label}-kept-a` })
+    const other = await provider.create({ name: `${label}-kept-b` })
+    const help = provider.describe!(kept)
+    expect(help.reach).toContain(kept.name)
+    expect(help.remove).toContain(kept.name)
+    // The printed command, run as a person would (the stand-in CLI is first on PATH).
+    execFileSync('sh', ['-c', help.remove], { encoding: 'utf8' })
+    const names = (await provider.list()).map((info) => info.name)
+    expect(names).not.toContain(kept.name)
+    expect(names).toContain(other.name)
+    await provider.delete(other.name)
   })
 
   test('a missing CLI binary is VMPOOL_PROVIDER_UNAVAILABLE', async () => {

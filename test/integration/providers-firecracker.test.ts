@@ -2,13 +2,15 @@
  * firecrackerProvider against the fcctl-web stand-in (a real HTTP server on 127.0.0.1:0): the token
  * never leaks, 5xx and connection errors are retried with backoff, 4xx never are, 404 on delete is "gone".
  */
+import { execFile, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { inspect } from 'node:util'
+import { inspect, promisify } from 'node:util'
 import { Agent, type Dispatcher } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
 import { startFirecrackerServer, type StartedFirecrackerServer } from '../../fixtures/firecracker-server.js'
 import { isVmPoolError } from '../../src/errors.js'
-import { firecrackerProvider } from '../../src/providers/firecracker-provider.js'
+import { FIRECRACKER_EXEC_ANSWER_GRACE_MS, firecrackerProvider } from '../../src/providers/firecracker-provider.js'
+import { scaleTimeout } from '../../src/util/timeouts.js'
 import { getFreePort } from '../helpers/sshd.js'
 
 const token = `secret-${randomBytes(24).toString('hex')}`
@@ -186,4 +188,69 @@ describe('firecracker provider against the fixture API', () => {
     expect((await vm.exec('echo ok')).stdout).toBe('ok\n')
     await provider.delete('fc-timeout')
   })
+
+  test('describe: curl lines for that VM by id that work; the delete removes it and no other; the token is named, never shown', async () => {
+    const provider = firecrackerProvider({ url: server.url, token })
+    const kept = await provider.create({ name: 'fc-kept-a' })
+    const other = await provider.create({ name: 'fc-kept-b' })
+    try {
+      const help = provider.describe!(kept)
+      expect(JSON.stringify(help)).not.toContain(token)
+      const env = { ...process.env, FIRECRACKER_AUTH_TOKEN: token }
+      // Run what a person would paste (the reach line ends with a note in parentheses). Not execFileSync:
+      // the fixture server answers from this process's event loop.
+      const sh = (line: string) => promisify(execFile)('sh', ['-c', line], { env, encoding: 'utf8', timeout: 30_000 })
+      const answer = JSON.parse((await sh(help.reach.replace(/ {3}\(.*\)$/, ''))).stdout)
+      expect(answer).toMatchObject({ exit_code: 0, stdout: expect.stringContaining('Linux') })
+      await sh(help.remove)
+      expect(server.vmIds()).not.toContain(kept.data.id)
+      expect(server.vmIds()).toContain(other.data.id)
+    } finally {
+      await provider.delete('fc-kept-a')
+      await provider.delete('fc-kept-b')
+    }
+  })
+
+  test('a token in an error body is redacted BEFORE the body is cut: no piece of it leaks (list and exec)', async () => {
+    const provider = firecrackerProvider({ url: server.url, token })
+    const vm = await provider.connect(await provider.create({ name: 'fc-redact' }))
+    // 50 of the token's characters before the cut (300 for an error body, 200 for a body that is not JSON).
+    const across = (cut: number) => `${'x'.repeat(cut - 50)}${token} and more text after it`
+    const cases: Array<[string, () => Promise<unknown>]> = [
+      ['list, HTTP 400', () => (server.injectFault({ status: 400, times: 1, method: 'GET', path: '/api/vms', text: across(300) }), provider.list())],
+      ['list, not JSON', () => (server.injectFault({ status: 200, times: 1, method: 'GET', path: '/api/vms', text: across(200) }), provider.list())],
+      ['list, not JSON, token first', () => (server.injectFault({ status: 200, times: 1, method: 'GET', path: '/api/vms', text: `${token} is not JSON` }), provider.list())],
+      ['exec, HTTP 400', () => (server.injectFault({ status: 400, times: 1, method: 'POST', path: '/api/llm/execute', text: across(300) }), vm.exec('echo hi'))],
+    ]
+    try {
+      for (const [label, attempt] of cases) {
+        const error = await attempt().then(() => undefined, (e: unknown) => e)
+        expect(isVmPoolError(error, 'VMPOOL_HTTP_ERROR'), label).toBe(true)
+        const visible = everything(error)
+        // Any 8 characters in a row of the token count as a leak.
+        const leaked = Array.from({ length: token.length - 7 }, (_, i) => token.slice(i, i + 8)).filter((piece) => visible.includes(piece))
+        expect(leaked, label).toEqual([])
+        expect(String(error), label).toContain('[redacted]')
+      }
+    } finally {
+      await provider.delete('fc-redact')
+    }
+  })
+
+  test('a detached child holding the output does not outlive timeoutMs: exec stops waiting after FIRECRACKER_EXEC_ANSWER_GRACE_MS', async () => {
+    const provider = firecrackerProvider({ url: server.url, token })
+    const vm = await provider.connect(await provider.create({ name: 'fc-detached' }))
+    // A sleep time no other process uses, to find (and end) this test's detached sleep by its pid.
+    const tag = `25.${randomBytes(3).readUIntBE(0, 3)}`
+    try {
+      // `setsid` moves the sleep out of every process group a kill reaches; it keeps the server's pipe open.
+      const result = await vm.exec(`setsid sleep ${tag} & echo started`, { timeoutMs: 500 })
+      expect(result).toMatchObject({ timedOut: true, exitCode: 124 })
+      // timeout_seconds (1 s + 2 s grace) plus the answer grace; without it: a VMPOOL_HTTP_ERROR after 30 s more.
+      expect(result.durationMs).toBeLessThan(3_000 + scaleTimeout(FIRECRACKER_EXEC_ANSWER_GRACE_MS) + 5_000)
+    } finally {
+      for (const pid of spawnSync('pgrep', ['-f', `^sleep ${tag}$`], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean)) process.kill(Number(pid), 'SIGKILL')
+      await provider.delete('fc-detached')
+    }
+  }, 60_000)
 })

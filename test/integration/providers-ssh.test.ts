@@ -142,4 +142,19 @@ describe.skipIf(Boolean(skipReason))('ssh provider against a real sshd', () => {
       expect(String(error)).toContain(join(stateDir, 'ssh', 'leases.json'))
     }
   })
+
+  test('describe: an ssh line for the leased host without any key material; the delete names that VM only', async () => {
+    const provider = make({ stateDir: tempDir('vm-pool-ssh-describe-') })
+    const record = await provider.create({ name: 'describe-me' })
+    try {
+      const help = provider.describe!(record)
+      expect(help.reach).toContain(`ssh -p ${record.data.port} ${sshd.user}@${sshd.host}`)
+      expect(help.remove).toContain("delete('describe-me')")
+      expect(help.remove).toContain(String(record.data.hostId))
+      const keyBody = sshd.clientKey.privateKey.split('\n')[1]!
+      expect(JSON.stringify(help)).not.toContain(keyBody)
+    } finally {
+      await provider.delete('describe-me')
+    }
+  })
 })

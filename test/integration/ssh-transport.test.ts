@@ -4,7 +4,7 @@
  */
 import { spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
@@ -70,10 +70,14 @@ describe.skipIf(Boolean(skipReason))('SshTransport against OpenSSH sshd on loopb
   test('an AbortSignal kills the command and rejects with VMPOOL_EXEC_ABORTED', async () => {
     const ssh = make()
     const marker = join(work, 'abort-marker')
+    const gate = join(work, 'abort-gate')
     const controller = new AbortController()
-    const pending = ssh.exec(['sh', '-c', 'sleep 1; touch "$1"', 'sh', marker], { signal: controller.signal })
+    // The command touches the marker only once the gate exists, and the gate opens after the abort
+    // returned: a busy machine cannot make the command finish before the kill arrives.
+    const pending = ssh.exec(['sh', '-c', 'while [ ! -e "$2" ]; do sleep 0.1; done; touch "$1"', 'sh', marker, gate], { signal: controller.signal })
     setTimeout(() => controller.abort(), 200)
     await expect(pending).rejects.toSatisfy((error) => isVmPoolError(error, 'VMPOOL_EXEC_ABORTED'))
+    writeFileSync(gate, '')
     await new Promise((resolve) => setTimeout(resolve, 1_300))
     expect(existsSync(marker)).toBe(false)
   })

@@ -6,6 +6,8 @@ import { describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
 import { countingProvider } from '../../src/providers/counting-provider.js'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
+import { PROCESS_KILL_GRACE_MS } from '../../src/transport/process-runner.js'
+import { scaleTimeout } from '../../src/util/timeouts.js'
 import { createProvider } from '../../src/providers/provider-registry.js'
 
 const tempStateDir = () => mkdtempSync(join(tmpdir(), 'vm-pool-fake-'))
@@ -56,6 +58,34 @@ describe('fakeProvider', () => {
     await expect(vm.exec('echo explode')).rejects.toSatisfy((e) => isVmPoolError(e, 'VMPOOL_EXEC_FAILED'))
     expect((await vm.exec('echo fine')).stdout).toBe('fine\n')
   })
+
+  test('a detached child holding stdout does not outlive timeoutMs or an abort (grace close)', async () => {
+    const provider = fakeProvider({ stateDir: tempStateDir() })
+    const vm = await provider.connect(await provider.create({ name: 'detached-holder' }))
+    const strays: number[] = []
+    // `setsid` moves the sleep out of the command's process group: the group kill misses it.
+    const holder = 'setsid sleep 30 & echo "$!"; echo started'
+    try {
+      const timedOut = await vm.exec(holder, { timeoutMs: 500 })
+      strays.push(Number(timedOut.stdout.split('\n')[0]))
+      expect(timedOut).toMatchObject({ timedOut: true, exitCode: 124 })
+      expect(timedOut.durationMs).toBeLessThan(500 + scaleTimeout(PROCESS_KILL_GRACE_MS) + 5_000)
+      const controller = new AbortController()
+      const started = performance.now()
+      const aborted = vm.exec(holder, { signal: controller.signal, onStdout: (chunk) => strays.push(Number(chunk.split('\n')[0]) || 0) })
+      setTimeout(() => controller.abort(), 500)
+      await expect(aborted).rejects.toSatisfy((e) => isVmPoolError(e, 'VMPOOL_EXEC_ABORTED'))
+      expect(performance.now() - started).toBeLessThan(500 + scaleTimeout(PROCESS_KILL_GRACE_MS) + 5_000)
+    } finally {
+      for (const pid of strays.filter((pid) => pid > 0)) {
+        try {
+          process.kill(pid, 'SIGKILL')
+        } catch {
+          // already gone
+        }
+      }
+    }
+  }, 30_000)
 
   test('bad options are refused with the key path', () => {
     expect(() => fakeProvider({ bootDelayMs: -1 })).toThrow(/bootDelayMs/)

@@ -6,6 +6,8 @@ import { afterEach, beforeEach, describe, expect, test, vi } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
 import { countingProvider, type CountingProvider } from '../../src/providers/counting-provider.js'
 import { fakeProvider, type FakeProviderOptions } from '../../src/providers/fake-provider.js'
+import { multipassProvider } from '../../src/providers/multipass-provider.js'
+import { orbstackProvider } from '../../src/providers/orbstack-provider.js'
 import { defineWorkflow, loadWorkflow } from '../../src/workflow/load-workflow.js'
 import { runWorkflow, type WorkflowEvent, type WorkflowResult } from '../../src/workflow/run-workflow.js'
 import { SessionManager } from '../../src/workflow/session-manager.js'
@@ -283,11 +285,13 @@ describe('runWorkflow: step options', () => {
   })
 
   test('keepVm: the delete instruction names that VM only, per provider', async () => {
-    const keptOn = async (name: string, data: VmRecord['data']) => {
+    // A fake VM dressed as another provider's, with that provider's own describe (none for qemu).
+    const keptOn = async (name: string, data: VmRecord['data'], describe?: VmProvider['describe']) => {
       const inner = fakeProvider({ stateDir })
       const renamed: VmProvider = {
         ...inner,
         name,
+        describe,
         create: async (spec) => ({ ...(await inner.create(spec)), provider: name, data }),
         connect: async (record) => Object.assign(await inner.connect(record), { provider: name }),
       }
@@ -295,9 +299,9 @@ describe('runWorkflow: step options', () => {
       await inner.delete(result.vm)
       return result.keptVm!.remove.replace(result.vm, 'NAME')
     }
-    expect(await keptOn('multipass', { host: 'local' })).toBe('multipass delete --purge NAME')
-    expect(await keptOn('multipass', { host: 'ci@10.0.0.5:22' })).toBe('multipass delete --purge NAME   (on ci@10.0.0.5:22)')
-    expect(await keptOn('orbstack', {})).toBe('orbctl delete -f NAME')
+    expect(await keptOn('multipass', { host: 'local' }, multipassProvider().describe)).toBe('multipass delete --purge NAME')
+    expect(await keptOn('multipass', { host: 'ci@10.0.0.5:22' }, multipassProvider().describe)).toBe('multipass delete --purge NAME   (on ci@10.0.0.5:22)')
+    expect(await keptOn('orbstack', {}, orbstackProvider().describe)).toBe('orbctl delete -f NAME')
     const qemu = await keptOn('qemu', {})
     expect(qemu).toContain("provider.delete('NAME')")
     expect(qemu).toContain('deletes every orphaned VM')

@@ -1,42 +1,44 @@
-import { VmPoolError, isVmPoolError } from '../errors.js'
-import { abortedError, TIMED_OUT_EXIT_CODE } from './process-runner.js'
-import { scaleTimeout, sleep, withTimeout, type WithTimeoutOptions } from '../util/timeouts.js'
-import type { ExecOptions, ExecResult, Vm, VmRecord } from '../providers/vm-provider.js'
-import { makeGuestExec } from './guest-exec-script.js'
+import { VmPoolError } from '../errors.js'
+import { abortedError, TIMED_OUT_EXIT_CODE } from '../transport/process-runner.js'
+import { makeGuestExec } from '../transport/guest-exec-script.js'
+import type { CommandRunOptions } from '../transport/command-runner.js'
+import { scaleTimeout } from '../util/timeouts.js'
+import type { ExecOptions, ExecResult, Vm, VmRecord } from './vm-provider.js'
 
 /** How long after `timeoutMs` the local client is killed if the guest `timeout` did not end the command. */
 export const EXEC_BACKSTOP_GRACE_MS = 15_000
 /** Time allowed for the second connection that kills an aborted or overdue command. */
 export const EXEC_KILL_TIMEOUT_MS = 30_000
-const READY_POLL_INTERVAL_MS = 500
-/** How long one readiness probe (`true` in the guest) may take before the next one. */
-export const READY_PROBE_TIMEOUT_MS = 10_000
-
-export interface GuestRunOptions {
-  input?: string | Buffer | undefined
-  timeoutMs?: number | undefined
-  signal?: AbortSignal | undefined
-  onStdout?: ((chunk: string) => void) | undefined
-  onStderr?: ((chunk: string) => void) | undefined
-}
 
 export interface CliGuestVmOptions {
   record: VmRecord
   provider: string
-  /** Run `argv` inside the guest through the manager's CLI (`multipass exec`, `orbctl run`). */
-  runInGuest(argv: string[], options: GuestRunOptions): Promise<ExecResult>
+  /**
+   * Run `argv` inside the guest: through the manager's CLI (`multipass exec`, `orbctl run`) or an API
+   * call (Firecracker's execute). `timeoutMs` is the backstop: when it runs out, stop waiting and
+   * resolve with `timedOut: true`. An aborted `signal` rejects with `VMPOOL_EXEC_ABORTED`.
+   */
+  runInGuest(argv: string[], options: CommandRunOptions): Promise<ExecResult>
   /** A VmPoolError when the result is the CLI's own failure (VM gone, daemon down), not the command's. */
-  classifyFailure(result: ExecResult, operation: string): VmPoolError | undefined
+  classifyFailure?(result: ExecResult, operation: string): VmPoolError | undefined
+  /**
+   * Added to `timeoutMs` for the backstop passed to `runInGuest`: the guest-side `timeout` should end
+   * the command first. Not scaled here. @default EXEC_BACKSTOP_GRACE_MS scaled by VM_POOL_TIMEOUT_SCALE
+   */
+  backstopGraceMs?: number
 }
 
 /**
- * A `Vm` whose commands go through a VM manager's CLI. The command is wrapped by `makeGuestExec` so
- * timeouts and aborts kill it inside the guest (killing the local CLI client alone would leave it
- * running there), and file transfer goes through `cat` / `base64` so it works wherever exec works.
+ * A `Vm` whose commands go through a VM manager's CLI or API: the one guest-exec strategy of every
+ * provider that cannot open its own channel to the guest (multipass, orbstack, firecracker). The
+ * command is wrapped by `makeGuestExec` so timeouts and aborts kill it inside the guest (killing the
+ * local client alone would leave it running there), and file transfer goes through `cat` / `base64`
+ * so it works wherever exec works.
  */
 export function createCliGuestVm(options: CliGuestVmOptions): Vm {
   const { record, provider } = options
   const vmName = record.name
+  const backstopGraceMs = options.backstopGraceMs ?? scaleTimeout(EXEC_BACKSTOP_GRACE_MS)
 
   const exec = async (command: string | string[], execOptions: ExecOptions = {}): Promise<ExecResult> => {
     if (execOptions.signal?.aborted) throw abortedError({ signal: execOptions.signal, provider, vm: vmName })
@@ -50,7 +52,7 @@ export function createCliGuestVm(options: CliGuestVmOptions): Vm {
     try {
       result = await options.runInGuest(['sh', '-c', script], {
         input: execOptions.input,
-        timeoutMs: timeoutMs === undefined ? undefined : timeoutMs + scaleTimeout(EXEC_BACKSTOP_GRACE_MS),
+        timeoutMs: timeoutMs === undefined ? undefined : timeoutMs + backstopGraceMs,
         signal: execOptions.signal,
         onStdout: execOptions.onStdout,
         onStderr: execOptions.onStderr,
@@ -67,7 +69,7 @@ export function createCliGuestVm(options: CliGuestVmOptions): Vm {
       await killInGuest()
       return { ...result, exitCode: TIMED_OUT_EXIT_CODE, timedOut: true }
     }
-    const failure = options.classifyFailure(result, 'exec')
+    const failure = options.classifyFailure?.(result, 'exec')
     if (failure) throw failure
     // GNU timeout exits 124 (137 after its -k SIGKILL); a command that exits 124 by itself before the
     // limit is not a timeout, hence the elapsed-time check.
@@ -105,28 +107,4 @@ export function createCliGuestVm(options: CliGuestVmOptions): Vm {
     })
   }
   return vm
-}
-
-/**
- * Poll `exec('true')` until it succeeds, within the named timeout in `timeout`. Errors other than a
- * failed exec (daemon unavailable, VM gone) end the wait at once: waiting will not fix them.
- */
-export async function waitUntilExecWorks(vm: Vm, timeout: WithTimeoutOptions): Promise<void> {
-  const stop = new AbortController()
-  const poll = async () => {
-    while (!stop.signal.aborted) {
-      try {
-        if ((await vm.exec('true', { signal: stop.signal, timeoutMs: scaleTimeout(READY_PROBE_TIMEOUT_MS) })).exitCode === 0) return
-      } catch (error) {
-        if (stop.signal.aborted) return
-        if (!isVmPoolError(error, 'VMPOOL_EXEC_FAILED')) throw error
-      }
-      await sleep(READY_POLL_INTERVAL_MS, stop.signal).catch(() => undefined)
-    }
-  }
-  try {
-    await withTimeout(poll(), timeout)
-  } finally {
-    stop.abort()
-  }
 }

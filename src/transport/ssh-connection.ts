@@ -1,0 +1,218 @@
+import ssh2 from 'ssh2'
+import type { Client as SshClient, ClientChannel, ConnectConfig } from 'ssh2'
+import { z } from 'zod'
+import { VmPoolError, VmPoolTimeoutError } from '../errors.js'
+import { createDebug } from '../util/debug.js'
+import { getSshFingerprint } from './ssh-keys.js'
+
+/** Time for TCP connect + SSH handshake + auth, before scaling by `VM_POOL_TIMEOUT_SCALE`. */
+export const SSH_READY_TIMEOUT_MS = 20_000
+/** SSH keepalive period: a dead peer is noticed after about three of these. */
+export const SSH_KEEPALIVE_INTERVAL_MS = 10_000
+/** After `end()`, how long to wait for the peer's close before giving up on it (a vanished peer never sends it). */
+const CLOSE_WAIT_MS = 1_000
+
+const debug = createDebug('vm-pool:ssh')
+
+/**
+ * The fields every option object that names an SSH host shares (SshTransport, sshProvider's hosts,
+ * a remote multipassProvider), so their rules and docs are written once.
+ */
+export const sshEndpointFields = {
+  host: z.string().min(1),
+  /** @default 22 */
+  port: z.number().int().min(1).max(65_535).default(22),
+  /** Unencrypted OpenSSH or PEM private key text. Never logged, never part of an error, a record or a lease. */
+  privateKey: z.union([z.string().min(1), z.instanceof(Buffer)]),
+  /**
+   * The pinned host key: an OpenSSH public key line (`ssh-ed25519 AAAA...`) or a `SHA256:...`
+   * fingerprint. A server presenting another key is refused (`VMPOOL_HOST_KEY_MISMATCH`).
+   * Without it any host key is accepted — only for hosts reached over a trusted path.
+   */
+  hostKey: z.string().min(1).optional(),
+}
+
+export interface SshConnectionConfig {
+  host: string
+  port: number
+  username: string
+  privateKey: string | Buffer
+  readyTimeoutMs: number
+  /** Normalized `SHA256:` fingerprint of the pinned host key; undefined = accept any. */
+  hostKeyFingerprint: string | undefined
+  /** For error messages. */
+  provider: string
+  vm?: string | undefined
+}
+
+/**
+ * One persistent ssh2 connection, opened on first use: the handshake, the host key pin, the mapping
+ * of connect failures to VmPoolErrors, and the "reconnect once" rule for a connection that dropped.
+ */
+export class SshConnection {
+  readonly #config: SshConnectionConfig
+  #connection: Promise<SshClient> | undefined
+  /** The client behind #connection, also while its handshake runs. */
+  #client: SshClient | undefined
+
+  constructor(config: SshConnectionConfig) {
+    this.#config = config
+  }
+
+  /** `user@host:port`, for messages. */
+  get target(): string {
+    return `${this.#config.username}@${this.#config.host}:${this.#config.port}`
+  }
+
+  /** The connected client, connecting first if needed; rejects with the connect error. */
+  getClient(): Promise<SshClient> {
+    if (!this.#connection) {
+      const connection = this.#open()
+      this.#connection = connection
+      connection.catch(() => {
+        if (this.#connection === connection) this.#connection = undefined
+      })
+    }
+    return this.#connection
+  }
+
+  /**
+   * Open an exec channel; if the connection turns out to be dead, reconnect once and retry (the
+   * command never started). `onOpen` runs synchronously with the channel: a fast command's
+   * exit-status can arrive in the same read as the exec reply, before an `await` could listen.
+   */
+  async openChannel(script: string, onOpen?: (channel: ClientChannel) => void): Promise<ClientChannel> {
+    for (let attempt = 0; ; attempt++) {
+      const client = await this.getClient()
+      try {
+        return await new Promise<ClientChannel>((resolve, reject) => {
+          client.exec(script, (error, channel) => {
+            if (error) return reject(error)
+            onOpen?.(channel)
+            resolve(channel)
+          })
+        })
+      } catch (error) {
+        if (attempt === 0) {
+          debug('exec channel on %s failed (%s): reconnecting once', this.target, (error as Error).message)
+          this.#forget(client)
+          client.end()
+          continue
+        }
+        throw new VmPoolError({
+          code: 'VMPOOL_EXEC_FAILED',
+          provider: this.#config.provider,
+          vm: this.#config.vm,
+          operation: 'exec',
+          message: `could not start a command on ${this.target}: ${(error as Error).message}`,
+          cause: error,
+        })
+      }
+    }
+  }
+
+  /** Close the connection; the next `getClient` opens a new one. */
+  async close(): Promise<void> {
+    const client = this.#client
+    this.#client = undefined
+    this.#connection = undefined
+    if (!client) return
+    // Also ends a handshake still in progress (its pending connect rejects).
+    await new Promise<void>((resolve) => {
+      client.once('close', () => resolve())
+      client.end()
+      setTimeout(resolve, CLOSE_WAIT_MS).unref()
+    })
+  }
+
+  #forget(client: SshClient): void {
+    if (this.#client !== client) return
+    this.#client = undefined
+    this.#connection = undefined
+  }
+
+  #open(): Promise<SshClient> {
+    const config = this.#config
+    const client = new ssh2.Client()
+    this.#client = client
+    let hostKeyProblem: { got: string } | undefined
+    const connectConfig: ConnectConfig = {
+      host: config.host,
+      port: config.port,
+      username: config.username,
+      privateKey: config.privateKey,
+      readyTimeout: config.readyTimeoutMs,
+      keepaliveInterval: SSH_KEEPALIVE_INTERVAL_MS,
+      keepaliveCountMax: 3,
+      hostVerifier: (key: Buffer) => {
+        if (config.hostKeyFingerprint === undefined) return true
+        const got = getSshFingerprint(key)
+        if (got === config.hostKeyFingerprint) return true
+        hostKeyProblem = { got }
+        return false
+      },
+    }
+    return new Promise<SshClient>((resolve, reject) => {
+      let settled = false
+      const fail = (error: Error & { level?: string }) => {
+        if (settled) return
+        settled = true
+        client.end()
+        reject(this.#connectError(error, hostKeyProblem))
+      }
+      client.once('ready', () => {
+        settled = true
+        debug('connected to %s', this.target)
+        resolve(client)
+      })
+      client.on('error', (error: Error & { level?: string }) => {
+        if (!settled) fail(error)
+        else debug('connection to %s: %s', this.target, error.message)
+      })
+      client.once('close', () => {
+        if (!settled) fail(new Error('connection closed during the handshake'))
+        // Forget a dropped connection: the next exec opens a new one.
+        this.#forget(client)
+      })
+      debug('connecting to %s', this.target)
+      client.connect(connectConfig)
+    })
+  }
+
+  #connectError(error: Error & { level?: string }, hostKeyProblem: { got: string } | undefined): VmPoolError {
+    const config = this.#config
+    const base = { provider: config.provider, vm: config.vm, operation: 'connect', cause: error }
+    if (hostKeyProblem) {
+      return new VmPoolError({
+        ...base,
+        code: 'VMPOOL_HOST_KEY_MISMATCH',
+        message: `host key of ${config.host}:${config.port} is ${hostKeyProblem.got}, but ${config.hostKeyFingerprint} is pinned: refusing to connect`,
+        hint: 'if the host was rebuilt on purpose, update the pinned key (for qemu: recreate the VM after `vm-pool image build --force`); otherwise something else answers on that port',
+        details: { expected: config.hostKeyFingerprint, got: hostKeyProblem.got },
+      })
+    }
+    if (error.level === 'client-authentication') {
+      return new VmPoolError({
+        ...base,
+        code: 'VMPOOL_AUTH_FAILED',
+        message: `ssh authentication as ${this.target} failed: the server did not accept the private key`,
+        hint: 'check that the matching public key is in the authorized_keys of that user on the host',
+      })
+    }
+    if (error.level === 'client-timeout') {
+      return new VmPoolTimeoutError({
+        ...base,
+        message: `timed out after ${config.readyTimeoutMs} ms waiting for the ssh handshake with ${this.target} (SSH_READY_TIMEOUT_MS)`,
+        timeoutName: 'SSH_READY_TIMEOUT_MS',
+        timeoutMs: config.readyTimeoutMs,
+        hint: 'is the host up and is sshd listening on that port? On slow machines set VM_POOL_TIMEOUT_SCALE=2',
+      })
+    }
+    return new VmPoolError({
+      ...base,
+      code: 'VMPOOL_EXEC_FAILED',
+      message: `could not connect to ${this.target}: ${error.message}`,
+      hint: 'is the host (VM) still running? `vm-pool ls` shows the VMs and their state',
+    })
+  }
+}
