@@ -1,5 +1,5 @@
 import { invalidOptions } from '../errors.js'
-import { RUNNER_PREFIX } from '../pool/naming.js'
+import { RUNNER_PREFIX } from '../util/vm-name.js'
 import type { PoolVmSpec } from '../pool/spec-hash.js'
 import type { JsonValue } from '../providers/vm-provider.js'
 import { getStateDir } from '../util/state-dir.js'

@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process'
 import { afterEach, describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
 import { collectGarbage } from '../../src/pool/garbage-collector.js'
-import { judgeRunnerName, makePytestWorkerName } from '../../src/pool/naming.js'
+import { judgeNamedOwner, makePytestWorkerName } from '../../src/util/vm-name.js'
 import { createPool, type PoolOptions, type VmPool } from '../../src/pool/vm-pool.js'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
 import type { VmProvider } from '../../src/providers/vm-provider.js'
@@ -69,14 +69,14 @@ describe('acquire(key, { name })', () => {
     await lease.release()
   })
 
-  // gc judges a lease-less pytest-worker name by its pid and time (judgeRunnerName); the pool refuses
+  // gc judges a lease-less pytest-worker name by its pid and time (judgeNamedOwner); the pool refuses
   // to boot under a name gc would already call dead, so the two never disagree.
   test.for([
     { case: 'a dead pid', name: async () => makePytestWorkerName(await deadPid(), nowSeconds()), reason: /pid \d+ is gone/ },
     { case: 'a pid that started after the time in the name (reused pid)', name: async () => makePytestWorkerName(process.pid, nowSeconds() - 3600), reason: /started after the VM was named/ },
   ])('a pytest-worker name with $case is refused with VMPOOL_INVALID_NAME, as gc would judge it', async ({ name: makeName, reason }) => {
     const name = await makeName()
-    expect(judgeRunnerName(name)).toMatchObject({ alive: false, reason: expect.stringMatching(reason) })
+    expect(judgeNamedOwner(name)).toMatchObject({ alive: false, reason: expect.stringMatching(reason) })
     const error = await make()
       .acquire('worker', { name })
       .catch((e: unknown) => e)
@@ -94,7 +94,7 @@ describe('acquire(key, { name })', () => {
     // Named after the worker started, as the plugin does on first use (whole seconds, rounded up).
     const startedAt = getProcessStartUnixMs(worker.pid!)!
     const name = makePytestWorkerName(worker.pid!, Math.ceil(startedAt / 1000))
-    expect(judgeRunnerName(name)).toMatchObject({ alive: true })
+    expect(judgeNamedOwner(name)).toMatchObject({ alive: true })
     await provider.create({ name })
     const kept = await collectGarbage({ provider, stateDir: state.dir })
     expect(kept.kept.map((decision) => [decision.name, decision.reason])).toEqual([[name, `pytest worker pid ${worker.pid} is alive`]])
