@@ -12,11 +12,12 @@ import { join, resolve } from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { DEBIAN_KERNEL_APPEND } from '../../src/providers/qemu/images/debian-guest-files.js'
+import { buildDebianImage } from '../../src/providers/qemu/images/debian-image-builder.js'
 import { loadImage, type ResolvedImage } from '../../src/providers/qemu/qemu-image.js'
 import type { QemuVm } from '../../src/providers/qemu/qemu-vm.js'
 import { SshTransport } from '../../src/transport/ssh-transport.js'
 import { scaleTimeout } from '../../src/util/timeouts.js'
-import { DEBIAN_BOOT_TIMEOUT_MS, DEBIAN_BUILD_TIMEOUT_MS, ensureDebianTestImage, getDebianSkipReason } from '../helpers/debian-image.js'
+import { DEBIAN_BOOT_TIMEOUT_MS, DEBIAN_BUILD_TIMEOUT_MS, ensureDebianTestImage, getDebianSkipReason, getTestImageDir } from '../helpers/debian-image.js'
 import { useQemuTestProvider, type QemuTestProvider } from '../helpers/qemu.js'
 
 const CLI = resolve(import.meta.dirname, '../../dist/cli/main.js')
@@ -34,6 +35,9 @@ describe.skipIf(Boolean(skipReason))('a cloud image imported with a NoCloud seed
   beforeAll(async () => {
     const cloud = await ensureDebianTestImage({ cloudInit: true })
     expect(cloud.manifest).toMatchObject({ kind: 'cloud-image', seed: 'seed.iso' })
+    // Cached like every build: asked again, the cloud-style image is up to date (no second mmdebstrap run).
+    const again = await buildDebianImage({ imageDir: getTestImageDir(), name: 'debian-12-cloud', cloudInit: true })
+    expect(again).toMatchObject({ reused: true, manifest: { createdAt: cloud.manifest.createdAt } })
     const imported = await promisify(execFile)(process.execPath, [
       CLI, 'image', 'import', 'debian-cloud', '--image-dir', imageDir, '--json',
       '--disk', join(cloud.dir, 'disk.qcow2'), '--kernel', join(cloud.dir, 'vmlinuz'), '--initrd', join(cloud.dir, 'initrd.img'),

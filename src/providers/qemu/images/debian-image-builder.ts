@@ -89,7 +89,8 @@ export async function buildDebianImage(options: BuildDebianImageOptions): Promis
     force: options.force,
     log,
     minFreeBytes: DEBIAN_MIN_FREE_BYTES,
-    isUpToDate: (cached) => cached.recipeVersion === DEBIAN_IMAGE_RECIPE_VERSION && cached.build.inputs === inputs,
+    // A cloud-style build's manifest carries the cloud recipe's version (finishCloudImage).
+    isUpToDate: (cached) => cached.recipeVersion === (options.cloudInit ? CLOUD_IMAGE_RECIPE_VERSION : DEBIAN_IMAGE_RECIPE_VERSION) && cached.build.inputs === inputs,
     build: async (work) => {
       const image = join(work, 'image')
       const root = join(work, 'root')
