@@ -7,6 +7,7 @@ import type { Dispatcher } from 'undici'
 import { VmPoolError, isVmPoolError } from '../../../errors.js'
 import { isPidAlive } from '../../../util/process-info.js'
 import { IMAGE_MANIFEST_FILE, imageManifestSchema, type ImageManifest } from '../qemu-image.js'
+import { removeScratchDir } from './scratch-dir.js'
 
 /** How long a build waits for another process building the same image. */
 export const IMAGE_BUILD_LOCK_WAIT_MS = 600_000
@@ -96,7 +97,8 @@ export async function buildInImageSlot(options: ImageSlotOptions): Promise<Build
       log(`image ${name} built in ${dir} (${Math.round((performance.now() - started) / 100) / 10} s)`)
       return { dir, reused: false, manifest, durationMs: Math.round(performance.now() - started) }
     } finally {
-      await rm(work, { recursive: true, force: true })
+      // Never hides the build's own error; a dir left behind is retried by the next build of this name.
+      await removeScratchDir(work).catch((error: unknown) => log((error as Error).message))
     }
   } finally {
     await release()
@@ -120,7 +122,7 @@ export async function readCachedManifest(dir: string): Promise<ImageManifest | u
 async function removeAbandonedBuilds(imageDir: string, name: string): Promise<void> {
   for (const entry of await readdir(imageDir).catch(() => [])) {
     const match = new RegExp(`^\\.(?:build|old)-${name}-(\\d+)-[0-9a-f]{8}$`).exec(entry)
-    if (match && !isPidAlive(Number(match[1]))) await rm(join(imageDir, entry), { recursive: true, force: true })
+    if (match && !isPidAlive(Number(match[1]))) await removeScratchDir(join(imageDir, entry))
   }
 }
 
