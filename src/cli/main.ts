@@ -4,6 +4,7 @@ import { pathToFileURL } from 'node:url'
 import { isVmPoolError } from '../errors.js'
 import { isDebugEnabled } from '../util/debug.js'
 import { UsageError, type CliIo } from './cli-command.js'
+import { endQuietlyOnClosedOutput } from './closed-output.js'
 import { commands } from './commands/index.js'
 
 const COMMAND_SUMMARIES: Record<string, string> = {
@@ -101,6 +102,8 @@ if (process.argv[1] && import.meta.url === pathToFileURL(realpathSync(process.ar
   }
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
+  // `vm-pool ls | head -1`: a closed stdout ends the command like Ctrl-C does, without a word (see closed-output.ts).
+  endQuietlyOnClosedOutput([process.stdout, process.stderr], () => controller.abort(new Error('output closed')))
   const code = await main(process.argv.slice(2), { stdout: process.stdout, stderr: process.stderr, env: process.env, signal: controller.signal })
   process.exitCode = interrupted > 0 && code === 0 ? 130 : code
 }
