@@ -3,7 +3,7 @@ import type { VmProvider, VmRecord } from '../providers/vm-provider.js'
 import { getCurrentProcessIdentity } from '../util/process-info.js'
 import { getStateDir } from '../util/state-dir.js'
 import { scaleTimeout } from '../util/timeouts.js'
-import { judgeNamedOwner, matchesSweepPrefix, SWEEP_PREFIXES } from '../util/vm-name.js'
+import { judgeNamedOwner, matchesSweepPrefix, SWEEP_PREFIXES, VM_NAME_PATTERN } from '../util/vm-name.js'
 import { deleteAnnounced } from './announced-delete.js'
 import { FileLeaseStore } from './file-lease-store.js'
 import type { LeaseStore } from './lease-store.js'
@@ -45,6 +45,16 @@ export interface GcReport {
   forgotten: string[]
   /** VMs whose names match no sweep prefix: never touched. */
   ignored: number
+  /**
+   * VMs whose names match a sweep prefix but are no vm-pool name (`vitest-worker-UPPER`, as a Firecracker
+   * API can list): never touched — no pool made them, and every provider refuses such a name anyway.
+   */
+  skipped: GcSkipped[]
+}
+
+export interface GcSkipped {
+  name: string
+  reason: string
 }
 
 /**
@@ -63,7 +73,12 @@ export async function collectGarbage(options: GcOptions): Promise<GcReport> {
   const dryRun = options.dryRun ?? false
   const listingStartedAt = Date.now()
   const infos = await provider.list()
-  const swept = infos.filter((info) => matchesSweepPrefix(info.name, prefixes))
+  const matching = infos.filter((info) => matchesSweepPrefix(info.name, prefixes))
+  // A name no pool could have made used to reach provider.delete, fail there, and make every gc exit 1.
+  const swept = matching.filter((info) => VM_NAME_PATTERN.test(info.name))
+  const skipped = matching
+    .filter((info) => !VM_NAME_PATTERN.test(info.name))
+    .map((info) => ({ name: info.name, reason: `not a vm-pool VM name (${VM_NAME_PATTERN.source}): left alone` }))
   const liveMarkers = await findLiveMarkerHolders(stateDir, provider.name, liveness)
 
   const facts = new Map<string, GcFacts>()
@@ -101,7 +116,7 @@ export async function collectGarbage(options: GcOptions): Promise<GcReport> {
     },
   )
 
-  const report: GcReport = { dryRun, deleted: [], kept: [], failed: [], forgotten: result.forgotten, ignored: infos.length - swept.length }
+  const report: GcReport = { dryRun, deleted: [], kept: [], failed: [], forgotten: result.forgotten, ignored: infos.length - matching.length, skipped }
   const errors = new Map(failed.map(({ name, error }) => [name, (error as Error).message]))
   for (const decision of result.decisions) {
     if (decision.action === 'keep') report.kept.push(decision)

@@ -2,7 +2,7 @@
  * `vm-pool gc` as users run it: the built bin, real holder processes, a fake-provider state dir.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { readdirSync, rmSync } from 'node:fs'
+import { readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterEach, describe, expect, test } from 'vitest'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
@@ -165,5 +165,47 @@ describe('vm-pool gc (the built bin)', () => {
     const bad = gc('--older-than', 'soon')
     expect(bad.code).toBe(2)
     expect(bad.stderr).toContain('invalid --older-than "soon"')
+  })
+
+  test('a duration without a unit is bad usage (it was read as milliseconds): gc --older-than, warm --ttl', async () => {
+    state = makeStateDir()
+    await fakeProvider({ stateDir: state.dir }).create({ name: 'test-vm-old' })
+    const bare = gc('--older-than', '30')
+    expect(bare.code).toBe(2)
+    expect(bare.stderr).toContain('invalid --older-than "30": expected a number with a unit')
+    expect(await names()).toEqual(['test-vm-old'])
+    const warm = runBin(['warm', '--count', '1', '--provider', 'fake', '--ttl', '30'], { VM_POOL_STATE_DIR: state.dir })
+    expect(warm.code).toBe(2)
+    expect(warm.stderr).toContain('invalid --ttl "30": expected a number with a unit')
+    expect(await names()).toEqual(['test-vm-old'])
+    expect(gc('--older-than', '500ms').code).toBe(0)
+    expect(await names()).toEqual([])
+  })
+
+  test('a listed name that matches a sweep prefix but is no vm-pool name is skipped and reported, not a failure', async () => {
+    state = makeStateDir()
+    const provider = fakeProvider({ stateDir: state.dir })
+    await provider.create({ name: 'vitest-worker-upper' })
+    await provider.create({ name: 'vitest-worker-orphan' })
+    // What a Firecracker API (or anything else sharing the prefix) can list: no pool could have made this name.
+    const dir = join(state.dir, 'fake')
+    renameSync(join(dir, 'vitest-worker-upper'), join(dir, 'vitest-worker-UPPER'))
+    const recordPath = join(dir, 'vitest-worker-UPPER', 'record.json')
+    writeFileSync(recordPath, readFileSync(recordPath, 'utf8').replaceAll('vitest-worker-upper', 'vitest-worker-UPPER'))
+    expect(await names()).toEqual(['vitest-worker-UPPER', 'vitest-worker-orphan'])
+
+    for (let round = 0; round < 2; round++) {
+      const { code, stdout, stderr } = gc()
+      expect(stderr).toBe('')
+      expect(code).toBe(0)
+      expect(stdout).toMatch(/^skipped +vitest-worker-UPPER +not a vm-pool VM name .*: left alone$/m)
+      expect(stdout).toMatch(/, 1 skipped \(not vm-pool names\)$/m)
+    }
+    expect(await names()).toEqual(['vitest-worker-UPPER'])
+    const json = gc('--json')
+    expect(json.code).toBe(0)
+    const report = JSON.parse(json.stdout) as GcReport
+    expect(report.skipped).toEqual([{ name: 'vitest-worker-UPPER', reason: expect.stringContaining('not a vm-pool VM name') }])
+    expect(report.failed).toEqual([])
   })
 })
