@@ -19,7 +19,7 @@ interface Finished {
 
 /** Run the bin with its stdout reader closed at once; stderr stays readable (unless `closeStderr`). */
 function runWithClosedStdout(args: string[], stateDir: string, closeStderr = false): Promise<Finished> {
-  const env = { ...process.env, VM_POOL_STATE_DIR: stateDir, DEBUG: '', NODE_OPTIONS: '' }
+  const env: NodeJS.ProcessEnv = { ...process.env, VM_POOL_STATE_DIR: stateDir, DEBUG: '', NODE_OPTIONS: '' }
   delete env.VM_POOL_PROVIDER_OPTIONS
   const child = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] })
   child.stdout.destroy()

@@ -154,6 +154,22 @@ describe('vm-pool run (built bin, fake provider)', () => {
     expect(await leftoverVms()).toEqual([])
   })
 
+  test.each([
+    ['VM_POOL_TIMEOUT_SCALE=1000, default step timeout', '1000', ''],
+    ['timeout-seconds: 604800 with a scale of 4', '4', '\n    timeout-seconds: 604800'],
+  ])('a scaled timeout past what a Node timer holds is clamped, not fired at once: %s', async (_, scale, timeout) => {
+    const file = join(stateDir, 'long-timeout.yml')
+    await writeFile(file, `name: long-timeout\nsteps:\n  - name: wait a moment\n    run: sleep 0.3 && echo waited${timeout}\n`)
+    const result = await vmPool(['run', '-p', 'fake', file], { env: { VM_POOL_TIMEOUT_SCALE: scale } })
+    expect(result.stdout).toMatch(/^\[long-timeout\] step +ok +exit 0 .*wait a moment$/m)
+    expect(result.exitCode).toBe(0)
+    // Said once, however many timeouts were clamped.
+    expect(String(result.stderr).split('VMPOOL_TIMEOUT_CLAMPED')).toHaveLength(2)
+    expect(result.stderr).toContain('clamped to 2147483647 ms')
+    expect(result.stderr).not.toContain('TimeoutOverflowWarning')
+    expect(await leftoverVms()).toEqual([])
+  })
+
   test('DEBUG=vm-pool* shows the stack trace', async () => {
     const result = await vmPool(['run', '-p', 'nope', 'run-tests.yml'], { env: { DEBUG: 'vm-pool*' } })
     expect(result.exitCode).toBe(2)
