@@ -7,8 +7,8 @@
 
 /** C0 controls (tab included), DEL, C1 controls, and the Unicode line and paragraph separators. */
 const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g
-/** The same, but a line feed stays: for text that is meant to span lines (error messages, code frames). */
-const CONTROL_CHARACTERS_BUT_LINE_FEED = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u2028\u2029]/g
+/** The same, but line feeds and tabs stay: for text that is meant to span lines (error messages, command output). */
+const CONTROL_CHARACTERS_BUT_LINE_BREAKS = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029]/g
 
 const NAMED: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t', '\u001b': '\\e' }
 
@@ -17,9 +17,9 @@ function escape(character: string): string {
 }
 
 /**
- * `printable('a\nb')` → `a\\nb` (one line). With `multiline`, line feeds stay (an error message with its
- * hint on the next line) and everything else is escaped — a lone `\r` cannot overwrite the line before it.
+ * `printable('a\nb')` → `a\\nb` (one line). With `multiline`, line feeds and tabs stay (an error message with
+ * its hint on the next line) and everything else is escaped — a lone `\r` cannot overwrite the line before it.
  */
 export function printable(text: string, options: { multiline?: boolean } = {}): string {
-  return text.replace(options.multiline ? CONTROL_CHARACTERS_BUT_LINE_FEED : CONTROL_CHARACTERS, escape)
+  return text.replace(options.multiline ? CONTROL_CHARACTERS_BUT_LINE_BREAKS : CONTROL_CHARACTERS, escape)
 }

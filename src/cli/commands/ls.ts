@@ -1,6 +1,7 @@
 import { formatDuration } from '../../pool/duration.js'
 import { listVms } from '../../pool/vm-listing.js'
 import { createProvider } from '../../providers/provider-registry.js'
+import { printable } from '../../util/printable-text.js'
 import { getStateDir } from '../../util/state-dir.js'
 import { PROVIDER_OPTION, getProviderName, getProviderOptions, parseCommandArgs, UsageError, type CliCommand } from '../cli-command.js'
 
@@ -38,6 +39,8 @@ Options:
           row.ageMs === null ? '-' : formatDuration(row.ageMs),
         ]),
       ]
+      // VM names and run ids come from providers and lease files: printed escaped (util/printable-text.ts).
+      for (const cells of table) cells.forEach((cell, column) => (cells[column] = printable(cell)))
       const widths = table[0]!.map((_, column) => Math.max(...table.map((cells) => cells[column]!.length)))
       for (const cells of table) io.stdout.write(`${cells.map((cell, column) => (column === cells.length - 1 ? cell : cell.padEnd(widths[column]!))).join('  ')}\n`)
       if (rows.length === 0) io.stdout.write(`(no VMs for provider ${provider.name})\n`)
