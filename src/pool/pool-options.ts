@@ -136,7 +136,7 @@ export function resolvePoolOptions(options: PoolOptions): { config: ResolvedPool
     reaper,
     runId,
     spec,
-    specHash: getSpecHash(spec),
+    specHash: getSpecHash(spec, provider),
   })
   const warn = raw.warn ?? ((message: string) => process.stderr.write(`[vm-pool] warning: ${message}\n`))
   return { config, warn }

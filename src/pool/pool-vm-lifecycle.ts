@@ -83,7 +83,7 @@ export class PoolVmLifecycle {
   async create(kind: LeaseKind, base: string, spec: PoolVmSpec, key: string | undefined, exactName: boolean): Promise<Held> {
     await this.#held.ensureReaper()
     const provider = this.#config.provider
-    const request = { base, exactName, provider: provider.name, specHash: getSpecHash(spec), kind, ...(key !== undefined ? { key } : {}) }
+    const request = { base, exactName, provider: provider.name, specHash: getSpecHash(spec, provider), kind, ...(key !== undefined ? { key } : {}) }
     const reserved = await this.#leases.update((table, now) => {
       const entry = reserveName(table, request, this.#leases.actor, now)
       if (!entry) throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: provider.name, operation: kind, vm: base, message: `a VM named ${base} is already leased` })

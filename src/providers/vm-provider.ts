@@ -92,6 +92,15 @@ export interface VmProvider {
    * that VM alone, as one-line commands or instructions. Never contains secrets (a key is named by path).
    */
   describe?(record: VmRecord): KeptVmHelp
+  /**
+   * Optional: what makes the VMs this provider would create for `spec` differ from other VMs — the spec
+   * with this provider's options and defaults applied (qemu: image and image folder, cpus, memory, accel).
+   * Pools hash it together with the spec (`getSpecHash`), so an idle VM is adopted only by a pool whose
+   * provider would have created the same VM: `vm-pool warm`, Vitest's `vmPool({ providerOptions })` and
+   * `createPool` agree as long as the options agree. Plain JSON data, computed without I/O; never secrets
+   * (tokens, keys, passwords: leave them out or put a hash of them in).
+   */
+  fingerprint?(spec: Omit<VmSpec, 'name'>): Record<string, unknown>
 }
 
 /** What `VmProvider.describe` returns. */

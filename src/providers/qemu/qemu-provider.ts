@@ -13,7 +13,7 @@ import { QemuMachineResolver } from './qemu-machine-resolver.js'
 import { identifyQemu, findVmQemuProcesses } from './qemu-process-scan.js'
 import { stopQemuOf } from './qemu-process.js'
 import { probeQemu } from './qemu-probe.js'
-import { resolveQemuConfig, type QemuProviderOptions } from './qemu-provider-options.js'
+import { getQemuFingerprint, resolveQemuConfig, type QemuProviderOptions } from './qemu-provider-options.js'
 import { QemuVmDir, listVmDirNames, qemuRecordDataSchema } from './qemu-vm-dir.js'
 import { createQemuVm, makeGuestTransport, type QemuVm } from './qemu-vm.js'
 import type { StartedQemu } from './start-strategy.js'
@@ -31,6 +31,7 @@ export interface QemuProvider extends VmProvider {
   probe(): Promise<ProviderProbe>
   close(): Promise<void>
   describe(record: VmRecord): KeptVmHelp
+  fingerprint(spec: Omit<VmSpec, 'name'>): Record<string, unknown>
 }
 
 /**
@@ -170,6 +171,8 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
     probe: () => probeQemu(config, machines),
 
     describe: describeQemuVm,
+
+    fingerprint: (spec) => getQemuFingerprint(config, spec),
 
     async close(): Promise<void> {
       const transports = [...bootTransports.values()]
