@@ -8,7 +8,7 @@ import { deleteAnnounced } from './announced-delete.js'
 import { FileLeaseStore } from './file-lease-store.js'
 import type { LeaseStore } from './lease-store.js'
 import { announceGcDeletes, decideGc, forgetVanished, isExpired, type GcDecision, type GcFacts, type LeaseActor } from './lease-table.js'
-import { localProcessLiveness } from './owner-liveness.js'
+import { assumeDeadHosts, localProcessLiveness } from './owner-liveness.js'
 import { findLiveMarkerHolders, findOrphanedMarkers } from './reaper-marker.js'
 import { reapOwner } from './reaper.js'
 import { connectAndCheck } from './vm-health-check.js'
@@ -32,6 +32,11 @@ export interface GcOptions {
   prefixes?: readonly string[]
   /** Also delete healthy idle warm VMs. Never VMs a live process holds. @default false */
   all?: boolean
+  /**
+   * Host names whose lease owners are taken as dead (`--assume-dead-host`): owners on other hosts otherwise
+   * count as alive for ever, since no pid check reaches them. Never this host. @default []
+   */
+  assumeDeadHosts?: readonly string[]
   warn?: (message: string) => void
 }
 
@@ -68,7 +73,7 @@ export async function collectGarbage(options: GcOptions): Promise<GcReport> {
   const { provider } = options
   const store: LeaseStore = new FileLeaseStore({ provider, stateDir: options.stateDir, warn: options.warn })
   const stateDir = getStateDir(options.stateDir)
-  const liveness = localProcessLiveness
+  const liveness = assumeDeadHosts(localProcessLiveness, options.assumeDeadHosts ?? [])
   const prefixes = [...SWEEP_PREFIXES, ...(options.prefixes ?? [])]
   const dryRun = options.dryRun ?? false
   const listingStartedAt = Date.now()

@@ -3,6 +3,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, describe, expect, test } from 'vitest'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
@@ -208,4 +209,42 @@ describe('vm-pool gc (the built bin)', () => {
     expect(report.skipped).toEqual([{ name: 'vitest-worker-UPPER', reason: expect.stringContaining('not a vm-pool VM name') }])
     expect(report.failed).toEqual([])
   })
+
+  test('owners on another host: ls marks them, gc keeps them (even --all --older-than) until --assume-dead-host names that host', async () => {
+    state = makeStateDir()
+    const provider = fakeProvider({ stateDir: state.dir })
+    const record = await provider.create({ name: 'vitest-worker-oldci-1' })
+    const longAgo = new Date(Date.now() - 40 * 86_400_000).toISOString()
+    // What an old CI container that shared this state dir left behind: a lease held by a pid on its host.
+    await new FileLeaseStore({ provider, stateDir: state.dir }).update((table) => {
+      table[record.name] = { name: record.name, provider: 'fake', specHash: 'x', kind: 'slot', state: 'leased', owner: { pid: 4242, host: 'old-ci-container', startTime: 1 }, runId: 'oldci', key: '1', record, createdAt: longAgo, updatedAt: longAgo }
+    })
+
+    const ls = runBin(['ls', '-p', 'fake'], { VM_POOL_STATE_DIR: state.dir })
+    expect(ls.code).toBe(0)
+    expect(ls.stdout).toMatch(/^vitest-worker-oldci-1 +running +leased +4242@old-ci-container \(other host\) +oldci +40d$/m)
+    const rows = JSON.parse(runBin(['ls', '-p', 'fake', '--json'], { VM_POOL_STATE_DIR: state.dir }).stdout) as { owner: unknown }[]
+    expect(rows[0]!.owner).toEqual({ pid: 4242, host: 'old-ci-container', alive: true, otherHost: true })
+
+    const kept = gc('--all', '--older-than', '30d')
+    expect(kept.code).toBe(0)
+    expect(kept.stdout).toMatch(/^kept +vitest-worker-oldci-1 +leased by live pid 4242 on old-ci-container/m)
+    expect(await names()).toEqual(['vitest-worker-oldci-1'])
+
+    const self = gc('--assume-dead-host', hostname())
+    expect(self.code).toBe(2)
+    expect(self.stderr).toContain('is this host: its owners are checked by pid, never assumed dead')
+
+    const other = gc('--assume-dead-host', 'some-other-host', '--older-than', '30d')
+    expect(other.stdout).toMatch(/^kept +vitest-worker-oldci-1 /m)
+    const young = gc('--assume-dead-host', 'old-ci-container', '--older-than', '60d')
+    expect(young.stdout).toMatch(/^kept +vitest-worker-oldci-1 +younger than --older-than .*otherwise: holder pid 4242 is gone/m)
+    expect(await names()).toEqual(['vitest-worker-oldci-1'])
+
+    const collected = gc('--assume-dead-host', 'old-ci-container', '--older-than', '30d')
+    expect(collected.code).toBe(0)
+    expect(collected.stdout).toMatch(/^deleted +vitest-worker-oldci-1 +holder pid 4242 is gone/m)
+    expect(await names()).toEqual([])
+    expect(await new FileLeaseStore({ provider, stateDir: state.dir }).read()).toEqual({})
+  }, 60_000)
 })

@@ -3,13 +3,15 @@ import { parseDuration } from '../../pool/duration.js'
 import { SWEEP_PREFIXES, validatePrefix } from '../../util/vm-name.js'
 import { createProvider } from '../../providers/provider-registry.js'
 import { printable } from '../../util/printable-text.js'
+import { getHostName } from '../../util/process-info.js'
 import { getStateDir } from '../../util/state-dir.js'
 import { PROVIDER_OPTION, getProviderName, getProviderOptions, parseCommandArgs, UsageError, type CliCommand } from '../cli-command.js'
 
 export const gcCommand: CliCommand = {
   name: 'gc',
   summary: 'delete orphaned VMs left by crashed or interrupted runs',
-  help: `Usage: vm-pool gc [--provider NAME] [--dry-run] [--older-than 30m] [--prefix P]... [--all] [--json]
+  help: `Usage: vm-pool gc [--provider NAME] [--dry-run] [--older-than 30m] [--prefix P]... [--all]
+                  [--assume-dead-host HOST]... [--json]
 
 Delete VMs left behind by crashed or interrupted runs. Only VMs whose names start with a sweep
 prefix are considered: ${SWEEP_PREFIXES.map((prefix) => `${prefix}-`).join(', ')}, and each --prefix.
@@ -26,6 +28,11 @@ Options:
                         required (default: any age)
       --prefix P        also sweep names starting with P- (repeatable)
       --all             also delete healthy idle warm VMs
+      --assume-dead-host HOST
+                        take every lease owner on host HOST as dead (repeatable): owners on
+                        other hosts (an old CI container sharing the state dir, this host
+                        before a rename) cannot be checked and otherwise count as alive for
+                        ever; \`vm-pool ls\` shows them as PID@HOST (other host)
       --json            print the report as JSON on stdout
 
 Exit status: 0 done, 1 a delete failed, 2 bad usage or provider unavailable.
@@ -37,10 +44,17 @@ Exit status: 0 done, 1 a delete failed, 2 bad usage or provider unavailable.
       'older-than': { type: 'string' },
       prefix: { type: 'string', multiple: true },
       all: { type: 'boolean' },
+      'assume-dead-host': { type: 'string', multiple: true },
       json: { type: 'boolean' },
     })
     if (positionals.length > 0) throw new UsageError(`unexpected arguments: ${positionals.join(' ')}`)
     const olderThanMs = values['older-than'] === undefined ? 0 : parseDuration(values['older-than'], '--older-than')
+    const assumeDeadHosts = values['assume-dead-host'] ?? []
+    for (const host of assumeDeadHosts) {
+      // Owners on this host are judged by their pid: declaring them dead could delete a live run's VMs.
+      if (host === getHostName()) throw new UsageError(`--assume-dead-host ${printable(host)} is this host: its owners are checked by pid, never assumed dead`)
+      if (host.trim() === '') throw new UsageError('--assume-dead-host needs a host name')
+    }
     const prefixes = (values.prefix ?? []).map((prefix) => validatePrefix(prefix.replace(/-$/, '')))
     const provider = await createProvider(getProviderName(values.provider, io.env), getProviderOptions(io.env))
     try {
@@ -51,6 +65,7 @@ Exit status: 0 done, 1 a delete failed, 2 bad usage or provider unavailable.
         olderThanMs,
         prefixes,
         all: values.all ?? false,
+        assumeDeadHosts,
         warn: (message) => io.stderr.write(`vm-pool gc: warning: ${message}\n`),
       })
       if (values.json) {

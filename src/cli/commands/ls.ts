@@ -12,7 +12,9 @@ export const lsCommand: CliCommand = {
 
 Every VM the provider sees, joined with the lease store: lease state (booting, leased, idle,
 deleting, or - when no vm-pool lease knows it), the holder's pid and whether it is alive, the run id
-and the age. Leases whose VM the provider does not list show the VM state "missing".
+and the age. Leases whose VM the provider does not list show the VM state "missing". An owner on
+another host shows as PID@HOST (other host): its liveness cannot be checked from here, so it counts
+as alive; \`vm-pool gc --assume-dead-host HOST\` collects its VMs once you know it is gone.
 
 Options:
   -p, --provider NAME   provider (default: VM_POOL_PROVIDER, else qemu)
@@ -34,7 +36,7 @@ Options:
           row.name,
           row.vmState,
           row.lease ?? '-',
-          row.owner ? `${row.owner.pid}${row.owner.alive ? '' : ' (dead)'}` : '-',
+          row.owner ? (row.owner.otherHost ? `${row.owner.pid}@${row.owner.host} (other host)` : `${row.owner.pid}${row.owner.alive ? '' : ' (dead)'}`) : '-',
           row.runId ?? '-',
           row.ageMs === null ? '-' : formatDuration(row.ageMs),
         ]),
