@@ -26,7 +26,7 @@ export { FileLeaseStore, LEASE_LOCK_STALE_MS, LEASE_LOCK_TIMEOUT_MS } from './po
 export type { FileLeaseStoreOptions } from './pool/file-lease-store.js'
 export type { LeaseStore, LeaseEntry, LeaseTable, LeaseState, LeaseKind } from './pool/lease-store.js'
 export { collectGarbage } from './pool/garbage-collector.js'
-export type { GcOptions, GcReport, GcDecision } from './pool/garbage-collector.js'
+export type { GcOptions, GcReport, GcDecision, GcSkipped } from './pool/garbage-collector.js'
 export { getSpecHash } from './pool/spec-hash.js'
 export type { PoolVmSpec } from './pool/spec-hash.js'
 export { SWEEP_PREFIXES } from './util/vm-name.js'

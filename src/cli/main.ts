@@ -3,7 +3,9 @@ import { readFileSync, realpathSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import { isVmPoolError } from '../errors.js'
 import { isDebugEnabled } from '../util/debug.js'
+import { printable } from '../util/printable-text.js'
 import { UsageError, type CliIo } from './cli-command.js'
+import { endQuietlyOnClosedOutput } from './closed-output.js'
 import { commands } from './commands/index.js'
 
 const COMMAND_SUMMARIES: Record<string, string> = {
@@ -61,7 +63,7 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
   }
   const load = commands[name]
   if (!load) {
-    io.stderr.write(`vm-pool: unknown command ${JSON.stringify(name)}\n\n${mainHelp()}`)
+    io.stderr.write(`vm-pool: unknown command ${printable(JSON.stringify(name))}\n\n${mainHelp()}`)
     return 2
   }
   const command = await load()
@@ -78,11 +80,12 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
 
 function reportError(error: unknown, command: string, io: CliIo): number {
   if (error instanceof UsageError) {
-    io.stderr.write(`vm-pool ${command}: ${error.message}\nRun 'vm-pool ${command} --help' for usage.\n`)
+    io.stderr.write(`vm-pool ${command}: ${printable(error.message)}\nRun 'vm-pool ${command} --help' for usage.\n`)
     return 2
   }
-  if (isDebugEnabled()) io.stderr.write(`${(error as Error)?.stack ?? String(error)}\n`)
-  else io.stderr.write(`${isVmPoolError(error) ? error.message : `vm-pool ${command}: ${(error as Error)?.message ?? String(error)}`}\n`)
+  // Messages quote input (a workflow's name, a path, an option's value): printed escaped, lines kept.
+  if (isDebugEnabled()) io.stderr.write(`${printable((error as Error)?.stack ?? String(error), { multiline: true })}\n`)
+  else io.stderr.write(`${printable(isVmPoolError(error) ? error.message : `vm-pool ${command}: ${(error as Error)?.message ?? String(error)}`, { multiline: true })}\n`)
   if (isVmPoolError(error)) {
     const usage = ['VMPOOL_INVALID_OPTIONS', 'VMPOOL_INVALID_NAME', 'VMPOOL_WORKFLOW_INVALID', 'VMPOOL_PROVIDER_UNAVAILABLE', 'VMPOOL_IMAGE_MISSING']
     return usage.includes(error.code) ? 2 : 1
@@ -102,6 +105,8 @@ if (process.argv[1] && import.meta.url === pathToFileURL(realpathSync(process.ar
   }
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
+  // `vm-pool ls | head -1`: a closed stdout ends the command like Ctrl-C does, without a word (see closed-output.ts).
+  endQuietlyOnClosedOutput([process.stdout, process.stderr], () => controller.abort(new Error('output closed')))
   const code = await main(process.argv.slice(2), { stdout: process.stdout, stderr: process.stderr, env: process.env, signal: controller.signal })
   process.exitCode = interrupted > 0 && code === 0 ? 130 : code
 }

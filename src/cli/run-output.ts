@@ -1,8 +1,12 @@
+import { printable } from '../util/printable-text.js'
 import { succeeded, type KeptVm, type StepResult, type WorkflowEvent } from '../workflow/run-workflow.js'
 
 /**
  * The progress lines of `vm-pool run` and `vm-pool serve`: one line per command as it finishes (phase,
  * ok/FAIL/warn/skip, exit code, duration, name), the output of failed commands, VM lines.
+ * Names, commands, VM names and messages come from workflow files and providers: each goes through
+ * `printable` (util/printable-text.ts), so a `\n` in a step name cannot print a line of its own. Labels
+ * arrive already printable (the callers pad them).
  */
 
 /** Lines of a failing command's stdout and stderr shown each; `--json` has everything. */
@@ -12,34 +16,36 @@ export const MAX_OUTPUT_LINES = 40
 export function formatEvent(label: string, event: WorkflowEvent, note?: string): string {
   switch (event.type) {
     case 'session-open':
-      return `${label} vm ${event.vm} ready (${formatDuration(event.durationMs)})\n`
+      return `${label} vm ${printable(event.vm)} ready (${formatDuration(event.durationMs)})\n`
     case 'command-start':
       return ''
     case 'command-end':
-      return formatCommand(label, event.result) + (note ? `    history | ${note}\n` : '')
+      return formatCommand(label, event.result) + (note ? `    history | ${printable(note)}\n` : '')
     case 'session-release':
-      if (event.error) return `${label} vm ${event.vm} could NOT be deleted: ${event.error.message}\n`
-      return `${label} vm ${event.vm} ${event.kept ? 'kept' : 'deleted'}\n`
+      if (event.error) return `${label} vm ${printable(event.vm)} could NOT be deleted: ${printable(event.error.message, { multiline: true })}\n`
+      return `${label} vm ${printable(event.vm)} ${event.kept ? 'kept' : 'deleted'}\n`
   }
 }
 
 export function formatCommand(label: string, result: StepResult & { note?: string }): string {
   const head = `${label} ${result.phase.padEnd(7)}`
-  if (result.skipped) return `${head} skip  ${''.padEnd(8)} ${''.padStart(8)}  ${result.name}${result.note ? ` (${result.note})` : ''}\n`
+  const name = printable(result.name)
+  if (result.skipped) return `${head} skip  ${''.padEnd(8)} ${''.padStart(8)}  ${name}${result.note ? ` (${printable(result.note)})` : ''}\n`
   const ok = succeeded(result)
   const status = ok ? 'ok' : result.continuedOnError ? 'warn' : 'FAIL'
   const exit = result.error ? 'exit -' : `exit ${result.exitCode}`
   const note = result.timedOut ? ' (timed out)' : result.continuedOnError ? ' (continue-on-error)' : ''
-  let line = `${head} ${status.padEnd(4)}  ${exit.padEnd(8)} ${formatDuration(result.durationMs).padStart(8)}  ${result.name}${note}\n`
+  let line = `${head} ${status.padEnd(4)}  ${exit.padEnd(8)} ${formatDuration(result.durationMs).padStart(8)}  ${name}${note}\n`
   if (!ok) line += formatOutput(result)
   return line
 }
 
 function formatOutput(result: StepResult): string {
   const lines: string[] = []
-  if (result.error) lines.push(`    error  | ${result.error.message.split('\n').join('\n           | ')}`)
+  if (result.error) lines.push(`    error  | ${printable(result.error.message, { multiline: true }).split('\n').join('\n           | ')}`)
   for (const stream of ['stdout', 'stderr'] as const) {
-    const text = result[stream].replace(/\n$/, '')
+    // Command output keeps its lines and tabs; a `\r` or an escape sequence cannot rewrite what was printed before.
+    const text = printable(result[stream].replace(/\n$/, ''), { multiline: true })
     if (text === '') continue
     const all = text.split('\n')
     if (all.length > MAX_OUTPUT_LINES) lines.push(`    ${stream} | … ${all.length - MAX_OUTPUT_LINES} earlier lines (all of it: --json)`)
@@ -50,7 +56,7 @@ function formatOutput(result: StepResult): string {
 }
 
 export function formatKeptVm(label: string, kept: KeptVm): string {
-  return `${label} kept VM ${kept.name} (${kept.provider}, --keep-vm)\n    reach it:  ${kept.reach}\n    delete it: ${kept.remove}\n`
+  return `${label} kept VM ${printable(kept.name)} (${printable(kept.provider)}, --keep-vm)\n    reach it:  ${printable(kept.reach)}\n    delete it: ${printable(kept.remove)}\n`
 }
 
 export function formatDuration(ms: number): string {

@@ -1,4 +1,5 @@
 import type { z } from 'zod'
+import { printable } from '../util/printable-text.js'
 
 /** Keys whose values are never quoted back: tokens, private keys, passwords. */
 const SECRET_KEY = /token|secret|password|passphrase|private|credential|auth/i
@@ -13,7 +14,8 @@ export function formatZodError(error: z.ZodError, input?: unknown): string {
     .map((issue) => {
       const path = issue.path.reduce<string>((out, key) => (typeof key === 'number' ? `${out}[${key}]` : out ? `${out}.${String(key)}` : String(key)), '')
       const quoted = input === undefined || issue.code === 'unrecognized_keys' || issue.path.length === 0 ? '' : quoteValue(issue.path, input)
-      return `${path ? `${path}: ` : ''}${issue.message}${quoted}`
+      // Keys and quoted values are input: escaped, so a key with a line break cannot print a line of its own.
+      return `${path ? `${printable(path)}: ` : ''}${issue.message}${printable(quoted)}`
     })
     .join('; ')
 }

@@ -2,11 +2,14 @@ import { invalidOptions } from '../errors.js'
 
 const UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
 
-/** `90s`, `30m`, `2h`, `1d`, `500ms` (or a bare number of milliseconds) → milliseconds. */
+/**
+ * `90s`, `30m`, `2h`, `1d`, `500ms` → milliseconds. The unit is required: a bare `30` (meant as 30 days?
+ * minutes?) was once read as 30 ms, which made `gc --older-than 30` delete everything.
+ */
 export function parseDuration(text: string, what = 'duration'): number {
-  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(text.trim())
-  if (!match) throw invalidOptions(`invalid ${what} ${JSON.stringify(text)}: expected a number with a unit, e.g. 90s, 30m, 2h, 1d`)
-  return Math.round(Number(match[1]) * UNITS_MS[match[2] ?? 'ms']!)
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(text.trim())
+  if (!match) throw invalidOptions(`invalid ${what} ${JSON.stringify(text)}: expected a number with a unit (ms, s, m, h, d), e.g. 90s, 30m, 2h, 1d`)
+  return Math.round(Number(match[1]) * UNITS_MS[match[2]!]!)
 }
 
 /** 65_000 → `1m5s`; for ages in `vm-pool ls` and gc reasons. */

@@ -7,7 +7,7 @@ import { acquireExclusiveLock, LockTimeoutError, type ExclusiveLockKind, type He
 import { writeFileAtomicSync } from '../util/fs-atomic.js'
 import { getStateDir } from '../util/state-dir.js'
 import { scaleTimeout } from '../util/timeouts.js'
-import { getPoolSpecHash } from './spec-hash.js'
+import { getSpecHash } from './spec-hash.js'
 import { LEASE_FILE_VERSION, leaseFileSchema, type LeaseEntry, type LeaseStore, type LeaseTable } from './lease-store.js'
 import { localProcessLiveness } from './owner-liveness.js'
 import { findLiveMarkerHolders } from './reaper-marker.js'
@@ -22,7 +22,7 @@ export const LEASE_LOCK_TIMEOUT_MS = 30_000
 
 export interface FileLeaseStoreOptions {
   /** Whose VMs: the file is `<stateDir>/leases/<provider.name>.json`; `list()` rebuilds a corrupt file. */
-  provider: Pick<VmProvider, 'name' | 'list' | 'specDefaults'>
+  provider: Pick<VmProvider, 'name' | 'list' | 'fingerprint'>
   /** @default `VM_POOL_STATE_DIR` or `~/.cache/vm-pool` */
   stateDir?: string
   /** Where warnings go (a corrupt file moved aside). @default a line on stderr */
@@ -43,7 +43,7 @@ export interface FileLeaseStoreOptions {
 export class FileLeaseStore implements LeaseStore {
   readonly path: string
   readonly location: string
-  readonly #provider: Pick<VmProvider, 'name' | 'list' | 'specDefaults'>
+  readonly #provider: Pick<VmProvider, 'name' | 'list' | 'fingerprint'>
   readonly #stateDir: string
   readonly #warn: (message: string) => void
   readonly #lockKind: ExclusiveLockKind | undefined
@@ -157,7 +157,7 @@ export class FileLeaseStore implements LeaseStore {
       const entry: LeaseEntry = {
         name: info.name,
         provider: this.#provider.name,
-        specHash: info.record ? getPoolSpecHash(this.#provider, info.record.spec) : 'unknown',
+        specHash: info.record ? getSpecHash(info.record.spec, this.#provider) : 'unknown',
         kind: 'slot',
         // Not idle: we cannot know whether someone holds it; its holder re-registers it on its next update.
         state: 'leased',

@@ -3,12 +3,12 @@ import type { VmProvider, VmRecord } from '../providers/vm-provider.js'
 import { getCurrentProcessIdentity } from '../util/process-info.js'
 import { getStateDir } from '../util/state-dir.js'
 import { scaleTimeout } from '../util/timeouts.js'
-import { judgeNamedOwner, matchesSweepPrefix, SWEEP_PREFIXES } from '../util/vm-name.js'
+import { judgeNamedOwner, matchesSweepPrefix, SWEEP_PREFIXES, VM_NAME_PATTERN } from '../util/vm-name.js'
 import { deleteAnnounced } from './announced-delete.js'
 import { FileLeaseStore } from './file-lease-store.js'
 import type { LeaseStore } from './lease-store.js'
 import { announceGcDeletes, decideGc, forgetVanished, isExpired, type GcDecision, type GcFacts, type LeaseActor } from './lease-table.js'
-import { localProcessLiveness } from './owner-liveness.js'
+import { assumeDeadHosts, localProcessLiveness } from './owner-liveness.js'
 import { findLiveMarkerHolders, findOrphanedMarkers } from './reaper-marker.js'
 import { reapOwner } from './reaper.js'
 import { connectAndCheck } from './vm-health-check.js'
@@ -32,6 +32,11 @@ export interface GcOptions {
   prefixes?: readonly string[]
   /** Also delete healthy idle warm VMs. Never VMs a live process holds. @default false */
   all?: boolean
+  /**
+   * Host names whose lease owners are taken as dead (`--assume-dead-host`): owners on other hosts otherwise
+   * count as alive for ever, since no pid check reaches them. Never this host. @default []
+   */
+  assumeDeadHosts?: readonly string[]
   warn?: (message: string) => void
 }
 
@@ -45,6 +50,16 @@ export interface GcReport {
   forgotten: string[]
   /** VMs whose names match no sweep prefix: never touched. */
   ignored: number
+  /**
+   * VMs whose names match a sweep prefix but are no vm-pool name (`vitest-worker-UPPER`, as a Firecracker
+   * API can list): never touched — no pool made them, and every provider refuses such a name anyway.
+   */
+  skipped: GcSkipped[]
+}
+
+export interface GcSkipped {
+  name: string
+  reason: string
 }
 
 /**
@@ -58,12 +73,17 @@ export async function collectGarbage(options: GcOptions): Promise<GcReport> {
   const { provider } = options
   const store: LeaseStore = new FileLeaseStore({ provider, stateDir: options.stateDir, warn: options.warn })
   const stateDir = getStateDir(options.stateDir)
-  const liveness = localProcessLiveness
+  const liveness = assumeDeadHosts(localProcessLiveness, options.assumeDeadHosts ?? [])
   const prefixes = [...SWEEP_PREFIXES, ...(options.prefixes ?? [])]
   const dryRun = options.dryRun ?? false
   const listingStartedAt = Date.now()
   const infos = await provider.list()
-  const swept = infos.filter((info) => matchesSweepPrefix(info.name, prefixes))
+  const matching = infos.filter((info) => matchesSweepPrefix(info.name, prefixes))
+  // A name no pool could have made used to reach provider.delete, fail there, and make every gc exit 1.
+  const swept = matching.filter((info) => VM_NAME_PATTERN.test(info.name))
+  const skipped = matching
+    .filter((info) => !VM_NAME_PATTERN.test(info.name))
+    .map((info) => ({ name: info.name, reason: `not a vm-pool VM name (${VM_NAME_PATTERN.source}): left alone` }))
   const liveMarkers = await findLiveMarkerHolders(stateDir, provider.name, liveness)
 
   const facts = new Map<string, GcFacts>()
@@ -101,7 +121,7 @@ export async function collectGarbage(options: GcOptions): Promise<GcReport> {
     },
   )
 
-  const report: GcReport = { dryRun, deleted: [], kept: [], failed: [], forgotten: result.forgotten, ignored: infos.length - swept.length }
+  const report: GcReport = { dryRun, deleted: [], kept: [], failed: [], forgotten: result.forgotten, ignored: infos.length - matching.length, skipped }
   const errors = new Map(failed.map(({ name, error }) => [name, (error as Error).message]))
   for (const decision of result.decisions) {
     if (decision.action === 'keep') report.kept.push(decision)

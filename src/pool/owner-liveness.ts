@@ -1,4 +1,4 @@
-import { isProcessAlive, type ProcessIdentity } from '../util/process-info.js'
+import { getHostName, isProcessAlive, type ProcessIdentity } from '../util/process-info.js'
 
 /**
  * Who holds a lease. Today always a process on a host (pid + the kernel's start time of that pid, so a
@@ -21,6 +21,22 @@ export interface OwnerLiveness {
  */
 export const localProcessLiveness: OwnerLiveness = {
   isAlive: (owner) => isProcessAlive(owner),
+}
+
+/** True for an owner on another host: `localProcessLiveness` cannot judge it and calls it alive. */
+export function isOnOtherHost(owner: LeaseOwner): boolean {
+  return owner.host !== getHostName()
+}
+
+/**
+ * `vm-pool gc --assume-dead-host NAME`: a person's word that every owner on host NAME is gone (an old CI
+ * container that shared the state dir, this host before a rename). Until owners on other hosts send
+ * heartbeats, nothing else can collect their leases. Other owners are judged by `inner`.
+ */
+export function assumeDeadHosts(inner: OwnerLiveness, hosts: readonly string[]): OwnerLiveness {
+  if (hosts.length === 0) return inner
+  const dead = new Set(hosts)
+  return { isAlive: (owner, now) => !dead.has(owner.host) && inner.isAlive(owner, now) }
 }
 
 export function isSameOwner(a: LeaseOwner | null, b: LeaseOwner | null): boolean {

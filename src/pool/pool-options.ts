@@ -6,7 +6,7 @@ import { getProviderNames } from '../providers/provider-registry.js'
 import type { JsonValue, VmProvider } from '../providers/vm-provider.js'
 import { getStateDir } from '../util/state-dir.js'
 import { generateRunId, getFreshPrefix, validatePrefix, validateRunId, WORKER_PREFIX } from '../util/vm-name.js'
-import { getPoolSpecHash, type PoolVmSpec } from './spec-hash.js'
+import { getSpecHash, type PoolVmSpec } from './spec-hash.js'
 
 /** `keepWarm.reset` value that restores the VM to the provider's snapshot (`provider.reset`) instead of running a shell line. */
 export const RESET_TO_SNAPSHOT = 'snapshot'
@@ -136,7 +136,7 @@ export function resolvePoolOptions(options: PoolOptions): { config: ResolvedPool
     reaper,
     runId,
     spec,
-    specHash: getPoolSpecHash(provider, spec),
+    specHash: getSpecHash(spec, provider),
   })
   const warn = raw.warn ?? ((message: string) => process.stderr.write(`[vm-pool] warning: ${message}\n`))
   return { config, warn }

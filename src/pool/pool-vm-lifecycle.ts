@@ -8,7 +8,7 @@ import type { LeaseEntry, LeaseKind } from './lease-store.js'
 import { adoptIdle, evictOverMax, markIdle, markLeased, replaceRecord, reserveName } from './lease-table.js'
 import { RESET_TO_SNAPSHOT, type ResolvedPoolOptions } from './pool-options.js'
 import type { PoolLeases, PoolLedger } from './pool-leases.js'
-import { getPoolSpecHash, type PoolVmSpec } from './spec-hash.js'
+import { getSpecHash, type PoolVmSpec } from './spec-hash.js'
 import { connectAndCheck } from './vm-health-check.js'
 
 /** An idle VM must answer `true` within this before it is adopted; otherwise it is deleted and replaced. Scaled. */
@@ -84,7 +84,7 @@ export class PoolVmLifecycle {
   async create(kind: LeaseKind, base: string, spec: PoolVmSpec, key: string | undefined, exactName: boolean): Promise<Held> {
     await this.#held.ensureReaper()
     const provider = this.#config.provider
-    const request = { base, exactName, provider: provider.name, specHash: getPoolSpecHash(provider, spec), kind, ...(key !== undefined ? { key } : {}) }
+    const request = { base, exactName, provider: provider.name, specHash: getSpecHash(spec, provider), kind, ...(key !== undefined ? { key } : {}) }
     const reserved = await this.#leases.update((table, now) => {
       const entry = reserveName(table, request, this.#leases.actor, now)
       if (!entry) throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: provider.name, operation: kind, vm: base, message: `a VM named ${base} is already leased` })

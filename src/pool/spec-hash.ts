@@ -7,19 +7,15 @@ export type PoolVmSpec = Omit<VmSpec, 'name'>
 /**
  * 16 hex characters over the spec minus its name, keys sorted, `undefined` dropped: `{ cpus: 1 }` and
  * `{ cpus: 1, image: undefined }` hash alike, so a VM booted by `vm-pool warm` is adopted by a pool
- * that asks for the same thing.
+ * that asks for the same thing. With a `provider` that has a `fingerprint`, what the provider's options
+ * make of the spec counts too: a VM of a qemu provider set to 4 CPUs / 8 GB / ubuntu-24.04 is not adopted
+ * by a pool whose provider is set to 1 CPU / 1 GB / ubuntu-22.04, though both pools ask for `{}`.
+ * Providers without a fingerprint hash as before (the spec alone).
  */
-export function getSpecHash(spec: PoolVmSpec | VmSpec): string {
+export function getSpecHash(spec: PoolVmSpec | VmSpec, provider?: Pick<VmProvider, 'fingerprint'>): string {
   const { name: _name, ...rest } = spec as VmSpec
-  return createHash('sha256').update(stableStringify(rest)).digest('hex').slice(0, 16)
-}
-
-/**
- * The hash a pool files a VM under: the spec over the provider's `specDefaults`, so `{}` asked of a
- * provider whose default image is debian-12 never matches a warm VM of the default minimal image.
- */
-export function getPoolSpecHash(provider: Pick<VmProvider, 'specDefaults'>, spec: PoolVmSpec): string {
-  return getSpecHash({ ...provider.specDefaults, ...spec })
+  const hashed = provider?.fingerprint ? { spec: rest, provider: provider.fingerprint(rest) } : rest
+  return createHash('sha256').update(stableStringify(hashed)).digest('hex').slice(0, 16)
 }
 
 function stableStringify(value: unknown): string {

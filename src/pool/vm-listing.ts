@@ -1,14 +1,18 @@
 import type { VmProvider, VmState } from '../providers/vm-provider.js'
 import { FileLeaseStore } from './file-lease-store.js'
 import type { LeaseState } from './lease-store.js'
-import { localProcessLiveness } from './owner-liveness.js'
+import { isOnOtherHost, localProcessLiveness } from './owner-liveness.js'
 
 export interface VmListingRow {
   name: string
   /** What the provider says; `missing` for a lease whose VM the provider does not list (yet: booting). */
   vmState: VmState | 'missing'
   lease: LeaseState | null
-  owner: { pid: number; host: string; alive: boolean } | null
+  /**
+   * `otherHost`: the owner runs on another host, so `alive` is a guess (true: nothing here can check it);
+   * `vm-pool gc --assume-dead-host HOST` collects such leases.
+   */
+  owner: { pid: number; host: string; alive: boolean; otherHost: boolean } | null
   runId: string | null
   key: string | null
   /** Milliseconds since creation, when known. */
@@ -31,7 +35,7 @@ export async function listVms(options: { provider: VmProvider; stateDir?: string
       name,
       vmState: info?.state ?? 'missing',
       lease: entry?.state ?? null,
-      owner: entry?.owner ? { pid: entry.owner.pid, host: entry.owner.host, alive: localProcessLiveness.isAlive(entry.owner, now) } : null,
+      owner: entry?.owner ? { pid: entry.owner.pid, host: entry.owner.host, alive: localProcessLiveness.isAlive(entry.owner, now), otherHost: isOnOtherHost(entry.owner) } : null,
       runId: entry?.runId ?? null,
       key: entry?.key ?? null,
       ageMs: Number.isFinite(created) ? now - created : null,

@@ -61,5 +61,6 @@ export function countingProvider(inner: VmProvider): CountingProvider {
   if (inner.close) wrapper.close = () => inner.close!()
   if (inner.reset) wrapper.reset = (name) => inner.reset!(name)
   if (inner.describe) wrapper.describe = (record) => inner.describe!(record)
+  if (inner.fingerprint) wrapper.fingerprint = (spec) => inner.fingerprint!(spec)
   return wrapper
 }

@@ -88,8 +88,9 @@ export function fakeProvider(options: FakeProviderOptions = {}): VmProvider {
 
     async list(): Promise<VmInfo[]> {
       let names: string[]
+      const dir = root() // outside the try: an unsafe state dir is refused (util/state-dir.ts), not read as "no VMs"
       try {
-        names = await readdir(root())
+        names = await readdir(dir)
       } catch {
         return []
       }

@@ -93,11 +93,14 @@ export interface VmProvider {
    */
   describe?(record: VmRecord): KeptVmHelp
   /**
-   * Optional: what this provider's VMs are where a spec leaves a field out, when that differs between
-   * instances of one provider (qemu: an `image` option other than the default). Pools hash a spec over
-   * these, so a warm VM is adopted only by a pool that would have created the same VM.
+   * Optional: what makes the VMs this provider would create for `spec` differ from other VMs — the spec
+   * with this provider's options and defaults applied (qemu: image and image folder, cpus, memory, accel).
+   * Pools hash it together with the spec (`getSpecHash`), so an idle VM is adopted only by a pool whose
+   * provider would have created the same VM: `vm-pool warm`, Vitest's `vmPool({ providerOptions })` and
+   * `createPool` agree as long as the options agree. Plain JSON data, computed without I/O; never secrets
+   * (tokens, keys, passwords: leave them out or put a hash of them in).
    */
-  readonly specDefaults?: Readonly<Omit<VmSpec, 'name' | 'labels'>>
+  fingerprint?(spec: Omit<VmSpec, 'name'>): Record<string, unknown>
 }
 
 /** What `VmProvider.describe` returns. */

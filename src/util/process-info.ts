@@ -35,7 +35,7 @@ export function getProcessStartTime(pid: number): number | null {
 
 let hostName: string | undefined
 /** This host's name, read once: liveness checks run under the lease lock, and `hostname()` is a syscall. */
-function getHostName(): string {
+export function getHostName(): string {
   hostName ??= hostname()
   return hostName
 }

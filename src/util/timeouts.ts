@@ -14,8 +14,35 @@ export function getTimeoutScale(env: NodeJS.ProcessEnv = process.env): number {
   return scale
 }
 
+/**
+ * The longest delay a Node timer holds: 2^31-1 ms (about 24.8 days). A longer one fires after 1 ms, so
+ * `VM_POOL_TIMEOUT_SCALE=1000` (or `timeout-seconds: 604800` with a scale of 4) made every step "time out" at once.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1
+
+let clampReported = false
+
+/**
+ * Every scaled timeout ends here: clamped to `MAX_TIMER_MS` AFTER scaling (a clamp before it would not
+ * help), with one process warning (code `VMPOOL_TIMEOUT_CLAMPED`) the first time it happens.
+ */
+export function clampTimerMs(ms: number): number {
+  if (ms <= MAX_TIMER_MS) return ms
+  if (!clampReported) {
+    clampReported = true
+    process.emitWarning(`a timeout of ${ms} ms (after VM_POOL_TIMEOUT_SCALE) is longer than Node timers allow: clamped to ${MAX_TIMER_MS} ms (about 24.8 days), here and for every later one`, { code: 'VMPOOL_TIMEOUT_CLAMPED' })
+  }
+  return MAX_TIMER_MS
+}
+
+/** `ms` times `VM_POOL_TIMEOUT_SCALE`, clamped to what a Node timer holds. */
 export function scaleTimeout(ms: number, env?: NodeJS.ProcessEnv): number {
-  return Math.round(ms * getTimeoutScale(env))
+  return scaleTimeoutBy(ms, getTimeoutScale(env))
+}
+
+/** `ms` times an already-read scale (the workflow runners read it once per run), clamped to what a Node timer holds. */
+export function scaleTimeoutBy(ms: number, scale: number): number {
+  return clampTimerMs(Math.round(ms * scale))
 }
 
 export interface WithTimeoutOptions {
@@ -32,6 +59,7 @@ export interface WithTimeoutOptions {
 
 /** Race `promise` against a named timeout. The timer never keeps the process alive. */
 export async function withTimeout<T>(promise: Promise<T>, options: WithTimeoutOptions): Promise<T> {
+  options = { ...options, ms: clampTimerMs(options.ms) }
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {

@@ -3,6 +3,7 @@ import type { Document, LineCounter } from 'yaml'
 import { z } from 'zod'
 import { VmPoolError } from '../errors.js'
 import { formatZodError } from '../config/zod-error.js'
+import { printable } from '../util/printable-text.js'
 import { vmBlockSchema } from './vm-block.js'
 import { closest, formatPath, lineColAt, parseYamlSource, readWorkflowFile, type KeyPath } from './yaml-source.js'
 import { normalizeWorkflowInput, workflowCommandSchema, workflowInputSchema, type Workflow, type WorkflowInput } from './workflow-schema.js'
@@ -33,7 +34,7 @@ export function defineWorkflow(input: WorkflowInput, source?: string): Workflow 
 }
 
 function validateWorkflow(input: unknown, source: string | undefined, yaml?: { doc: Document; lineCounter: LineCounter }): Workflow {
-  const label = source ?? '<workflow>'
+  const label = printable(source ?? '<workflow>')
   const parsed = workflowInputSchema.safeParse(input)
   if (!parsed.success) {
     const problems = describeIssues(parsed.error, yaml)

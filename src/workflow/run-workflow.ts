@@ -2,7 +2,7 @@ import { z } from 'zod'
 import { invalidOptions, isVmPoolError } from '../errors.js'
 import { formatZodError } from '../config/zod-error.js'
 import { createDebug } from '../util/debug.js'
-import { getTimeoutScale } from '../util/timeouts.js'
+import { getTimeoutScale, scaleTimeoutBy } from '../util/timeouts.js'
 import type { KeptVmHelp, Vm, VmProvider, VmRecord } from '../providers/vm-provider.js'
 import type { SessionManager, WorkflowSession } from './session-manager.js'
 import type { Workflow, WorkflowPhase, WorkflowStep } from './workflow-schema.js'
@@ -159,7 +159,7 @@ export async function runWorkflow(workflow: Workflow, options: RunWorkflowOption
   } finally {
     // Cleanup always runs, on the same VM. It is not given the run's signal (that would kill it at
     // once after Ctrl-C); after an abort each command is capped instead.
-    const capMs = signal?.aborted ? Math.round(ABORTED_CLEANUP_TIMEOUT_MS * scale) : undefined
+    const capMs = signal?.aborted ? scaleTimeoutBy(ABORTED_CLEANUP_TIMEOUT_MS, scale) : undefined
     for (const step of workflow.cleanup) {
       record(await runCommand(workflow, vm, 'cleanup', step, { scale, emit, capMs }), step, 'cleanup')
     }
@@ -197,7 +197,7 @@ interface RunCommandContext {
 async function runCommand(workflow: Workflow, vm: Vm, phase: WorkflowPhase, step: WorkflowStep, context: RunCommandContext): Promise<StepResult> {
   context.emit({ type: 'command-start', workflow: workflow.name, vm: vm.name, phase, name: step.name, command: step.run })
   const env = { ...workflow.env, ...step.env }
-  let timeoutMs = Math.round((step.timeoutSeconds !== undefined ? step.timeoutSeconds * 1000 : DEFAULT_STEP_TIMEOUT_MS) * context.scale)
+  let timeoutMs = scaleTimeoutBy(step.timeoutSeconds !== undefined ? step.timeoutSeconds * 1000 : DEFAULT_STEP_TIMEOUT_MS, context.scale)
   if (context.capMs !== undefined) timeoutMs = Math.min(timeoutMs, context.capMs)
   const started = performance.now()
   const base = { phase, name: step.name, command: step.run, vm: vm.name }

@@ -1,7 +1,7 @@
 import { z } from 'zod'
 import { VmPoolError, VmPoolTimeoutError, invalidOptions, isVmPoolError } from '../errors.js'
 import { formatZodError } from '../config/zod-error.js'
-import { scaleTimeout } from '../util/timeouts.js'
+import { MAX_TIMER_MS, scaleTimeout } from '../util/timeouts.js'
 import { generateRunId, NAME_PART_PATTERN as NAME_PART, validateVmName, WORKFLOW_PREFIX } from '../util/vm-name.js'
 import type { Vm, VmProvider, VmSpec } from '../providers/vm-provider.js'
 import { providerVmAllocator, type VmAllocation, type VmAllocator } from './vm-allocator.js'
@@ -14,9 +14,6 @@ export const QUEUE_TIMEOUT_MS = 30 * 60_000
 export const DEFAULT_MAX_CONCURRENT_SESSIONS = 2
 
 export const WORKFLOW_VM_PREFIX = WORKFLOW_PREFIX
-
-// Node timers overflow past 2^31-1 ms and fire immediately; beyond that we simply do not arm one.
-const MAX_TIMER_MS = 2 ** 31 - 1
 
 const isProvider = (value: unknown): value is VmProvider =>
   typeof value === 'object' &&
@@ -226,6 +223,7 @@ export class SessionManager {
         settle()
         reject(abortedError(signal!, 'while waiting for a session slot', undefined, this.provider.name))
       }
+      // Node timers overflow past MAX_TIMER_MS and fire immediately; beyond that (an unscaled option) we do not arm one.
       if (this.#queueTimeoutMs <= MAX_TIMER_MS) {
         timer = setTimeout(() => {
           settle()

@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises'
 import { isMap, isScalar, LineCounter, parseDocument, visit, type Document } from 'yaml'
 import { VmPoolError } from '../errors.js'
+import { printable } from '../util/printable-text.js'
 
 /**
  * Reading a YAML workflow file with editor-friendly `file:line:col` messages, shared by the vm-pool
@@ -27,7 +28,7 @@ export async function readWorkflowFile(path: string): Promise<string> {
     throw new VmPoolError({
       code: 'VMPOOL_WORKFLOW_INVALID',
       operation: 'load-workflow',
-      message: `cannot read workflow file ${path}: ${reason}`,
+      message: `cannot read workflow file ${printable(path)}: ${reason}`,
       hint: 'check the path (it is resolved against the current directory)',
       details: { source: path },
       cause: error,
@@ -36,7 +37,8 @@ export async function readWorkflowFile(path: string): Promise<string> {
 }
 
 /** Parse YAML text; throws `VMPOOL_WORKFLOW_INVALID` naming the line and column of malformed YAML. */
-export function parseYamlSource(text: string, label: string): YamlSource {
+export function parseYamlSource(text: string, rawLabel: string): YamlSource {
+  const label = printable(rawLabel)
   const lineCounter = new LineCounter()
   const doc = parseDocument(text, { lineCounter, prettyErrors: false })
   const yamlError = doc.errors[0]
@@ -94,8 +96,9 @@ export function lineColAt(yaml: Pick<YamlSource, 'doc' | 'lineCounter'> | undefi
   return `${line}:${col}`
 }
 
+/** `steps[2].timeout-seconds`; keys are the file's own text, so control characters in them are escaped (util/printable-text.ts). */
 export function formatPath(path: KeyPath): string {
-  return path.reduce<string>((out, key) => (typeof key === 'number' ? `${out}[${key}]` : out ? `${out}.${key}` : key), '')
+  return printable(path.reduce<string>((out, key) => (typeof key === 'number' ? `${out}[${key}]` : out ? `${out}.${key}` : key), ''))
 }
 
 /** Offset of the node at `path` (or of `key` in the mapping at `path`); falls back to the nearest ancestor. */

@@ -2,7 +2,8 @@
  * `vm-pool gc` as users run it: the built bin, real holder processes, a fake-provider state dir.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { readdirSync, rmSync } from 'node:fs'
+import { readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, describe, expect, test } from 'vitest'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
@@ -166,4 +167,84 @@ describe('vm-pool gc (the built bin)', () => {
     expect(bad.code).toBe(2)
     expect(bad.stderr).toContain('invalid --older-than "soon"')
   })
+
+  test('a duration without a unit is bad usage (it was read as milliseconds): gc --older-than, warm --ttl', async () => {
+    state = makeStateDir()
+    await fakeProvider({ stateDir: state.dir }).create({ name: 'test-vm-old' })
+    const bare = gc('--older-than', '30')
+    expect(bare.code).toBe(2)
+    expect(bare.stderr).toContain('invalid --older-than "30": expected a number with a unit')
+    expect(await names()).toEqual(['test-vm-old'])
+    const warm = runBin(['warm', '--count', '1', '--provider', 'fake', '--ttl', '30'], { VM_POOL_STATE_DIR: state.dir })
+    expect(warm.code).toBe(2)
+    expect(warm.stderr).toContain('invalid --ttl "30": expected a number with a unit')
+    expect(await names()).toEqual(['test-vm-old'])
+    expect(gc('--older-than', '500ms').code).toBe(0)
+    expect(await names()).toEqual([])
+  })
+
+  test('a listed name that matches a sweep prefix but is no vm-pool name is skipped and reported, not a failure', async () => {
+    state = makeStateDir()
+    const provider = fakeProvider({ stateDir: state.dir })
+    await provider.create({ name: 'vitest-worker-upper' })
+    await provider.create({ name: 'vitest-worker-orphan' })
+    // What a Firecracker API (or anything else sharing the prefix) can list: no pool could have made this name.
+    const dir = join(state.dir, 'fake')
+    renameSync(join(dir, 'vitest-worker-upper'), join(dir, 'vitest-worker-UPPER'))
+    const recordPath = join(dir, 'vitest-worker-UPPER', 'record.json')
+    writeFileSync(recordPath, readFileSync(recordPath, 'utf8').replaceAll('vitest-worker-upper', 'vitest-worker-UPPER'))
+    expect(await names()).toEqual(['vitest-worker-UPPER', 'vitest-worker-orphan'])
+
+    for (let round = 0; round < 2; round++) {
+      const { code, stdout, stderr } = gc()
+      expect(stderr).toBe('')
+      expect(code).toBe(0)
+      expect(stdout).toMatch(/^skipped +vitest-worker-UPPER +not a vm-pool VM name .*: left alone$/m)
+      expect(stdout).toMatch(/, 1 skipped \(not vm-pool names\)$/m)
+    }
+    expect(await names()).toEqual(['vitest-worker-UPPER'])
+    const json = gc('--json')
+    expect(json.code).toBe(0)
+    const report = JSON.parse(json.stdout) as GcReport
+    expect(report.skipped).toEqual([{ name: 'vitest-worker-UPPER', reason: expect.stringContaining('not a vm-pool VM name') }])
+    expect(report.failed).toEqual([])
+  })
+
+  test('owners on another host: ls marks them, gc keeps them (even --all --older-than) until --assume-dead-host names that host', async () => {
+    state = makeStateDir()
+    const provider = fakeProvider({ stateDir: state.dir })
+    const record = await provider.create({ name: 'vitest-worker-oldci-1' })
+    const longAgo = new Date(Date.now() - 40 * 86_400_000).toISOString()
+    // What an old CI container that shared this state dir left behind: a lease held by a pid on its host.
+    await new FileLeaseStore({ provider, stateDir: state.dir }).update((table) => {
+      table[record.name] = { name: record.name, provider: 'fake', specHash: 'x', kind: 'slot', state: 'leased', owner: { pid: 4242, host: 'old-ci-container', startTime: 1 }, runId: 'oldci', key: '1', record, createdAt: longAgo, updatedAt: longAgo }
+    })
+
+    const ls = runBin(['ls', '-p', 'fake'], { VM_POOL_STATE_DIR: state.dir })
+    expect(ls.code).toBe(0)
+    expect(ls.stdout).toMatch(/^vitest-worker-oldci-1 +running +leased +4242@old-ci-container \(other host\) +oldci +40d$/m)
+    const rows = JSON.parse(runBin(['ls', '-p', 'fake', '--json'], { VM_POOL_STATE_DIR: state.dir }).stdout) as { owner: unknown }[]
+    expect(rows[0]!.owner).toEqual({ pid: 4242, host: 'old-ci-container', alive: true, otherHost: true })
+
+    const kept = gc('--all', '--older-than', '30d')
+    expect(kept.code).toBe(0)
+    expect(kept.stdout).toMatch(/^kept +vitest-worker-oldci-1 +leased by live pid 4242 on old-ci-container/m)
+    expect(await names()).toEqual(['vitest-worker-oldci-1'])
+
+    const self = gc('--assume-dead-host', hostname())
+    expect(self.code).toBe(2)
+    expect(self.stderr).toContain('is this host: its owners are checked by pid, never assumed dead')
+
+    const other = gc('--assume-dead-host', 'some-other-host', '--older-than', '30d')
+    expect(other.stdout).toMatch(/^kept +vitest-worker-oldci-1 /m)
+    const young = gc('--assume-dead-host', 'old-ci-container', '--older-than', '60d')
+    expect(young.stdout).toMatch(/^kept +vitest-worker-oldci-1 +younger than --older-than .*otherwise: holder pid 4242 is gone/m)
+    expect(await names()).toEqual(['vitest-worker-oldci-1'])
+
+    const collected = gc('--assume-dead-host', 'old-ci-container', '--older-than', '30d')
+    expect(collected.code).toBe(0)
+    expect(collected.stdout).toMatch(/^deleted +vitest-worker-oldci-1 +holder pid 4242 is gone/m)
+    expect(await names()).toEqual([])
+    expect(await new FileLeaseStore({ provider, stateDir: state.dir }).read()).toEqual({})
+  }, 60_000)
 })

@@ -154,6 +154,59 @@ describe('vm-pool run (built bin, fake provider)', () => {
     expect(await leftoverVms()).toEqual([])
   })
 
+  test.each([
+    ['VM_POOL_TIMEOUT_SCALE=1000, default step timeout', '1000', ''],
+    ['timeout-seconds: 604800 with a scale of 4', '4', '\n    timeout-seconds: 604800'],
+  ])('a scaled timeout past what a Node timer holds is clamped, not fired at once: %s', async (_, scale, timeout) => {
+    const file = join(stateDir, 'long-timeout.yml')
+    await writeFile(file, `name: long-timeout\nsteps:\n  - name: wait a moment\n    run: sleep 0.3 && echo waited${timeout}\n`)
+    const result = await vmPool(['run', '-p', 'fake', file], { env: { VM_POOL_TIMEOUT_SCALE: scale } })
+    expect(result.stdout).toMatch(/^\[long-timeout\] step +ok +exit 0 .*wait a moment$/m)
+    expect(result.exitCode).toBe(0)
+    // Said once, however many timeouts were clamped.
+    expect(String(result.stderr).split('VMPOOL_TIMEOUT_CLAMPED')).toHaveLength(2)
+    expect(result.stderr).toContain('clamped to 2147483647 ms')
+    expect(result.stderr).not.toContain('TimeoutOverflowWarning')
+    expect(await leftoverVms()).toEqual([])
+  })
+
+  test('control characters in names, commands, output and quoted input are printed escaped: no forged lines', async () => {
+    const forged = 'vm-pool run: 1 workflow, 1 succeeded in 0.1 s'
+    const evil = join(stateDir, 'evil.yml')
+    await writeFile(
+      evil,
+      [
+        `name: "evil\\n${forged}"`,
+        'steps:',
+        `  - name: "step\\r${forged}"`,
+        '    run: "printf \'out\\\\r%s\\\\n\' \\"$FORGED\\"; exit 3"',
+        '    env: { FORGED: "' + forged + '" }',
+        '  - run: "echo \\"a\\x1b[2Jb\\""',
+        '',
+      ].join('\n'),
+    )
+    const result = await vmPool(['run', '-p', 'fake', evil])
+    expect(result.exitCode).toBe(1)
+    const stdout = String(result.stdout)
+    expect(stdout).not.toMatch(/[\r\u001b]/)
+    // The one summary line is the real one; the forged text only appears escaped, inside other lines.
+    expect(stdout.split('\n').filter((line) => line.startsWith('vm-pool run:'))).toEqual([expect.stringMatching(/^vm-pool run: 1 workflow, 0 succeeded, 1 failed /)])
+    expect(stdout).toContain(`[evil\\n${forged}] step    FAIL  exit 3`)
+    expect(stdout).toContain(`step\\r${forged}`)
+    expect(stdout).toContain(`    stdout | out\\r${forged}`)
+    expect(stdout).toContain('echo "a\\e[2Jb"')
+
+    // Input quoted in an error message: a key (and a file name) with line breaks.
+    const badKey = join(stateDir, `bad\n${forged}.yml`)
+    await writeFile(badKey, `name: x\nsteps:\n  - run: "true"\n    "bo\\ngus\\n${forged}": 1\n`)
+    const bad = await vmPool(['run', '-p', 'fake', badKey])
+    expect(bad.exitCode).toBe(2)
+    const stderr = String(bad.stderr)
+    expect(stderr.split('\n').filter((line) => line.startsWith('vm-pool run:'))).toEqual(['vm-pool run: nothing was run (1 of 1 workflow files invalid)'])
+    expect(stderr).toContain(`bad\\n${forged}.yml:4:5: steps[0].bo\\ngus\\n${forged}: unknown key`)
+    expect(await leftoverVms()).toEqual([])
+  })
+
   test('DEBUG=vm-pool* shows the stack trace', async () => {
     const result = await vmPool(['run', '-p', 'nope', 'run-tests.yml'], { env: { DEBUG: 'vm-pool*' } })
     expect(result.exitCode).toBe(2)

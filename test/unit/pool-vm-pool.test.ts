@@ -143,24 +143,6 @@ describe('createPool', () => {
     expect((await leases(second))[lease.name]).toMatchObject({ state: 'leased', key: 'other-key', runId: second.runId })
   })
 
-  test("keepWarm: a provider whose default VM differs (specDefaults: another image) never adopts the other's warm VM", async () => {
-    const keepWarm = { ttlMs: 600_000, max: 4 }
-    const first = make({ keepWarm })
-    const lease = await first.acquire('a')
-    await lease.release()
-    // The same fake provider and state dir, but its VMs are of another default image (as qemuProvider({ image: 'debian-12' })).
-    const debianDefault: VmProvider = Object.assign(Object.create(provider) as VmProvider, { specDefaults: { image: 'debian-12' } })
-    const other = await make({ provider: debianDefault, keepWarm }).acquire('b')
-    expect(other).toMatchObject({ adopted: false })
-    expect(other.name).not.toBe(lease.name)
-    // A pool asking for that image explicitly is the same kind of VM: it adopts the debian one, not the minimal one.
-    await other.release()
-    const explicit = await make({ keepWarm, spec: { image: 'debian-12' } }).acquire('c')
-    expect(explicit).toMatchObject({ name: other.name, adopted: true })
-    const plain = await make({ keepWarm }).acquire('d')
-    expect(plain).toMatchObject({ name: lease.name, adopted: true })
-  })
-
   test('keepWarm: a failing reset deletes the VM instead; discard deletes too', async () => {
     const warnings: string[] = []
     const pool = make({ keepWarm: { ttlMs: 600_000, max: 4, reset: 'exit 3' }, warn: (m) => warnings.push(m) })

@@ -1,12 +1,10 @@
 /**
  * What the qemu provider tells QEMU and the pool about a machine, without starting one: a disk image's
- * VM runs on its own overlay (no `snapshot=on`), an initramfs image's arguments are what they were, and
- * a provider whose default image is not the default one says so to pools (`specDefaults`).
+ * VM runs on its own overlay (no `snapshot=on`), an initramfs image's arguments are what they were.
  */
 import { describe, expect, test } from 'vitest'
 import { buildMachineArgs, buildQemuArgs, type QemuMachine } from '../../src/providers/qemu/qemu-command.js'
 import type { ResolvedImage } from '../../src/providers/qemu/qemu-image.js'
-import { qemuProvider } from '../../src/providers/qemu/qemu-provider.js'
 
 const baseImage: ResolvedImage = { recipeVersion: 1, name: 'x', dir: '/images/x', append: 'console=ttyS0', diskFormat: 'qcow2', hostKey: 'SHA256:x', clientKey: '/images/x/client_key', username: 'root', minMemoryMiB: 128, build: {} }
 const machine = (image: Partial<ResolvedImage>): QemuMachine => ({ accel: 'tcg', cpus: 1, memoryMiB: 256, image: { ...baseImage, ...image } })
@@ -27,9 +25,4 @@ describe('qemu machine arguments', () => {
     expect(drives(buildMachineArgs(minimal))).toEqual([])
   })
 
-  test('specDefaults: only a provider whose image option is not the default one has them', () => {
-    expect(qemuProvider().specDefaults).toBeUndefined()
-    expect(qemuProvider({ image: 'minimal' }).specDefaults).toBeUndefined()
-    expect(qemuProvider({ image: 'debian-12' }).specDefaults).toEqual({ image: 'debian-12' })
-  })
 })

@@ -1,7 +1,7 @@
 import { describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
 import { getStateDir } from '../../src/util/state-dir.js'
-import { getTimeoutScale, scaleTimeout, withTimeout } from '../../src/util/timeouts.js'
+import { getTimeoutScale, MAX_TIMER_MS, scaleTimeout, scaleTimeoutBy, withTimeout } from '../../src/util/timeouts.js'
 import { validateVmName } from '../../src/util/vm-name.js'
 
 describe('timeouts', () => {
@@ -10,6 +10,16 @@ describe('timeouts', () => {
     expect(scaleTimeout(1000, { VM_POOL_TIMEOUT_SCALE: '2.5' })).toBe(2500)
     expect(() => getTimeoutScale({ VM_POOL_TIMEOUT_SCALE: 'fast' })).toThrow(/VM_POOL_TIMEOUT_SCALE.*"fast"/)
     expect(() => getTimeoutScale({ VM_POOL_TIMEOUT_SCALE: '0' })).toThrow()
+  })
+
+  test('a scaled timeout is clamped to what a Node timer holds (2^31-1 ms), never past it', async () => {
+    expect(MAX_TIMER_MS).toBe(2 ** 31 - 1)
+    expect(scaleTimeout(3_600_000, { VM_POOL_TIMEOUT_SCALE: '1000' })).toBe(MAX_TIMER_MS)
+    expect(scaleTimeoutBy(604_800_000, 4)).toBe(MAX_TIMER_MS)
+    expect(scaleTimeoutBy(604_800_000, 3)).toBe(1_814_400_000)
+    // withTimeout clamps too: a 30-day wait does not fire at once.
+    const slow = new Promise((resolve) => setTimeout(() => resolve('done'), 100))
+    await expect(withTimeout(slow, { name: 'HUGE_MS', ms: 30 * 86_400_000, what: 'x' })).resolves.toBe('done')
   })
 
   test('withTimeout rejects with a named timeout error and passes results through', async () => {

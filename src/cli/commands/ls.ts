@@ -1,6 +1,7 @@
 import { formatDuration } from '../../pool/duration.js'
 import { listVms } from '../../pool/vm-listing.js'
 import { createProvider } from '../../providers/provider-registry.js'
+import { printable } from '../../util/printable-text.js'
 import { getStateDir } from '../../util/state-dir.js'
 import { PROVIDER_OPTION, getProviderName, getProviderOptions, parseCommandArgs, UsageError, type CliCommand } from '../cli-command.js'
 
@@ -11,7 +12,9 @@ export const lsCommand: CliCommand = {
 
 Every VM the provider sees, joined with the lease store: lease state (booting, leased, idle,
 deleting, or - when no vm-pool lease knows it), the holder's pid and whether it is alive, the run id
-and the age. Leases whose VM the provider does not list show the VM state "missing".
+and the age. Leases whose VM the provider does not list show the VM state "missing". An owner on
+another host shows as PID@HOST (other host): its liveness cannot be checked from here, so it counts
+as alive; \`vm-pool gc --assume-dead-host HOST\` collects its VMs once you know it is gone.
 
 Options:
   -p, --provider NAME   provider (default: VM_POOL_PROVIDER, else qemu)
@@ -33,11 +36,13 @@ Options:
           row.name,
           row.vmState,
           row.lease ?? '-',
-          row.owner ? `${row.owner.pid}${row.owner.alive ? '' : ' (dead)'}` : '-',
+          row.owner ? (row.owner.otherHost ? `${row.owner.pid}@${row.owner.host} (other host)` : `${row.owner.pid}${row.owner.alive ? '' : ' (dead)'}`) : '-',
           row.runId ?? '-',
           row.ageMs === null ? '-' : formatDuration(row.ageMs),
         ]),
       ]
+      // VM names and run ids come from providers and lease files: printed escaped (util/printable-text.ts).
+      for (const cells of table) cells.forEach((cell, column) => (cells[column] = printable(cell)))
       const widths = table[0]!.map((_, column) => Math.max(...table.map((cells) => cells[column]!.length)))
       for (const cells of table) io.stdout.write(`${cells.map((cell, column) => (column === cells.length - 1 ? cell : cell.padEnd(widths[column]!))).join('  ')}\n`)
       if (rows.length === 0) io.stdout.write(`(no VMs for provider ${provider.name})\n`)

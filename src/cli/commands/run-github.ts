@@ -1,5 +1,6 @@
 import { resolve } from 'node:path'
 import { isVmPoolError } from '../../errors.js'
+import { printable } from '../../util/printable-text.js'
 import { getTimeoutScale } from '../../util/timeouts.js'
 import { succeeded } from '../../workflow/run-workflow.js'
 import { createHistoryRecorder } from '../../workflow/history/history-recorder.js'
@@ -40,7 +41,7 @@ export async function runGithubFiles(paths: string[], values: GithubRunValues, i
   if (failures.length > 0) {
     for (const { reason } of failures) {
       if (!isVmPoolError(reason)) throw reason
-      io.stderr.write(`${reason.message}\n`)
+      io.stderr.write(`${printable(reason.message, { multiline: true })}\n`)
     }
     io.stderr.write(`vm-pool run: nothing was run (${failures.length} of ${paths.length} workflow files invalid)\n`)
     return 2
@@ -65,7 +66,7 @@ export async function runGithubFiles(paths: string[], values: GithubRunValues, i
   const recordHistory = createHistoryRecorder(history, (message) => io.stderr.write(`${message}\n`))
   try {
     const progress = json ? io.stderr : io.stdout
-    const prefix = (workflow: GithubWorkflow, label: string) => (runs.length > 1 ? `${workflow.name} / ${label}` : label)
+    const prefix = (workflow: GithubWorkflow, label: string) => printable(runs.length > 1 ? `${workflow.name} / ${label}` : label)
     const width = Math.max(...runs.flatMap(({ workflow, plan }) => plan.jobs.flatMap((job) => job.cells.map((cell) => prefix(workflow, cell.label).length))))
     const tag = (workflow: GithubWorkflow, label: string) => `[${prefix(workflow, label)}]`.padEnd(width + 2)
     const started = performance.now()
@@ -97,8 +98,8 @@ export async function runGithubFiles(paths: string[], values: GithubRunValues, i
 }
 
 function formatGithubEvent(tag: string, event: GithubRunEvent, workflow: GithubWorkflow, record: ReturnType<typeof createHistoryRecorder>): string {
-  if (event.type === 'job-skipped') return `${tag} job ${event.job} skipped: ${event.reason}\n`
-  if (event.type === 'cell-no-vm') return `${tag} no VM: ${event.reason}\n`
+  if (event.type === 'job-skipped') return `${tag} job ${printable(event.job)} skipped: ${printable(event.reason, { multiline: true })}\n`
+  if (event.type === 'cell-no-vm') return `${tag} no VM: ${printable(event.reason, { multiline: true })}\n`
   const note = event.type === 'command-end' ? record(workflow.name, event.workflow, event.result) : undefined
   return formatEvent(tag, event, note)
 }
@@ -119,14 +120,14 @@ function formatSummary(results: GithubWorkflowResult[], durationMs: number, abor
     const by = (outcome: string) => result.jobs.filter((job) => job.result === outcome)
     const failed = by('failure').map((job) => {
       const step = job.cells.flatMap((cell) => cell.steps).find((candidate) => !candidate.skipped && !candidate.continuedOnError && !succeeded(candidate))
-      return step ? `${job.id}: step "${step.name}"${step.timedOut ? ' timed out' : ''}` : job.id
+      return printable(step ? `${job.id}: step "${step.name}"${step.timedOut ? ' timed out' : ''}` : job.id)
     })
     const counts = [`${by('success').length} succeeded`]
     if (failed.length > 0) counts.push(`${failed.length} failed (${failed.join('; ')})`)
     if (by('cancelled').length > 0) counts.push(`${by('cancelled').length} cancelled`)
-    if (by('skipped').length > 0) counts.push(`${by('skipped').length} skipped (${by('skipped').map((job) => job.id).join(', ')})`)
+    if (by('skipped').length > 0) counts.push(`${by('skipped').length} skipped (${printable(by('skipped').map((job) => job.id).join(', '))})`)
     const vms = result.jobs.reduce((n, job) => n + job.cells.filter((cell) => cell.vm !== '').length, 0)
-    return `${result.name}: ${result.jobs.length} job${result.jobs.length === 1 ? '' : 's'} on ${vms} VM${vms === 1 ? '' : 's'}, ${counts.join(', ')}`
+    return `${printable(result.name)}: ${result.jobs.length} job${result.jobs.length === 1 ? '' : 's'} on ${vms} VM${vms === 1 ? '' : 's'}, ${counts.join(', ')}`
   })
   const interrupted = aborted ? '; interrupted: running commands killed, always() steps ran' : ''
   return `vm-pool run: ${parts.join('; ')} in ${formatDuration(durationMs)}${interrupted}\n`

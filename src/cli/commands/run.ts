@@ -1,4 +1,5 @@
 import { isVmPoolError } from '../../errors.js'
+import { printable } from '../../util/printable-text.js'
 import { getTimeoutScale } from '../../util/timeouts.js'
 import { loadWorkflow } from '../../workflow/load-workflow.js'
 import { runWorkflow, succeeded, type StepError, type WorkflowResult } from '../../workflow/run-workflow.js'
@@ -114,7 +115,7 @@ Examples:
           } catch (error) {
             // No VM could be had (create failed, aborted while queued): nothing ran, nothing to clean.
             const stepError: StepError = isVmPoolError(error) ? { code: error.code, message: error.message } : { code: 'VMPOOL_INTERNAL', message: (error as Error)?.message ?? String(error) }
-            progress.write(`${label} error: ${stepError.message}\n`)
+            progress.write(`${label} error: ${printable(stepError.message, { multiline: true })}\n`)
             const entry: RunEntry = { name: workflow.name, status: 'failure', vm: '', durationMs: 0, steps: [], error: stepError }
             if (workflow.source !== undefined) entry.source = workflow.source
             if (io.signal.aborted) entry.aborted = true
@@ -142,19 +143,19 @@ async function loadAll(paths: string[], io: CliIo): Promise<Workflow[] | undefin
   if (failures.length === 0) return results.map((result) => (result as PromiseFulfilledResult<Workflow>).value)
   for (const { reason } of failures) {
     if (!isVmPoolError(reason)) throw reason
-    io.stderr.write(`${reason.message}\n`)
+    io.stderr.write(`${printable(reason.message, { multiline: true })}\n`)
   }
   io.stderr.write(`vm-pool run: nothing was run (${failures.length} of ${paths.length} workflow files invalid)\n`)
   return undefined
 }
 
-/** Prefixes for interleaved output, padded to one width; the same name twice gets `#2`. */
+/** Prefixes for interleaved output, padded to one width; the same name twice gets `#2`. Printable: names are user input. */
 function makeLabels(workflows: Workflow[]): string[] {
   const seen = new Map<string, number>()
   const names = workflows.map((workflow) => {
     const count = (seen.get(workflow.name) ?? 0) + 1
     seen.set(workflow.name, count)
-    return count === 1 ? workflow.name : `${workflow.name}#${count}`
+    return printable(count === 1 ? workflow.name : `${workflow.name}#${count}`)
   })
   const width = Math.max(...names.map((name) => name.length))
   return names.map((name) => `[${name}]`.padEnd(width + 2))
@@ -171,9 +172,10 @@ function formatSummary(entries: RunEntry[], durationMs: number, aborted: boolean
 
 /** `build: step "test"`: where to look first. */
 function describeFailure(entry: RunEntry): string {
+  const name = printable(entry.name)
   const first = entry.steps.find((step) => !step.skipped && !step.continuedOnError && !succeeded(step))
-  if (first) return `${entry.name}: ${first.phase} "${first.name}"${first.timedOut ? ' timed out' : ''}`
-  if (entry.error) return `${entry.name}: ${entry.error.code}`
-  if (entry.releaseError) return `${entry.name}: VM not deleted`
-  return entry.aborted ? `${entry.name}: interrupted` : entry.name
+  if (first) return `${name}: ${first.phase} "${printable(first.name)}"${first.timedOut ? ' timed out' : ''}`
+  if (entry.error) return `${name}: ${entry.error.code}`
+  if (entry.releaseError) return `${name}: VM not deleted`
+  return entry.aborted ? `${name}: interrupted` : name
 }

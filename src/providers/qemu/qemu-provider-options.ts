@@ -1,4 +1,4 @@
-import { join, resolve } from 'node:path'
+import { isAbsolute, join, resolve } from 'node:path'
 import { z } from 'zod'
 import { formatZodError } from '../../config/zod-error.js'
 import { invalidOptions } from '../../errors.js'
@@ -60,4 +60,21 @@ export function resolveQemuConfig(raw: QemuProviderOptions): QemuConfig {
     snapshotDir: () => (options.snapshotDir ? resolve(options.snapshotDir) : join(imageDir(), '.snapshots')),
     bootTimeoutMs: () => options.bootTimeoutMs ?? scaleTimeout(BOOT_TIMEOUT_MS),
   })
+}
+
+/**
+ * What makes a VM of this provider different (`VmProvider.fingerprint`): the spec with these options applied,
+ * as `QemuMachineResolver` applies them (its image's minimum memory is applied there, at boot, from the image).
+ * The image folder counts: `minimal` in two folders are two images.
+ */
+export function getQemuFingerprint(config: QemuConfig, spec: { image?: string | undefined; cpus?: number | undefined; memoryMiB?: number | undefined; diskGiB?: number | undefined }): Record<string, unknown> {
+  const image = spec.image ?? config.options.image
+  return {
+    image: isAbsolute(image) ? image : join(config.imageDir(), image),
+    cpus: spec.cpus ?? config.options.cpus,
+    memoryMiB: spec.memoryMiB ?? config.options.memoryMiB,
+    accel: config.options.accel,
+    snapshot: config.options.snapshot,
+    qemuBinary: config.options.qemuBinary ?? 'qemu-system-x86_64',
+  }
 }

@@ -8,12 +8,12 @@ import { getProcessStartUnixMs, isProcessAlive } from '../../util/process-info.j
 import { validateVmName } from '../../util/vm-name.js'
 import type { JsonValue, KeptVmHelp, ProviderProbe, VmInfo, VmProvider, VmRecord, VmSpec } from '../vm-provider.js'
 import { describeQemuVm, getHostKeyAlias, isPublicKeyLine } from './kept-vm-help.js'
-import { DEFAULT_IMAGE_NAME, type ResolvedImage } from './qemu-image.js'
+import type { ResolvedImage } from './qemu-image.js'
 import { QemuMachineResolver } from './qemu-machine-resolver.js'
 import { identifyQemu, findVmQemuProcesses } from './qemu-process-scan.js'
 import { stopQemuOf } from './qemu-process.js'
 import { probeQemu } from './qemu-probe.js'
-import { resolveQemuConfig, type QemuProviderOptions } from './qemu-provider-options.js'
+import { getQemuFingerprint, resolveQemuConfig, type QemuProviderOptions } from './qemu-provider-options.js'
 import { QemuVmDir, listVmDirNames, qemuRecordDataSchema } from './qemu-vm-dir.js'
 import { createQemuVm, makeGuestTransport, type QemuVm } from './qemu-vm.js'
 import type { StartedQemu } from './start-strategy.js'
@@ -31,6 +31,7 @@ export interface QemuProvider extends VmProvider {
   probe(): Promise<ProviderProbe>
   close(): Promise<void>
   describe(record: VmRecord): KeptVmHelp
+  fingerprint(spec: Omit<VmSpec, 'name'>): Record<string, unknown>
 }
 
 /**
@@ -171,8 +172,7 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
 
     describe: describeQemuVm,
 
-    // Another default image is another kind of VM for the pool (warm VMs are adopted by spec hash).
-    ...(config.options.image === DEFAULT_IMAGE_NAME ? {} : { specDefaults: Object.freeze({ image: config.options.image }) }),
+    fingerprint: (spec) => getQemuFingerprint(config, spec),
 
     async close(): Promise<void> {
       const transports = [...bootTransports.values()]

@@ -1,5 +1,6 @@
 import { isVmPoolError } from '../../errors.js'
 import type { Vm } from '../../providers/vm-provider.js'
+import { scaleTimeoutBy } from '../../util/timeouts.js'
 import { DEFAULT_STEP_TIMEOUT_MS, NO_EXIT_CODE, type StepError, type StepResult } from '../run-workflow.js'
 import type { EvaluationScope } from './expression-evaluator.js'
 import type { ExpressionValue } from './expression-parser.js'
@@ -114,7 +115,7 @@ function stepTimeoutMs(step: GithubStep, scope: EvaluationScope, context: StepRu
     if (!(value > 0)) throw new Error(`timeout-minutes: expected a positive number, got ${JSON.stringify(evaluateValue(step.timeoutMinutes, scope))}`)
     minutes = value
   }
-  let ms = Math.round((minutes !== undefined ? minutes * 60_000 : DEFAULT_STEP_TIMEOUT_MS) * context.scale)
+  let ms = scaleTimeoutBy(minutes !== undefined ? minutes * 60_000 : DEFAULT_STEP_TIMEOUT_MS, context.scale)
   ms = Math.min(ms, Math.max(1, context.remainingMs))
   return context.capMs === undefined ? ms : Math.min(ms, context.capMs)
 }

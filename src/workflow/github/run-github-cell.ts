@@ -1,5 +1,6 @@
 import { isVmPoolError } from '../../errors.js'
 import { createDebug } from '../../util/debug.js'
+import { scaleTimeoutBy } from '../../util/timeouts.js'
 import type { Vm } from '../../providers/vm-provider.js'
 import { ABORTED_CLEANUP_TIMEOUT_MS, NO_EXIT_CODE, type KeptVm, type StepError, type WorkflowEvent } from '../run-workflow.js'
 import type { SessionManager, WorkflowSession } from '../session-manager.js'
@@ -179,7 +180,7 @@ async function runSteps(plan: CellPlan, options: RunCellOptions, vm: Vm, record:
         scale: options.scale,
         remainingMs: deadline - performance.now(),
         ...(afterCancel || !options.signal ? {} : { signal: options.signal }),
-        ...(afterCancel ? { capMs: Math.round(ABORTED_CLEANUP_TIMEOUT_MS * options.scale) } : {}),
+        ...(afterCancel ? { capMs: scaleTimeoutBy(ABORTED_CLEANUP_TIMEOUT_MS, options.scale) } : {}),
       })
       if (stepResult.outcome === 'failure' && !stepResult.continuedOnError) failed = true
     }
@@ -199,7 +200,7 @@ async function setUpJob(vm: Vm, options: RunCellOptions): Promise<{ result: Gith
   const base = { phase: 'setup' as const, name: 'Set up job', command, vm: vm.name }
   const started = performance.now()
   try {
-    const exec = await vm.exec(command, { timeoutMs: Math.round(SET_UP_JOB_TIMEOUT_MS * options.scale), ...(options.signal ? { signal: options.signal } : {}) })
+    const exec = await vm.exec(command, { timeoutMs: scaleTimeoutBy(SET_UP_JOB_TIMEOUT_MS, options.scale), ...(options.signal ? { signal: options.signal } : {}) })
     const workspace = exec.stdout.trim().split('\n').at(-1) ?? ''
     const ok = exec.exitCode === 0 && workspace.startsWith('/')
     const result: GithubStepResult = { ...base, exitCode: ok ? 0 : exec.exitCode || 1, stdout: exec.stdout, stderr: exec.stderr, durationMs: exec.durationMs, outcome: ok ? 'success' : 'failure' }
@@ -211,9 +212,9 @@ async function setUpJob(vm: Vm, options: RunCellOptions): Promise<{ result: Gith
 }
 
 function jobTimeoutMs(job: GithubJob, scope: EvaluationScope, scale: number): number {
-  if (job.timeoutMinutes === undefined) return DEFAULT_JOB_TIMEOUT_MS * scale
+  if (job.timeoutMinutes === undefined) return scaleTimeoutBy(DEFAULT_JOB_TIMEOUT_MS, scale)
   const minutes = Number(typeof job.timeoutMinutes === 'number' ? job.timeoutMinutes : substituteTemplate(job.timeoutMinutes, scope))
-  return (minutes > 0 ? minutes * 60_000 : DEFAULT_JOB_TIMEOUT_MS) * scale
+  return scaleTimeoutBy(minutes > 0 ? minutes * 60_000 : DEFAULT_JOB_TIMEOUT_MS, scale)
 }
 
 function describeKeptVm(vm: Vm, sessions: SessionManager): KeptVm {
