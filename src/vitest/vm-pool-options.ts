@@ -5,6 +5,7 @@ import { invalidOptions } from '../errors.js'
 import type { JsonValue, VmSpec } from '../providers/vm-provider.js'
 import { VM_NAME_PATTERN } from '../util/vm-name.js'
 import { vmSpecSchema } from '../config/vm-spec-schema.js'
+import { docPath } from '../util/docs-path.js'
 
 /** What `keepWarm: true` means. */
 export const KEEP_WARM_DEFAULTS = Object.freeze({ ttlMs: 30 * 60_000, max: 4 })
@@ -85,7 +86,7 @@ export interface ResolvedVmPoolOptions {
 export function resolveVmPoolOptions(options: unknown, providerNames: readonly string[]): ResolvedVmPoolOptions {
   const parsed = vmPoolOptionsSchema.safeParse(options ?? {})
   if (!parsed.success) {
-    throw invalidOptions(`invalid vmPool() options: ${formatZodError(parsed.error, options ?? {})}`, { operation: 'vmPool', hint: 'see docs/vitest.md#options' })
+    throw invalidOptions(`invalid vmPool() options: ${formatZodError(parsed.error, options ?? {})}`, { operation: 'vmPool', hint: `see ${docPath('vitest.md')} (Options)` })
   }
   const data = parsed.data
   if (!providerNames.includes(data.provider)) {

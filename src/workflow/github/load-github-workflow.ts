@@ -9,6 +9,7 @@ import { checkJobGraph } from './job-graph.js'
 import type { MatrixCell, MatrixInput } from './matrix.js'
 import { isCheckout, checkShell, CHECKOUT_INPUTS } from './step-shell.js'
 import {
+import { docPath } from '../../util/docs-path.js'
   ALLOWED_KEYS,
   IGNORED_JOB_KEYS,
   UNSUPPORTED_JOB_KEYS,
@@ -21,7 +22,7 @@ import {
   type GithubWorkflowInput,
 } from './github-workflow-schema.js'
 
-const FORMAT_HINT = 'see "GitHub Actions files" in docs/workflows.md for the keys vm-pool supports'
+const FORMAT_HINT = `see "GitHub Actions files" in ${docPath('workflows.md')} for the keys vm-pool supports`
 
 export interface LoadGithubWorkflowOptions {
   /** Every warning (another action's `uses:`, an ignored key) is an error instead. @default false */
