@@ -93,6 +93,29 @@ describe('createPool', () => {
     expect(await leases(pool)).toEqual({})
   })
 
+  test('fresh({ name }) refuses the name of an existing VM and leaves that VM alone (with or without a lease)', async () => {
+    const pool = make({ prefix: 'vm-pool-wf' })
+    // No lease: kept earlier (keep(), --keep-vm) or made by hand. Its files must survive the refusal.
+    const orphan = await provider.create({ name: 'vm-pool-wf-kept-1' })
+    const orphanVm = await provider.connect(orphan)
+    await orphanVm.exec('echo precious > data')
+    await expect(pool.fresh({ name: 'vm-pool-wf-kept-1' })).rejects.toMatchObject({ code: 'VMPOOL_CREATE_FAILED', message: expect.stringContaining('already exists') })
+    expect(await vmNames()).toEqual(['vm-pool-wf-kept-1'])
+    expect((await orphanVm.exec('cat data')).stdout).toBe('precious\n')
+    expect(await leases(pool)).toEqual({})
+    // Leased by another pool: refused, still held by its owner.
+    const other = make({ prefix: 'vm-pool-wf' })
+    const held = await other.fresh({ name: 'vm-pool-wf-held-1' })
+    await expect(pool.fresh({ name: 'vm-pool-wf-held-1' })).rejects.toMatchObject({ code: 'VMPOOL_CREATE_FAILED' })
+    expect((await held.exec('echo ok')).stdout).toBe('ok\n')
+    expect((await leases(pool))['vm-pool-wf-held-1']).toMatchObject({ state: 'leased' })
+    await pool.drain()
+    expect(await vmNames()).toEqual(['vm-pool-wf-held-1', 'vm-pool-wf-kept-1'])
+    await held.delete()
+    await orphanVm.close?.()
+    await provider.delete('vm-pool-wf-kept-1')
+  })
+
   test('drain() deletes everything without keepWarm and closes the pool', async () => {
     const pool = make()
     await pool.acquire('a')
