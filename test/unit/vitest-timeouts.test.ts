@@ -20,7 +20,7 @@ describe('VM-aware Vitest timeouts', () => {
   test("the plugin's config hook adds them, and never over the user's", async () => {
     const hook = async (test: Record<string, unknown>) => {
       const plugin = vmPool({ provider: 'fake', timeoutScale: 2 })
-      const config = plugin.config as (config: { test: Record<string, unknown> }) => Promise<{ test: Record<string, unknown> }>
+      const config = plugin.config as unknown as (config: { test: Record<string, unknown> }) => Promise<{ test: Record<string, unknown> }>
       const previous = process.env.VM_POOL_TIMEOUT_SCALE
       try {
         return (await config({ test })).test

@@ -8,8 +8,8 @@ import type { ExpressionValue } from './expression-parser.js'
 import { checkJobGraph } from './job-graph.js'
 import type { MatrixCell, MatrixInput } from './matrix.js'
 import { isCheckout, checkShell, CHECKOUT_INPUTS } from './step-shell.js'
-import {
 import { docPath } from '../../util/docs-path.js'
+import {
   ALLOWED_KEYS,
   IGNORED_JOB_KEYS,
   UNSUPPORTED_JOB_KEYS,
