@@ -15,6 +15,8 @@ const COMMAND_SUMMARIES: Record<string, string> = {
   doctor: 'say which providers are usable here, and why not',
   serve: 'run GitHub workflows on VMs for GitHub webhook events (push, pull_request)',
   history: 'success rates, flaky and slow steps of the workflows run so far',
+  ssh: 'a shell in a VM, or run one command there',
+  rm: 'delete the named VMs (and their leases)',
 }
 
 function getVersion(): string {

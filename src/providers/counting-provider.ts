@@ -61,5 +61,6 @@ export function countingProvider(inner: VmProvider): CountingProvider {
   if (inner.close) wrapper.close = () => inner.close!()
   if (inner.reset) wrapper.reset = (name) => inner.reset!(name)
   if (inner.describe) wrapper.describe = (record) => inner.describe!(record)
+  if (inner.shell) wrapper.shell = (record, command) => inner.shell!(record, command)
   return wrapper
 }

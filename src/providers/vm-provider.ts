@@ -92,6 +92,21 @@ export interface VmProvider {
    * that VM alone, as one-line commands or instructions. Never contains secrets (a key is named by path).
    */
   describe?(record: VmRecord): KeptVmHelp
+  /**
+   * Optional: the local command that gets a person into the VM — an interactive shell with a TTY, or
+   * `command` run there when given (`vm-pool ssh NAME [-- command...]` runs it with inherited stdio).
+   * `undefined` when this VM cannot be reached that way (then `vm-pool ssh` falls back to exec). Never
+   * contains secrets: a key is named by its path.
+   */
+  shell?(record: VmRecord, command?: string[]): LocalCommand | undefined
+}
+
+/** What `VmProvider.shell` returns: a process to start on this host. */
+export interface LocalCommand {
+  argv: string[]
+  cwd?: string
+  /** Added to the caller's environment. */
+  env?: Record<string, string>
 }
 
 /** What `VmProvider.describe` returns. */
