@@ -50,7 +50,15 @@ function formatOutput(result: StepResult): string {
 }
 
 export function formatKeptVm(label: string, kept: KeptVm): string {
-  return `${label} kept VM ${kept.name} (${kept.provider}, --keep-vm)\n    reach it:  ${kept.reach}\n    delete it: ${kept.remove}\n`
+  const provider = kept.provider === 'qemu' ? '' : ` --provider ${kept.provider}`
+  return (
+    `${label} kept VM ${kept.name} (${kept.provider}, --keep-vm)\n` +
+    `    shell:     vm-pool ssh ${kept.name}${provider}\n` +
+    `    delete it: vm-pool rm ${kept.name}${provider}\n` +
+    `    without vm-pool:\n` +
+    `      reach it:  ${kept.reach}\n` +
+    `      remove:    ${kept.remove}\n`
+  )
 }
 
 export function formatDuration(ms: number): string {
