@@ -2,6 +2,7 @@
 import { readFileSync, realpathSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import { isVmPoolError } from '../errors.js'
+import { closest } from '../util/closest-match.js'
 import { isDebugEnabled } from '../util/debug.js'
 import { UsageError, type CliIo } from './cli-command.js'
 import { commands } from './commands/index.js'
@@ -62,7 +63,10 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
   }
   const load = commands[name]
   if (!load) {
-    io.stderr.write(`vm-pool: unknown command ${JSON.stringify(name)}\n\n${mainHelp()}`)
+    const names = Object.keys(commands)
+    const match = name.startsWith('-') ? undefined : closest(name, names)
+    const what = name.startsWith('-') ? 'option' : 'command'
+    io.stderr.write(`vm-pool: unknown ${what} ${JSON.stringify(name)}${match ? ` (did you mean ${match}?)` : `; commands: ${names.join(', ')}`}\nRun 'vm-pool --help' for usage.\n`)
     return 2
   }
   const command = await load()
