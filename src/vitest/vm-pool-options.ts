@@ -5,10 +5,10 @@ import { invalidOptions } from '../errors.js'
 import type { JsonValue, VmSpec } from '../providers/vm-provider.js'
 import { VM_NAME_PATTERN } from '../util/vm-name.js'
 import { vmSpecSchema } from '../config/vm-spec-schema.js'
+import { KEEP_WARM_DEFAULTS } from '../pool/pool-options.js'
 import { docPath } from '../util/docs-path.js'
 
-/** What `keepWarm: true` means. */
-export const KEEP_WARM_DEFAULTS = Object.freeze({ ttlMs: 30 * 60_000, max: 4 })
+export { KEEP_WARM_DEFAULTS }
 
 const jsonValue: z.ZodType<JsonValue> = z.lazy(() => z.union([z.string(), z.number(), z.boolean(), z.null(), z.array(jsonValue), z.record(z.string(), jsonValue)]))
 
@@ -34,7 +34,8 @@ export const vmPoolOptionsSchema = z
      * run (or a parallel CI job on this host) adopts them instead of booting. `true` means
      * `{ ttlMs: 30 minutes, max: 4 }`; `reset` is a shell line run in a VM before it goes back,
      * or `'snapshot'` to restore it to the provider's clean saved state (qemu with snapshots on).
-     * A crashed worker's VM and fresh VMs are always deleted.
+     * Left out, `reset` is `'snapshot'` where the provider can reset (the next run never sees this
+     * run's files); `false` hands VMs over as they are. A crashed worker's VM and fresh VMs are always deleted.
      * @default false
      */
     keepWarm: z
@@ -44,7 +45,7 @@ export const vmPoolOptionsSchema = z
           .object({
             ttlMs: z.number().int().positive().default(KEEP_WARM_DEFAULTS.ttlMs),
             max: z.number().int().min(0).default(KEEP_WARM_DEFAULTS.max),
-            reset: z.string().min(1).optional(),
+            reset: z.union([z.string().min(1), z.literal(false)]).optional(),
           })
           .strict(),
       ])
@@ -74,7 +75,7 @@ export interface ResolvedVmPoolOptions {
   readonly providerOptions: Readonly<Record<string, JsonValue>>
   readonly prefix: string
   readonly prewarm: boolean
-  readonly keepWarm: { readonly ttlMs: number; readonly max: number; readonly reset?: string | undefined } | undefined
+  readonly keepWarm: { readonly ttlMs: number; readonly max: number; readonly reset?: string | false | undefined } | undefined
   readonly stateDir: string | undefined
   /** Absolute once `resolveReportPath` ran (the Vitest root is known in the config hook). */
   readonly report: string | undefined

@@ -212,6 +212,45 @@ describe('createPool', () => {
     await adopted.release()
   })
 
+  test('keepWarm: true resets to the snapshot by default where the provider can; reset: false opts out', async () => {
+    state = makeStateDir()
+    const fake = fakeProvider({ stateDir: state.dir })
+    const resets: string[] = []
+    const resettable: VmProvider = {
+      name: fake.name,
+      create: (spec) => fake.create(spec),
+      connect: (record) => fake.connect(record),
+      delete: (name) => fake.delete(name),
+      list: () => fake.list(),
+      async reset(name) {
+        resets.push(name)
+        await fake.delete(name)
+        return fake.create({ name })
+      },
+    }
+    const handOver = async (keepWarm: PoolOptions['keepWarm'], provider: VmProvider) => {
+      const first = make({ provider, keepWarm })
+      const lease = await first.acquire('a')
+      await lease.vm.exec('touch previous-holder')
+      await lease.release()
+      const next = await make({ provider, keepWarm }).acquire('b')
+      expect(next).toMatchObject({ name: lease.name, adopted: true })
+      const files = (await next.vm.exec('ls')).stdout
+      await next.release({ discard: true })
+      return files
+    }
+    // The next holder never sees the previous one's files.
+    expect(make({ provider: resettable, keepWarm: true }).options.keepWarm).toEqual({ ttlMs: 30 * 60_000, max: 4, reset: 'snapshot' })
+    expect(await handOver(true, resettable)).toBe('')
+    expect(await handOver({ ttlMs: 600_000, max: 2 }, resettable)).toBe('')
+    expect(resets).toHaveLength(2)
+    // Opt-out: handed over as it is.
+    expect(await handOver({ reset: false }, resettable)).toBe('previous-holder\n')
+    expect(resets).toHaveLength(2)
+    // A provider that cannot reset (the fake): nothing to reset with; documented.
+    expect(make({ provider: fake, keepWarm: true }).options.keepWarm).toEqual({ ttlMs: 30 * 60_000, max: 4 })
+  })
+
   test("keepWarm reset: 'snapshot' needs provider.reset; a failing reset deletes the VM", async () => {
     const error = (() => {
       try {
