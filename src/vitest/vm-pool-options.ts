@@ -59,6 +59,12 @@ export const vmPoolOptionsSchema = z
     report: z.string().min(1).optional(),
     /** Multiplies every named timeout, as `VM_POOL_TIMEOUT_SCALE` does (set for the whole run). */
     timeoutScale: z.number().positive().optional(),
+    /**
+     * Keep the fresh VMs of a failed test running, as the failure left them (their deletes at the end of
+     * an `await using` block wait for the test's result); the summary prints how to get a shell in each
+     * and how to delete it. Worker VMs are not kept: later files of the slot run on them. @default false
+     */
+    keepOnFailure: z.boolean().default(false),
     /** Which Vitest worker kind runs the test files. @default 'forks' */
     workers: z.enum(['forks', 'threads']).default('forks'),
     /** The spec of the worker VMs (the name is chosen by vm-pool). */
@@ -81,6 +87,7 @@ export interface ResolvedVmPoolOptions {
   readonly report: string | undefined
   readonly timeoutScale: number | undefined
   readonly workers: 'forks' | 'threads'
+  readonly keepOnFailure: boolean
   readonly spec: Readonly<Omit<VmSpec, 'name'>>
 }
 
@@ -110,6 +117,7 @@ export function resolveVmPoolOptions(options: unknown, providerNames: readonly s
     report: data.report,
     timeoutScale: data.timeoutScale,
     workers: data.workers,
+    keepOnFailure: data.keepOnFailure,
     spec: Object.freeze({ ...data.spec }),
   })
 }
