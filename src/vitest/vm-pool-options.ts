@@ -6,6 +6,7 @@ import type { JsonValue, VmSpec } from '../providers/vm-provider.js'
 import { VM_NAME_PATTERN } from '../util/vm-name.js'
 import { vmSpecSchema } from '../config/vm-spec-schema.js'
 import { KEEP_WARM_DEFAULTS } from '../pool/pool-options.js'
+import type { ProviderName, ProviderOptionsByName } from '../providers/provider-registry.js'
 import { docPath } from '../util/docs-path.js'
 
 export { KEEP_WARM_DEFAULTS }
@@ -72,8 +73,16 @@ export const vmPoolOptionsSchema = z
   })
   .strict()
 
+/**
+ * `provider` and `providerOptions`, typed together: a provider name the registry knows, and that
+ * provider's own options (`provider: 'qemo'` or `providerOptions: { memoryMB: 512 }` do not type-check).
+ */
+export type VmPoolProviderChoice =
+  | { provider?: 'qemu'; providerOptions?: ProviderOptionsByName['qemu'] }
+  | { [P in Exclude<ProviderName, 'qemu'>]: { provider: P; providerOptions?: ProviderOptionsByName[P] } }[Exclude<ProviderName, 'qemu'>]
+
 /** What a user passes to `vmPool()`. */
-export type VmPoolOptions = z.input<typeof vmPoolOptionsSchema>
+export type VmPoolOptions = Omit<z.input<typeof vmPoolOptionsSchema>, 'provider' | 'providerOptions'> & VmPoolProviderChoice
 
 /** Validated, defaults applied, frozen: what the rest of `vm-pool/vitest` sees. */
 export interface ResolvedVmPoolOptions {
