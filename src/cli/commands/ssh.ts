@@ -35,9 +35,13 @@ Exit status: the command's (or the shell's), 1 the VM was not found, 2 bad usage
       if (command.length === 0) {
         throw new UsageError(`${provider.name} VMs have no interactive shell here; run one command: vm-pool ssh ${name} --provider ${provider.name} -- COMMAND`)
       }
-      await using vm = await provider.connect(record)
-      const result = await vm.exec(command, { onStdout: (chunk) => io.stdout.write(chunk), onStderr: (chunk) => io.stderr.write(chunk) })
-      return result.exitCode ?? 1
+      const vm = await provider.connect(record)
+      try {
+        const result = await vm.exec(command, { onStdout: (chunk) => io.stdout.write(chunk), onStderr: (chunk) => io.stderr.write(chunk) })
+        return result.exitCode ?? 1
+      } finally {
+        await vm.close?.()
+      }
     } finally {
       await provider.close?.()
     }
