@@ -28,7 +28,7 @@ export const vmPoolOptionsSchema = z
       .string()
       .regex(/^[a-z][a-z0-9-]{0,30}$/, 'must be lower-case letters, digits and dashes, starting with a letter, at most 31 characters')
       .default('vitest-worker'),
-    /** Boot one VM per worker slot (maxWorkers) in parallel in globalSetup, before any file runs. @default true */
+    /** Boot one VM per worker slot (maxWorkers, no more than the run's test files) in parallel in globalSetup, before any file runs. @default true */
     prewarm: z.boolean().default(true),
     /**
      * Hand the worker VMs back warm at the end of the run instead of deleting them, so the next

@@ -24,7 +24,9 @@ for (const vitest of binaries) {
       const run = await runFixture('cjs', { vitest })
       expect(run.exitCode, output(run)).toBe(0)
       expect(run.stdout).toMatch(/Tests\s+1 passed/)
+      // maxWorkers 2 but one file: one worker VM (prewarm boots no more than the files) and one fresh VM.
       expect(run.report()).toMatchObject({ created: 2, leaked: 0 })
+      expect(run.report().vms.filter((vm) => vm.kind === 'worker')).toHaveLength(1)
       expect(run.liveVms()).toEqual([])
 
       const required = execFileSync(process.execPath, ['check-require.cjs'], { cwd: run.cwd, encoding: 'utf8' })
