@@ -18,6 +18,7 @@ const COMMAND_SUMMARIES: Record<string, string> = {
   history: 'success rates, flaky and slow steps of the workflows run so far',
   ssh: 'a shell in a VM, or run one command there',
   rm: 'delete the named VMs (and their leases)',
+  protocol: 'serve the pool to another test runner (pytest, ...) as JSON lines on stdio',
 }
 
 function getVersion(): string {

@@ -12,4 +12,5 @@ export const commands: Record<string, () => Promise<CliCommand>> = {
   history: async () => (await import('./history.js')).historyCommand,
   ssh: async () => (await import('./ssh.js')).sshCommand,
   rm: async () => (await import('./rm.js')).rmCommand,
+  protocol: async () => (await import('./protocol.js')).protocolCommand,
 }
