@@ -119,7 +119,7 @@ describe('vm-pool run (built bin, fake provider)', () => {
     expect(raw).toContain(secondName)
     await execa('sh', ['-c', raw!], { env: cliEnv(), extendEnv: false })
     expect(await leftoverVms()).toEqual([])
-  })
+  }, 60_000) // three CLI runs and an rm: room for a loaded 2-core machine
 
   test('--keep-vm keeps the VM as the failure left it: cleanup is skipped and says so; vm-pool ssh reaches it', async () => {
     const result = await vmPool(['run', '-p', 'fake', '--keep-vm', 'failing-step.yml'])
@@ -134,7 +134,7 @@ describe('vm-pool run (built bin, fake provider)', () => {
     expect(look.stdout).toBe('compiled')
     expect((await vmPool(['rm', name!, '-p', 'fake'])).exitCode).toBe(0)
     expect(await leftoverVms()).toEqual([])
-  })
+  }, 60_000)
 
   test('--help explains the command', async () => {
     const result = await vmPool(['run', '--help'])
