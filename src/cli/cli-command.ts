@@ -1,4 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { closest } from '../util/closest-match.js'
 
 export interface CliIo {
   stdout: NodeJS.WritableStream
@@ -25,13 +26,26 @@ export class UsageError extends Error {
 
 export type OptionsConfig = NonNullable<ParseArgsConfig['options']>
 
-/** `node:util` parseArgs with errors turned into UsageError (no stack, exit 2). */
+/** `node:util` parseArgs with errors turned into UsageError (no stack, exit 2); a mistyped option gets a did-you-mean. */
 export function parseCommandArgs<T extends OptionsConfig>(args: string[], options: T, allowPositionals = true) {
   try {
     return parseArgs({ args, options, allowPositionals, strict: true })
   } catch (error) {
-    throw new UsageError((error as Error).message)
+    throw new UsageError(describeParseError(error as Error & { code?: string }, options))
   }
+}
+
+/** Node's own message for an unknown option is long and ends in an unbalanced quote: say it plainly, with a suggestion. */
+function describeParseError(error: Error & { code?: string }, options: OptionsConfig): string {
+  const unknown = error.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? /^Unknown option '([^']+)'/.exec(error.message)?.[1] : undefined
+  if (unknown === undefined) return error.message
+  const flag = unknown.replace(/=.*$/, '')
+  const known = Object.entries(options).flatMap(([name, option]) => [`--${name}`, ...(option.short ? [`-${option.short}`] : [])])
+  // Compare without the dashes, so `--keepvm` finds `--keep-vm` and `-keep-vm` finds it too.
+  const bare = (text: string) => text.replace(/^-+/, '').replaceAll('-', '')
+  const long = known.filter((name) => name.startsWith('--'))
+  const match = long.find((name) => bare(name) === bare(flag)) ?? closest(flag, long)
+  return `unknown option ${flag}${match ? ` (did you mean ${match}?)` : ''}`
 }
 
 /** Common `--provider NAME` handling: flag, then `VM_POOL_PROVIDER`, then qemu. */

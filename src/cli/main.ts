@@ -2,6 +2,7 @@
 import { readFileSync, realpathSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import { isVmPoolError } from '../errors.js'
+import { closest } from '../util/closest-match.js'
 import { isDebugEnabled } from '../util/debug.js'
 import { printable } from '../util/printable-text.js'
 import { UsageError, type CliIo } from './cli-command.js'
@@ -17,6 +18,8 @@ const COMMAND_SUMMARIES: Record<string, string> = {
   doctor: 'say which providers are usable here, and why not',
   serve: 'run GitHub workflows on VMs for GitHub webhook events (push, pull_request)',
   history: 'success rates, flaky and slow steps of the workflows run so far',
+  ssh: 'a shell in a VM, or run one command there',
+  rm: 'delete the named VMs (and their leases)',
   protocol: 'serve the pool to another test runner (pytest, ...) as JSON lines on stdio',
 }
 
@@ -63,7 +66,10 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
   }
   const load = commands[name]
   if (!load) {
-    io.stderr.write(`vm-pool: unknown command ${printable(JSON.stringify(name))}\n\n${mainHelp()}`)
+    const names = Object.keys(commands)
+    const match = name.startsWith('-') ? undefined : closest(name, names)
+    const what = name.startsWith('-') ? 'option' : 'command'
+    io.stderr.write(`vm-pool: unknown ${what} ${printable(JSON.stringify(name))}${match ? ` (did you mean ${match}?)` : `; commands: ${names.join(', ')}`}\nRun 'vm-pool --help' for usage.\n`)
     return 2
   }
   const command = await load()

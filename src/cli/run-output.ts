@@ -56,7 +56,15 @@ function formatOutput(result: StepResult): string {
 }
 
 export function formatKeptVm(label: string, kept: KeptVm): string {
-  return `${label} kept VM ${printable(kept.name)} (${printable(kept.provider)}, --keep-vm)\n    reach it:  ${printable(kept.reach)}\n    delete it: ${printable(kept.remove)}\n`
+  const provider = kept.provider === 'qemu' ? '' : ` --provider ${printable(kept.provider)}`
+  return (
+    `${label} kept VM ${printable(kept.name)} (${printable(kept.provider)}, --keep-vm)\n` +
+    `    shell:     vm-pool ssh ${printable(kept.name)}${provider}\n` +
+    `    delete it: vm-pool rm ${printable(kept.name)}${provider}\n` +
+    `    without vm-pool:\n` +
+    `      reach it:  ${printable(kept.reach)}\n` +
+    `      remove:    ${printable(kept.remove)}\n`
+  )
 }
 
 export function formatDuration(ms: number): string {

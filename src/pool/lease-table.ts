@@ -310,3 +310,29 @@ export function announceGcDeletes(table: LeaseTable, decisions: readonly GcDecis
   for (const name of names) announceDelete(table, name, actor, now)
   return names
 }
+
+/** `vm-pool rm`'s verdict on one named VM. */
+export interface RemoveDecision {
+  name: string
+  action: 'delete' | 'refuse' | 'missing'
+  reason: string
+}
+
+/**
+ * `vm-pool rm NAME`: delete exactly the named VM, unless a live process holds it (its lease, or its
+ * reaper marker naming it) and `force` is off. A name neither the provider lists nor a lease knows is
+ * `missing`. Called under the lock; `announceRemoves` marks the `delete` ones.
+ */
+export function decideRemove(name: string, entry: LeaseEntry | undefined, facts: { listed: boolean; liveMarker?: { owner: LeaseOwner } }, force: boolean, liveness: OwnerLiveness, now: number): RemoveDecision {
+  if (!entry && !facts.listed) return { name, action: 'missing', reason: 'no such VM (neither the provider nor a lease knows it)' }
+  const holder = entry && isHeldByLiveOwner(entry, liveness, now) ? entry.owner : facts.liveMarker?.owner
+  if (holder && !force) return { name, action: 'refuse', reason: `held by live process ${holder.pid} on ${holder.host} (${entry?.state ?? 'in its reaper marker'}): --force deletes it anyway` }
+  return { name, action: 'delete', reason: holder ? `held by live process ${holder.pid}, deleted with --force` : entry ? `lease ${entry.state}, no live holder` : 'no lease' }
+}
+
+/** Mark the `delete` decisions `deleting` by `actor` (entries that exist); returns the names to delete. */
+export function announceRemoves(table: LeaseTable, decisions: readonly RemoveDecision[], actor: LeaseActor, now: number): string[] {
+  const names = decisions.filter((decision) => decision.action === 'delete').map((decision) => decision.name)
+  for (const name of names) announceDelete(table, name, actor, now)
+  return names
+}

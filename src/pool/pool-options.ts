@@ -14,19 +14,25 @@ export const RESET_TO_SNAPSHOT = 'snapshot'
 const isProvider = (value: unknown): value is VmProvider =>
   typeof value === 'object' && value !== null && ['create', 'connect', 'delete', 'list'].every((method) => typeof (value as Record<string, unknown>)[method] === 'function') && typeof (value as VmProvider).name === 'string'
 
-const keepWarmSchema = z
-  .object({
-    /** An idle VM older than this is deleted by the next pool operation on this host or by `vm-pool gc`. */
-    ttlMs: z.number().int().positive(),
-    /** At most this many idle VMs on this host (for this provider); the oldest go first. */
-    max: z.number().int().min(0),
-    /**
-     * Before a VM goes back to idle: a shell line run in it (e.g. `rm -rf /tmp/test-*`), or `'snapshot'`
-     * to restore it to the provider's saved clean state (needs `provider.reset`, e.g. qemu with snapshots).
-     */
-    reset: z.string().min(1).optional(),
-  })
-  .strict()
+/** What `keepWarm: true` means (and the default of each field left out). */
+export const KEEP_WARM_DEFAULTS = Object.freeze({ ttlMs: 30 * 60_000, max: 4 })
+
+const keepWarmSchema = z.union([
+  z.literal(true),
+  z
+    .object({
+      /** An idle VM older than this is deleted by the next pool operation on this host or by `vm-pool gc`. */
+      ttlMs: z.number().int().positive().default(KEEP_WARM_DEFAULTS.ttlMs),
+      /** At most this many idle VMs on this host (for this provider); the oldest go first. */
+      max: z.number().int().min(0).default(KEEP_WARM_DEFAULTS.max),
+      /**
+       * Before a VM goes back to idle: a shell line run in it (e.g. `rm -rf /tmp/test-*`), `'snapshot'`
+       * to restore it to the provider's saved clean state (needs `provider.reset`), or `false`: none.
+       */
+      reset: z.union([z.string().min(1), z.literal(false)]).optional(),
+    })
+    .strict(),
+])
 
 const reaperSchema = z.union([
   z.boolean(),
@@ -61,11 +67,14 @@ export interface PoolOptions {
   /** Names of `fresh()` VMs: `<freshPrefix>-<runId>-<n>`. @default 'vitest-fresh' for the default prefix, else `prefix` */
   freshPrefix?: string
   /**
-   * Keep released VMs running as idle warm VMs any process on this host can adopt. `reset` runs before a
-   * VM goes idle: a shell line, or `'snapshot'` to restore the VM to the provider's snapshot (`provider.reset`).
+   * Keep released VMs running as idle warm VMs any process on this host can adopt. `true` means
+   * `{ ttlMs: 30 minutes, max: 4 }`. `reset` runs before a VM goes idle: a shell line, or `'snapshot'` to
+   * restore the VM to the provider's snapshot (`provider.reset`); left out, it is `'snapshot'` when the
+   * provider can reset (so the next holder never sees this one's files) and nothing otherwise; `false`
+   * hands the VM over as it is.
    * @default undefined (release deletes)
    */
-  keepWarm?: { ttlMs: number; max: number; reset?: string }
+  keepWarm?: true | { ttlMs?: number; max?: number; reset?: string | false }
   /** Where the lease file (`leases/<provider>.json`) and reaper markers live. @default `VM_POOL_STATE_DIR` or `~/.cache/vm-pool` */
   stateDir?: string
   /**
@@ -120,7 +129,8 @@ export function resolvePoolOptions(options: PoolOptions): { config: ResolvedPool
   } else if (raw.reaper !== false) {
     reaper = Object.freeze({ providerName: raw.reaper.providerName, providerOptions: raw.reaper.providerOptions, env: {} })
   }
-  if (raw.keepWarm?.reset === RESET_TO_SNAPSHOT && typeof provider.reset !== 'function') {
+  const keepWarm = resolveKeepWarm(raw.keepWarm, provider)
+  if (keepWarm?.reset === RESET_TO_SNAPSHOT && typeof provider.reset !== 'function') {
     throw invalidOptions(`keepWarm.reset: '${RESET_TO_SNAPSHOT}' needs a provider that can reset a VM to a snapshot; ${provider.name} cannot`, {
       operation: 'createPool',
       hint: 'use the qemu provider with snapshots on (its default), or a shell line as keepWarm.reset',
@@ -131,7 +141,7 @@ export function resolvePoolOptions(options: PoolOptions): { config: ResolvedPool
     provider,
     prefix,
     freshPrefix,
-    keepWarm: raw.keepWarm ? Object.freeze({ ...raw.keepWarm }) : undefined,
+    keepWarm,
     stateDir,
     reaper,
     runId,
@@ -140,4 +150,13 @@ export function resolvePoolOptions(options: PoolOptions): { config: ResolvedPool
   })
   const warn = raw.warn ?? ((message: string) => process.stderr.write(`[vm-pool] warning: ${message}\n`))
   return { config, warn }
+}
+
+/** `true` → the defaults; a left-out `reset` → `'snapshot'` where the provider can reset; `false` → none. */
+function resolveKeepWarm(keepWarm: z.output<typeof keepWarmSchema> | undefined, provider: VmProvider): ResolvedPoolOptions['keepWarm'] {
+  if (keepWarm === undefined) return undefined
+  const given = keepWarm === true ? { ...KEEP_WARM_DEFAULTS } : keepWarm
+  const { reset, ...rest } = given as { ttlMs: number; max: number; reset?: string | false }
+  const resolved = reset === false ? undefined : (reset ?? (typeof provider.reset === 'function' ? RESET_TO_SNAPSHOT : undefined))
+  return Object.freeze({ ...rest, ...(resolved !== undefined ? { reset: resolved } : {}) })
 }

@@ -5,7 +5,7 @@ import { scaleTimeout, withTimeout } from '../util/timeouts.js'
 import { makeVmName } from '../util/vm-name.js'
 import type { HeldVms } from './held-vms.js'
 import type { LeaseEntry, LeaseKind } from './lease-store.js'
-import { adoptIdle, evictOverMax, markIdle, markLeased, replaceRecord, reserveName } from './lease-table.js'
+import { adoptIdle, evictOverMax, markIdle, markLeased, releaseOwnership, replaceRecord, reserveName } from './lease-table.js'
 import { RESET_TO_SNAPSHOT, type ResolvedPoolOptions } from './pool-options.js'
 import type { PoolLeases, PoolLedger } from './pool-leases.js'
 import { getSpecHash, type PoolVmSpec } from './spec-hash.js'
@@ -17,6 +17,8 @@ export const ADOPT_CHECK_TIMEOUT_MS = 15_000
 export const RESET_TIMEOUT_MS = 60_000
 
 const debug = createDebug('vm-pool:pool')
+
+const NAME_TAKEN_HINT = 'choose another name, or delete that VM first (`vm-pool rm NAME`)'
 
 /** A VM this pool holds, connected in this process. */
 export interface Held {
@@ -87,11 +89,14 @@ export class PoolVmLifecycle {
     const request = { base, exactName, provider: provider.name, specHash: getSpecHash(spec, provider), kind, ...(key !== undefined ? { key } : {}) }
     const reserved = await this.#leases.update((table, now) => {
       const entry = reserveName(table, request, this.#leases.actor, now)
-      if (!entry) throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: provider.name, operation: kind, vm: base, message: `a VM named ${base} is already leased` })
+      if (!entry) throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: provider.name, operation: kind, vm: base, message: `a VM named ${base} is already leased`, hint: NAME_TAKEN_HINT })
       return structuredClone(entry)
     })
     const name = reserved.name
     this.#held.note(reserved)
+    // A fixed name may belong to a VM no lease knows (kept with keep() or --keep-vm, made by hand): the
+    // provider's create would fail on it and the cleanup below would delete it. Refuse before touching it.
+    if (exactName) await this.#refuseExisting(name, kind)
     let record: VmRecord
     try {
       record = await provider.create({ ...spec, name })
@@ -111,6 +116,28 @@ export class PoolVmLifecycle {
       await this.#leases.deleteByName(name).catch(() => {})
       throw error
     }
+  }
+
+  /** The name is reserved (ours); if the provider already lists a VM by it, drop the reservation only and refuse. */
+  async #refuseExisting(name: string, kind: LeaseKind): Promise<void> {
+    const provider = this.#config.provider
+    let exists: boolean
+    try {
+      exists = (await provider.list()).some((info) => info.name === name)
+    } catch (error) {
+      await this.#dropReservation(name)
+      throw error
+    }
+    if (!exists) return
+    await this.#dropReservation(name)
+    throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: provider.name, operation: kind, vm: name, message: `a VM named ${name} already exists (no lease holds it); it was left as it is`, hint: NAME_TAKEN_HINT })
+  }
+
+  async #dropReservation(name: string): Promise<void> {
+    await this.#leases.update((table) => {
+      releaseOwnership(table, name, this.#leases.actor)
+      this.#held.forget(name)
+    })
   }
 
   /** The last holder released: idle again (keepWarm, after `reset`) or deleted. */

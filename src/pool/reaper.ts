@@ -13,6 +13,7 @@ import { deleteAnnounced } from './announced-delete.js'
 import type { LeaseStore } from './lease-store.js'
 import { selectReapTargets } from './lease-table.js'
 import { localProcessLiveness, type LeaseOwner, type OwnerLiveness } from './owner-liveness.js'
+import { pruneReaperLogs } from './reaper-log-prune.js'
 import { getReaperDir, readMarkerNames, type ReaperMarker } from './reaper-marker.js'
 
 /** How often the watchdog looks at its owner: the "within a few seconds" of a crash clean-up. */
@@ -80,6 +81,7 @@ export class ReaperHandle {
     const markerPath = join(getReaperDir(options.stateDir), `${options.runId}-${owner.pid}.json`)
     const marker: ReaperMarker = { owner, runId: options.runId, provider: options.providerName, names: [] }
     await mkdir(getReaperDir(options.stateDir), { recursive: true, mode: 0o700 })
+    await pruneReaperLogs(options.stateDir)
     await writeFileAtomic(markerPath, JSON.stringify(marker), 0o600)
     const config: ReaperConfig = { owner, runId: options.runId, providerName: options.providerName, providerOptions: options.providerOptions, stateDir: options.stateDir, markerPath }
     const env: NodeJS.ProcessEnv = { ...process.env, ...options.env, [REAPER_CONFIG_ENV]: JSON.stringify(config) }

@@ -1,4 +1,4 @@
-import type { VmProvider, VmState } from '../providers/vm-provider.js'
+import type { VmProvider, VmRecord, VmState } from '../providers/vm-provider.js'
 import { FileLeaseStore } from './file-lease-store.js'
 import type { LeaseState } from './lease-store.js'
 import { isOnOtherHost, localProcessLiveness } from './owner-liveness.js'
@@ -18,6 +18,18 @@ export interface VmListingRow {
   /** Milliseconds since creation, when known. */
   ageMs: number | null
   expiresAt: string | null
+  /** How to reach it, when the provider recorded it: address, port, user and key file path (never key contents). */
+  connection: VmConnection | null
+}
+
+export interface VmConnection {
+  /** `vm-pool ssh <name> --provider <provider>`: a shell, or `-- command` to run one. */
+  command: string
+  host?: string
+  port?: number
+  user?: string
+  /** The private key file by path. */
+  keyPath?: string
 }
 
 /** `vm-pool ls`: every VM the provider sees joined with the lease table, plus leases whose VM is not listed. */
@@ -40,6 +52,19 @@ export async function listVms(options: { provider: VmProvider; stateDir?: string
       key: entry?.key ?? null,
       ageMs: Number.isFinite(created) ? now - created : null,
       expiresAt: entry?.expiresAt ?? null,
+      connection: getConnection(name, options.provider.name, (info?.record ?? entry?.record)?.data),
     }
   })
+}
+
+/** Only these plain fields of a record's data: a record never holds secrets, and a listing names files by path. */
+function getConnection(name: string, provider: string, data: VmRecord['data'] | undefined): VmConnection | null {
+  if (!data) return null
+  const connection: VmConnection = { command: `vm-pool ssh ${name} --provider ${provider}` }
+  if (typeof data.host === 'string') connection.host = data.host
+  if (typeof data.port === 'number') connection.port = data.port
+  const user = data.username ?? data.user
+  if (typeof user === 'string') connection.user = user
+  if (typeof data.keyPath === 'string') connection.keyPath = data.keyPath
+  return connection
 }

@@ -11,6 +11,7 @@ import { z } from 'zod'
 import { formatZodError } from '../config/zod-error.js'
 import { vmSpecSchema } from '../config/vm-spec-schema.js'
 import { invalidOptions, type SerializedVmPoolError, type VmPoolError } from '../errors.js'
+import { docPath } from '../util/docs-path.js'
 
 /** The protocol version this helper speaks; a client sends it in `hello` and gets an error for any other. */
 export const PROTOCOL_VERSION = 1
@@ -123,7 +124,7 @@ export function parseRequest(line: string): ParsedRequest {
   try {
     json = JSON.parse(line)
   } catch {
-    throw new BadRequest(null, invalidOptions('a request line is not JSON', { operation: 'protocol', hint: 'send one JSON object per line, see docs/protocol.md' }))
+    throw new BadRequest(null, invalidOptions('a request line is not JSON', { operation: 'protocol', hint: `send one JSON object per line, see ${docPath('protocol.md')}` }))
   }
   const head = envelope.safeParse(json)
   if (!head.success) {

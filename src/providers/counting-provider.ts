@@ -62,5 +62,6 @@ export function countingProvider(inner: VmProvider): CountingProvider {
   if (inner.reset) wrapper.reset = (name) => inner.reset!(name)
   if (inner.describe) wrapper.describe = (record) => inner.describe!(record)
   if (inner.fingerprint) wrapper.fingerprint = (spec) => inner.fingerprint!(spec)
+  if (inner.shell) wrapper.shell = (record, command) => inner.shell!(record, command)
   return wrapper
 }

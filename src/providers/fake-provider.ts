@@ -2,14 +2,14 @@ import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { dirname, isAbsolute, join } from 'node:path'
 import { z } from 'zod'
 import { VmPoolError } from '../errors.js'
-import { buildShellScript, quoteShellArg } from '../transport/shell.js'
+import { buildShellScript, quoteShellArg, toShellLine } from '../transport/shell.js'
 import { runProcess } from '../transport/process-runner.js'
 import { writeFileAtomic } from '../util/fs-atomic.js'
 import { getStateDir } from '../util/state-dir.js'
 import { sleep } from '../util/timeouts.js'
 import { validateVmName } from '../util/vm-name.js'
 import { parseProviderOptions } from './parse-provider-options.js'
-import type { ExecOptions, ExecResult, KeptVmHelp, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
+import type { ExecOptions, ExecResult, KeptVmHelp, LocalCommand, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
 
 const PROVIDER = 'fake'
 
@@ -115,6 +115,13 @@ export function fakeProvider(options: FakeProviderOptions = {}): VmProvider {
       const home = typeof record.data.home === 'string' ? record.data.home : join(vmDir(validateVmName(record.name, PROVIDER)), 'home')
       // The VM's own directory (home's parent) and nothing else.
       return { reach: `cd ${home}   (a fake VM is a directory on this host)`, remove: `rm -rf ${quoteShellArg(dirname(home))}` }
+    },
+
+    shell(record: VmRecord, command?: string[]): LocalCommand {
+      const home = typeof record.data.home === 'string' ? record.data.home : join(vmDir(validateVmName(record.name, PROVIDER)), 'home')
+      // A shell on this host in the sandbox dir, with the variables exec sets: no isolation, as with exec.
+      const env = { HOME: home, VM_POOL_VM: record.name }
+      return command && command.length > 0 ? { argv: ['sh', '-c', toShellLine(command)], cwd: home, env } : { argv: [process.env.SHELL || 'sh'], cwd: home, env }
     },
   }
   return provider

@@ -9,7 +9,7 @@ import { waitUntilExecWorks } from './wait-until-exec-works.js'
 import { createLocalCommandRunner, createSshCommandRunner, type CommandRunner } from '../transport/command-runner.js'
 import { parseProviderOptions } from './parse-provider-options.js'
 import { makeVmStateMap } from './vm-state-map.js'
-import type { ExecResult, KeptVmHelp, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
+import type { ExecResult, KeptVmHelp, LocalCommand, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
 import { parseJsonOutput } from '../config/parse-json-output.js'
 
 const PROVIDER = 'multipass'
@@ -203,6 +203,13 @@ export function multipassProvider(options: MultipassProviderOptions = {}): VmPro
       const name = validateVmName(record.name, PROVIDER)
       const on = typeof record.data.host === 'string' && record.data.host !== 'local' ? `   (on ${record.data.host})` : ''
       return { reach: `multipass shell ${name}${on}`, remove: `multipass delete --purge ${name}${on}` }
+    },
+
+    shell(record: VmRecord, command?: string[]): LocalCommand | undefined {
+      const name = validateVmName(record.name, PROVIDER)
+      // On a remote host the multipass CLI is reached through vm-pool's own SSH runner: exec only.
+      if (typeof record.data.host === 'string' && record.data.host !== 'local') return undefined
+      return { argv: command && command.length > 0 ? [config.multipassBinary, 'exec', name, '--', ...command] : [config.multipassBinary, 'shell', name] }
     },
 
     async close(): Promise<void> {

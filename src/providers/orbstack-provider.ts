@@ -8,7 +8,7 @@ import { waitUntilExecWorks } from './wait-until-exec-works.js'
 import { createLocalCommandRunner } from '../transport/command-runner.js'
 import { parseProviderOptions } from './parse-provider-options.js'
 import { makeVmStateMap } from './vm-state-map.js'
-import type { ExecResult, KeptVmHelp, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
+import type { ExecResult, KeptVmHelp, LocalCommand, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
 import { parseJsonOutput } from '../config/parse-json-output.js'
 
 const PROVIDER = 'orbstack'
@@ -140,6 +140,12 @@ export function orbstackProvider(options: OrbstackProviderOptions = {}): VmProvi
       const name = validateVmName(record.name, PROVIDER)
       const user = typeof record.data.user === 'string' ? ` -u ${quoteShellArg(record.data.user)}` : ''
       return { reach: `orb -m ${name}${user}`, remove: `orbctl delete -f ${name}` }
+    },
+
+    shell(record: VmRecord, command?: string[]): LocalCommand {
+      const name = validateVmName(record.name, PROVIDER)
+      const user = typeof record.data.user === 'string' ? ['-u', record.data.user] : []
+      return { argv: [config.orbctlBinary, 'run', '-m', name, ...user, ...(command && command.length > 0 ? command : [])] }
     },
   }
 }

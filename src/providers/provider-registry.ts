@@ -1,4 +1,10 @@
 import { invalidOptions } from '../errors.js'
+import type { FakeProviderOptions } from './fake-provider.js'
+import type { FirecrackerProviderOptions } from './firecracker-provider.js'
+import type { MultipassProviderOptions } from './multipass-provider.js'
+import type { OrbstackProviderOptions } from './orbstack-provider.js'
+import type { QemuProviderOptions } from './qemu/qemu-provider-options.js'
+import type { SshProviderOptions } from './ssh-provider.js'
 import type { VmProvider } from './vm-provider.js'
 
 /**
@@ -16,6 +22,16 @@ const factories: Record<string, (options: unknown) => Promise<VmProvider>> = {
 }
 
 export type ProviderName = 'qemu' | 'multipass' | 'orbstack' | 'firecracker' | 'ssh' | 'fake'
+
+/** Each registered provider's options, by name: what `createProvider(name, options)` and `vmPool({ provider, providerOptions })` take. */
+export interface ProviderOptionsByName {
+  qemu: QemuProviderOptions
+  multipass: MultipassProviderOptions
+  orbstack: OrbstackProviderOptions
+  firecracker: FirecrackerProviderOptions
+  ssh: SshProviderOptions
+  fake: FakeProviderOptions
+}
 
 export function getProviderNames(): string[] {
   return Object.keys(factories)

@@ -101,6 +101,21 @@ export interface VmProvider {
    * (tokens, keys, passwords: leave them out or put a hash of them in).
    */
   fingerprint?(spec: Omit<VmSpec, 'name'>): Record<string, unknown>
+  /**
+   * Optional: the local command that gets a person into the VM — an interactive shell with a TTY, or
+   * `command` run there when given (`vm-pool ssh NAME [-- command...]` runs it with inherited stdio).
+   * `undefined` when this VM cannot be reached that way (then `vm-pool ssh` falls back to exec). Never
+   * contains secrets: a key is named by its path.
+   */
+  shell?(record: VmRecord, command?: string[]): LocalCommand | undefined
+}
+
+/** What `VmProvider.shell` returns: a process to start on this host. */
+export interface LocalCommand {
+  argv: string[]
+  cwd?: string
+  /** Added to the caller's environment. */
+  env?: Record<string, string>
 }
 
 /** What `VmProvider.describe` returns. */

@@ -29,8 +29,9 @@ export class BrokerClient {
     await this.post('/fresh/delete', { owner: this.owner, name }, scaleTimeout(FRESH_VM_DELETE_TIMEOUT_MS), 'FRESH_VM_DELETE_TIMEOUT_MS')
   }
 
-  async keep(name: string): Promise<void> {
-    await this.post('/fresh/keep', { owner: this.owner, name }, scaleTimeout(FRESH_VM_KEEP_TIMEOUT_MS), 'FRESH_VM_KEEP_TIMEOUT_MS')
+  /** `reason`: why, for the summary (e.g. the failed test's name); plain `keep()` sends none. */
+  async keep(name: string, reason?: string): Promise<void> {
+    await this.post('/fresh/keep', { owner: this.owner, name, ...(reason !== undefined ? { reason } : {}) }, scaleTimeout(FRESH_VM_KEEP_TIMEOUT_MS), 'FRESH_VM_KEEP_TIMEOUT_MS')
   }
 
   close(): Promise<void> {

@@ -16,7 +16,7 @@ export interface FreshVmBrokerHandler {
   create(owner: string, spec: Omit<VmSpec, 'name'>): Promise<VmRecord>
   delete(owner: string, name: string): Promise<void>
   /** Leave the VM running: the run forgets it (no delete at the end of the test, at the worker's exit or at teardown). */
-  keep(owner: string, name: string): Promise<void>
+  keep(owner: string, name: string, reason?: string): Promise<void>
 }
 
 export interface FreshVmBroker {
@@ -33,7 +33,7 @@ const MAX_BODY_BYTES = 64 * 1024
 
 const createBody = z.object({ owner: z.string().min(1), spec: vmSpecSchema.default({}) }).strict()
 /** `/fresh/delete` and `/fresh/keep`: which worker asks, about which of its VMs. */
-const nameBody = z.object({ owner: z.string().min(1), name: z.string().min(1) }).strict()
+const nameBody = z.object({ owner: z.string().min(1), name: z.string().min(1), reason: z.string().max(500).optional() }).strict()
 
 /**
  * An HTTP server on a unix socket in a fresh 0700 temp dir: `POST /fresh` creates a VM for a worker,
@@ -118,7 +118,8 @@ async function handle(handler: FreshVmBrokerHandler, request: IncomingMessage, r
     const what = request.url === '/fresh/delete' ? 'delete' : 'keep'
     const parsed = nameBody.safeParse(body)
     if (!parsed.success) throw invalidOptions(`invalid ${what} request: ${formatZodError(parsed.error, body)}`, { operation: 'freshVm' })
-    await handler[what](parsed.data.owner, parsed.data.name)
+    if (what === 'keep') await handler.keep(parsed.data.owner, parsed.data.name, parsed.data.reason)
+    else await handler.delete(parsed.data.owner, parsed.data.name)
     return reply(response, 200, {})
   }
   return reply(response, 404, { error: serializeError(invalidOptions(`no route ${request.url}`)) })

@@ -59,11 +59,11 @@ export class FreshVmOwners {
    * `owner` keeps `name` running: the pool forgets its lease (neither the run's teardown nor the
    * reaper deletes it) and so does this map (the worker's exit does not either).
    */
-  async keep(owner: string, name: string): Promise<void> {
+  async keep(owner: string, name: string, reason?: string): Promise<void> {
     const owned = this.#take(owner, name)
     if (!owned) return
     await owned.vm.keep()
-    this.#report.markKept(name, this.#provider.describe?.(owned.vm.record))
+    this.#report.markKept(name, reason)
   }
 
   /** The worker is gone (stopped or crashed): delete the fresh VMs it still owned. Never throws. */

@@ -15,10 +15,12 @@ export type FreshVmSpec = Omit<VmSpec, 'name'>
  */
 export async function freshVm(spec: FreshVmSpec = {}): Promise<FreshVm> {
   const context = getWorkerContext('freshVm')
-  let cleanup: (() => Promise<void>) | undefined
+  let cleanup: ((failedTest: string | undefined) => Promise<void>) | undefined
+  let inTest = false
   try {
     // Registered before the first await: Vitest finds the current test synchronously.
-    onTestFinished(() => cleanup?.())
+    onTestFinished(({ task }) => cleanup?.(task.result?.state === 'fail' ? JSON.stringify(task.name) : undefined))
+    inTest = true
   } catch {
     // not inside a test: the broker deletes it when this worker stops
   }
@@ -31,8 +33,11 @@ export async function freshVm(spec: FreshVmSpec = {}): Promise<FreshVm> {
     await client.delete(record.name).catch(() => {})
     throw error
   }
-  const fresh = createFreshVm(vm, record, client)
-  cleanup = fresh.delete
+  // keepOnFailure: the end of an `await using` block comes before the test's result (an assertion that
+  // throws in the block disposes first), so the block only marks it; the test's end decides.
+  const deferDispose = context.keepOnFailure === true && inTest
+  const { fresh, keepFor } = createFreshVm(vm, record, client, deferDispose)
+  cleanup = (failedTest) => (failedTest !== undefined && context.keepOnFailure ? keepFor(`test ${failedTest}`) : fresh.delete())
   return fresh
 }
 
@@ -41,7 +46,7 @@ export async function freshVm(spec: FreshVmSpec = {}): Promise<FreshVm> {
  * `delete()` and `keep()` ask the broker. The first of them decides; the other is then a no-op, as
  * with `pool.fresh()`.
  */
-function createFreshVm(vm: Vm, record: VmRecord, client: BrokerClient): FreshVm {
+function createFreshVm(vm: Vm, record: VmRecord, client: BrokerClient, deferDispose: boolean): { fresh: FreshVm; keepFor: (reason: string) => Promise<void> } {
   let settled: Promise<void> | undefined
   const settle = (ask: (name: string) => Promise<void>) => {
     settled ??= (async () => {
@@ -62,9 +67,9 @@ function createFreshVm(vm: Vm, record: VmRecord, client: BrokerClient): FreshVm 
     close: async () => vm.close?.(),
     delete: remove,
     keep: () => settle((name) => client.keep(name)),
-    [Symbol.asyncDispose]: remove,
+    [Symbol.asyncDispose]: deferDispose ? async () => void (await vm.close?.()) : remove,
   }
   if (vm.putFile) fresh.putFile = (path, data) => vm.putFile!(path, data)
   if (vm.getFile) fresh.getFile = (path) => vm.getFile!(path)
-  return fresh
+  return { fresh, keepFor: (reason) => settle((name) => client.keep(name, reason)) }
 }

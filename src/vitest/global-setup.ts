@@ -20,7 +20,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
   }
   try {
     await run.start()
-    if (run.options.prewarm) await run.prewarm(getMaxWorkers(project))
+    if (run.options.prewarm) await run.prewarm(getPrewarmCount(project))
   } catch (error) {
     // No teardown is returned when setup throws: clean up what prewarm already booted.
     await run.finish()
@@ -29,6 +29,19 @@ export default async function setup(project: TestProject): Promise<() => Promise
   return async () => {
     await run.finish()
   }
+}
+
+/**
+ * One VM per worker slot, but no more slots than test files: Vitest never runs more workers than files.
+ * The files of this run are known here: Vitest (4.1 and 5) collects their paths into its state before it
+ * runs globalSetup (`TestRun.start` → `state.collectPaths`). That state is not public API, so read it
+ * defensively; without it, maxWorkers.
+ */
+function getPrewarmCount(project: TestProject): number {
+  const state = (project.vitest as unknown as { state?: { getPaths?: () => unknown } }).state
+  const paths = state?.getPaths?.()
+  const files = Array.isArray(paths) && paths.length > 0 ? paths.length : Infinity
+  return Math.min(getMaxWorkers(project), files)
 }
 
 function getMaxWorkers(project: TestProject): number {

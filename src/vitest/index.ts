@@ -5,7 +5,7 @@
  */
 export { vmPool } from './vm-pool-plugin.js'
 export { vmPoolOptionsSchema } from './vm-pool-options.js'
-export type { VmPoolOptions, ResolvedVmPoolOptions } from './vm-pool-options.js'
+export type { VmPoolOptions, VmPoolProviderChoice, ResolvedVmPoolOptions } from './vm-pool-options.js'
 export { test, expect } from './test-with-vm.js'
 export type { VmPoolFixtures } from './test-with-vm.js'
 export { freshVm } from './fresh-vm.js'

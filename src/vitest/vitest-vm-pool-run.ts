@@ -90,7 +90,7 @@ export class VitestVmPoolRun {
         return freshVms.create(owner, spec)
       },
       delete: (owner, name) => freshVms.delete(owner, name),
-      keep: (owner, name) => freshVms.keep(owner, name),
+      keep: (owner, name, reason) => freshVms.keep(owner, name, reason),
     })
     this.#started = { pool, broker, bindings: new WorkerBindings(pool, this.#report), freshVms }
     debug('run %s started: provider %s, broker %s', pool.runId, provider.name, broker.socketPath)
@@ -132,7 +132,7 @@ export class VitestVmPoolRun {
   /** A new worker announced its slot (`start`): give it the slot's VM (booting or replacing it if needed). */
   async bindWorker(slot: number): Promise<VmPoolWorkerContext> {
     const owner = `w${++this.#workerCount}`
-    const base = { provider: this.options.provider, providerOptions: { ...this.options.providerOptions }, slot, owner, brokerSocket: '', timeoutScale: this.options.timeoutScale }
+    const base = { provider: this.options.provider, providerOptions: { ...this.options.providerOptions }, slot, owner, brokerSocket: '', timeoutScale: this.options.timeoutScale, keepOnFailure: this.options.keepOnFailure }
     try {
       const { broker, bindings, freshVms } = await this.#start()
       base.brokerSocket = broker.socketPath

@@ -4,6 +4,7 @@ import type { Plugin } from 'vitest/config'
 import { getProviderNames } from '../providers/provider-registry.js'
 import { resolveReportPath, resolveVmPoolOptions, type VmPoolOptions } from './vm-pool-options.js'
 import { createVmPoolRunner } from './vm-pool-runner.js'
+import { getVmAwareTimeouts } from './vm-aware-timeouts.js'
 import { getVitestVmPoolRun } from './vitest-run-registry.js'
 import type { VitestVmPoolRun } from './vitest-vm-pool-run.js'
 
@@ -35,6 +36,8 @@ export function vmPool(options: VmPoolOptions = {}): Plugin {
         test: {
           pool: createVmPoolRunner(run, base, final.workers),
           globalSetup: [GLOBAL_SETUP_FILE],
+          // Vitest's 5 s default is shorter than one boot: VM-aware defaults, never over the user's own.
+          ...getVmAwareTimeouts(config.test ?? {}, final.timeoutScale),
         },
       }
     },

@@ -1,6 +1,6 @@
 import { mkdir } from 'node:fs/promises'
 import { dirname } from 'node:path'
-import type { KeptVmHelp, VmRecord } from '../providers/vm-provider.js'
+import type { VmRecord } from '../providers/vm-provider.js'
 import { writeFileAtomic } from '../util/fs-atomic.js'
 
 /** One VM of the run, as the end-of-run report lists it. */
@@ -49,7 +49,8 @@ export interface VmPoolReport {
  */
 export class VmPoolReportBuilder {
   readonly #vms = new Map<string, VmPoolReportVm>()
-  readonly #kept = new Map<string, KeptVmHelp | undefined>()
+  /** Kept fresh VMs; `reason` names the failed test when keepOnFailure kept it (else `keep()` did). */
+  readonly #kept = new Map<string, { reason: string | undefined }>()
   #reused = 0
 
   get size(): number {
@@ -96,11 +97,11 @@ export class VmPoolReportBuilder {
   }
 
   /** `help` (from `provider.describe`) says how to reach and delete it, when the provider knows. */
-  markKept(name: string, help: KeptVmHelp | undefined): void {
+  markKept(name: string, reason?: string): void {
     const entry = this.#vms.get(name)
     if (!entry) return
     entry.state = 'kept'
-    this.#kept.set(name, help)
+    this.#kept.set(name, { reason })
   }
 
   /**
@@ -134,16 +135,20 @@ export class VmPoolReportBuilder {
   /** The lines printed at the end of the run (stderr): the summary, then what is still there and why. */
   formatSummary(report: VmPoolReport): string[] {
     const warm = report.keptWarm > 0 ? `, ${report.keptWarm} kept warm` : ''
-    const kept = report.kept > 0 ? `, ${report.kept} kept by keep()` : ''
+    const onFailure = [...this.#kept.values()].filter((kept) => kept.reason !== undefined).length
+    const byKeep = report.kept - onFailure
+    const kept = (byKeep > 0 ? `, ${byKeep} kept by keep()` : '') + (onFailure > 0 ? `, ${onFailure} kept after a failed test` : '')
     const lines = [`vm-pool: ${report.created} created, ${report.reused} reused, ${report.deleted} deleted, ${report.leaked} leaked${warm}${kept}`]
     if (report.leaked > 0) {
       const names = report.vms.filter((vm) => vm.state === 'leaked').map((vm) => vm.name)
       lines.push(`vm-pool: still present after the run: ${names.join(', ')} (remove with: npx vm-pool gc --provider ${report.provider})`)
     }
-    for (const [name, help] of this.#kept) {
-      // A kept VM has no lease: whatever else the provider says, the next gc sweeps it.
-      const how = help ? `; reach it with: ${help.reach}; delete it now with: ${help.remove}` : ''
-      lines.push(`vm-pool: ${name} was kept running by keep(); the next \`npx vm-pool gc --provider ${report.provider}\` deletes it${how}`)
+    for (const [name, { reason }] of this.#kept) {
+      // A kept VM has no lease: the next gc sweeps it. `vm-pool rm` deletes it alone, now.
+      const provider = report.provider === 'qemu' ? '' : ` --provider ${report.provider}`
+      const how = `; shell: npx vm-pool ssh ${name}${provider}; delete it now: npx vm-pool rm ${name}${provider}`
+      const why = reason ? `kept running (keepOnFailure: ${reason} failed)` : 'kept running by keep()'
+      lines.push(`vm-pool: ${name} was ${why}; the next \`npx vm-pool gc --provider ${report.provider}\` deletes it${how}`)
     }
     return lines
   }

@@ -21,6 +21,8 @@ export interface VmPoolWorkerContext {
   owner: string
   /** Unix socket of the freshVm broker. */
   brokerSocket: string
+  /** `vmPool({ keepOnFailure })`: fresh VMs of a failed test are kept, not deleted. */
+  keepOnFailure?: boolean
   /** `VM_POOL_TIMEOUT_SCALE` of the run, applied in the worker too. */
   timeoutScale?: number
 }

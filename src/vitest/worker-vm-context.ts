@@ -4,6 +4,7 @@ import { createProvider } from '../providers/provider-registry.js'
 import type { VmProvider } from '../providers/vm-provider.js'
 import { BrokerClient } from './broker-client.js'
 import { WORKER_CONTEXT_KEY, type VmPoolWorkerContext } from './worker-context.js'
+import { docPath } from '../util/docs-path.js'
 
 /**
  * Worker-side access to what the main process handed this worker. The provider and the broker
@@ -63,7 +64,7 @@ function notConfigured(operation: string, cause?: unknown): VmPoolError {
     code: 'VMPOOL_INVALID_OPTIONS',
     operation,
     message: `${operation} needs the vmPool() plugin: this test file did not run in a vm-pool worker`,
-    hint: "add plugins: [vmPool({ provider: 'qemu' })] to vitest.config.ts (see docs/vitest.md)",
+    hint: `add plugins: [vmPool({ provider: 'qemu' })] to vitest.config.ts (see ${docPath('vitest.md')})`,
     cause,
   })
 }

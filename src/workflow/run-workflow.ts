@@ -42,6 +42,8 @@ export interface StepResult {
   vm: string
   /** Not run, because an earlier setup command or step failed, or the run was aborted. */
   skipped?: boolean
+  /** Why it was skipped when that is not "an earlier command failed" (e.g. cleanup under `keepVm`). */
+  note?: string
   /** Killed by `timeout-seconds` (or `DEFAULT_STEP_TIMEOUT_MS`). */
   timedOut?: boolean
   /** Failed, but `continue-on-error` was set: it neither failed the workflow nor skipped the rest. */
@@ -49,6 +51,9 @@ export interface StepResult {
   /** exec itself failed (VM unreachable, aborted): no exit code. */
   error?: StepError
 }
+
+/** The note on each cleanup command `keepVm` skipped. */
+export const KEEP_VM_CLEANUP_NOTE = 'not run: --keep-vm keeps the VM as the steps left it'
 
 /** How to reach a VM left running by `keepVm`, and how to delete it. */
 export interface KeptVm {
@@ -89,7 +94,7 @@ export type WorkflowEvent =
 export interface RunWorkflowOptions {
   /** Where the workflow's one VM comes from, under its concurrency limit. */
   sessions: SessionManager
-  /** Leave the VM running afterwards (debug mode); `result.keptVm` says how to reach and delete it. @default false */
+  /** Leave the VM running afterwards (debug mode), as the steps left it: cleanup is skipped; `result.keptVm` says how to reach and delete it. @default false */
   keepVm?: boolean
   /** Called as the run progresses (the CLI prints one line per `command-end`). A throwing listener is ignored. */
   onEvent?: (event: WorkflowEvent) => void
@@ -111,7 +116,8 @@ const runWorkflowOptionsSchema = z
 /**
  * Run a workflow on exactly one VM: open a session (its VM is created before the first command), run
  * setup, steps, then cleanup on that VM, release the session. A failed setup command or step skips the
- * rest (marked `skipped`) but cleanup ALWAYS runs — after a failure, after exec throws, after an abort.
+ * rest (marked `skipped`) but cleanup ALWAYS runs — after a failure, after exec throws, after an abort —
+ * except with `keepVm`: then the VM is kept as the steps left it and cleanup is skipped (with a `note`).
  * Resolves with a `WorkflowResult` whatever the commands do; rejects only when no VM could be had
  * (`VMPOOL_SESSION_LIMIT`, `VMPOOL_QUEUE_TIMEOUT`, `VMPOOL_CREATE_FAILED`, `VMPOOL_ABORTED`, …).
  */
@@ -161,7 +167,9 @@ export async function runWorkflow(workflow: Workflow, options: RunWorkflowOption
     // once after Ctrl-C); after an abort each command is capped instead.
     const capMs = signal?.aborted ? scaleTimeoutBy(ABORTED_CLEANUP_TIMEOUT_MS, scale) : undefined
     for (const step of workflow.cleanup) {
-      record(await runCommand(workflow, vm, 'cleanup', step, { scale, emit, capMs }), step, 'cleanup')
+      // keepVm keeps the VM to be looked at: as the steps (or the failure) left it, so cleanup does not run.
+      if (keepVm) record({ ...skippedResult('cleanup', step, vm.name), note: KEEP_VM_CLEANUP_NOTE }, step, 'cleanup')
+      else record(await runCommand(workflow, vm, 'cleanup', step, { scale, emit, capMs }), step, 'cleanup')
     }
     releaseError = await releaseSession(session, keepVm)
     emit({ type: 'session-release', workflow: workflow.name, vm: vm.name, kept: keepVm, ...(releaseError ? { error: releaseError } : {}) })

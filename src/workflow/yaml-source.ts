@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises'
 import { isMap, isScalar, LineCounter, parseDocument, visit, type Document } from 'yaml'
 import { VmPoolError } from '../errors.js'
 import { printable } from '../util/printable-text.js'
+import { closest } from '../util/closest-match.js'
 
 /**
  * Reading a YAML workflow file with editor-friendly `file:line:col` messages, shared by the vm-pool
@@ -124,28 +125,4 @@ export function codeFrame(text: string, line: number, col: number): string {
   return `  ${line} | ${source}\n  ${' '.repeat(String(line).length)} | ${' '.repeat(Math.max(0, col - 1))}^`
 }
 
-/** A likely intended key: small edit distance, so `timeout` → `timeout-seconds` and `working_directory` → `working-directory`. */
-export function closest(key: string, allowed: readonly string[]): string | undefined {
-  let best: string | undefined
-  let bestDistance = Infinity
-  for (const candidate of allowed) {
-    const distance = candidate.startsWith(key) || key.startsWith(candidate) ? 1 : editDistance(key.toLowerCase(), candidate)
-    if (distance < bestDistance) {
-      best = candidate
-      bestDistance = distance
-    }
-  }
-  return bestDistance <= Math.max(2, Math.floor(key.length / 3)) ? best : undefined
-}
-
-function editDistance(a: string, b: string): number {
-  let previous = Array.from({ length: b.length + 1 }, (_, i) => i)
-  for (let i = 1; i <= a.length; i++) {
-    const current = [i]
-    for (let j = 1; j <= b.length; j++) {
-      current[j] = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1))
-    }
-    previous = current
-  }
-  return previous[b.length]!
-}
+export { closest }

@@ -36,7 +36,7 @@ describe('vm-pool (the built bin)', () => {
   })
 
   test('every command has --help: usage on stdout, exit 0, nothing run', async () => {
-    for (const command of ['run', 'ls', 'gc', 'warm', 'image', 'doctor']) {
+    for (const command of ['run', 'ls', 'gc', 'warm', 'image', 'doctor', 'ssh', 'rm']) {
       const { code, stdout, stderr } = await run([command, '--help'], { VM_POOL_PROVIDER: 'no-such-provider' })
       expect({ command, code, stderr }).toEqual({ command, code: 0, stderr: '' })
       expect(stdout).toMatch(new RegExp(`^Usage: vm-pool ${command} `))
@@ -57,5 +57,19 @@ describe('vm-pool (the built bin)', () => {
     expect(code).toBe(2)
     expect(stderr).toContain('unknown command "frobnicate"')
     expect(stderr).not.toMatch(/\n\s+at /)
+  })
+
+  test('did you mean: a mistyped command or option gets a suggestion, not the whole help nor a raw parser message', async () => {
+    const command = await run(['dcotor'])
+    expect(command).toMatchObject({ code: 2, stdout: '' })
+    expect(command.stderr).toBe(`vm-pool: unknown command "dcotor" (did you mean doctor?)\nRun 'vm-pool --help' for usage.\n`)
+    const none = await run(['zzzz'])
+    expect(none.stderr).toMatch(/^vm-pool: unknown command "zzzz"; commands: .*\bdoctor\b.*\n/)
+    expect(none.stderr).not.toContain('Usage:')
+
+    const option = await run(['run', '--keepvm', 'x.yml'])
+    expect(option).toMatchObject({ code: 2, stderr: `vm-pool run: unknown option --keepvm (did you mean --keep-vm?)\nRun 'vm-pool run --help' for usage.\n` })
+    expect((await run(['gc', '--dryrun'])).stderr).toContain('unknown option --dryrun (did you mean --dry-run?)')
+    expect((await run(['ls', '--bogus'])).stderr).toMatch(/^vm-pool ls: unknown option --bogus\n/)
   })
 })

@@ -111,11 +111,30 @@ describe('vm-pool run (built bin, fake provider)', () => {
     const second = await vmPool(['run', '-p', 'fake', '--keep-vm', 'run-tests.yml'])
     const secondName = /kept VM (vm-pool-wf-[0-9a-z]{8}-1) /.exec(String(second.stdout))?.[1]
     const remove = /delete it: (.+)\n/.exec(String(result.stdout))?.[1]
-    expect(remove).toContain(name)
-    await execa('sh', ['-c', remove!], { env: cliEnv(), extendEnv: false })
+    expect(remove).toBe(`vm-pool rm ${name} --provider fake`)
+    expect((await vmPool(remove!.split(' ').slice(1))).exitCode).toBe(0)
     expect(await leftoverVms()).toEqual([secondName])
-    await rm(join(stateDir, 'fake', secondName!), { recursive: true })
-  })
+    // The provider's own line, for a shell without vm-pool, removes only its VM too.
+    const raw = /\n {6}remove: {4}(.+)\n/.exec(String(second.stdout))?.[1]
+    expect(raw).toContain(secondName)
+    await execa('sh', ['-c', raw!], { env: cliEnv(), extendEnv: false })
+    expect(await leftoverVms()).toEqual([])
+  }, 60_000) // three CLI runs and an rm: room for a loaded 2-core machine
+
+  test('--keep-vm keeps the VM as the failure left it: cleanup is skipped and says so; vm-pool ssh reaches it', async () => {
+    const result = await vmPool(['run', '-p', 'fake', '--keep-vm', 'failing-step.yml'])
+    expect(result.exitCode).toBe(1)
+    const name = /kept VM (vm-pool-wf-[0-9a-z]{8}-1) \(fake, --keep-vm\)\n/.exec(String(result.stdout))?.[1]
+    expect(name, String(result.stdout)).toBeDefined()
+    expect(result.stdout).toMatch(/\[failing-step\] cleanup skip +remove work dir \(not run: --keep-vm keeps the VM as the steps left it\)\n/)
+    expect(result.stdout).toContain(`    shell:     vm-pool ssh ${name} --provider fake\n`)
+    // What the failed run left (cleanup would have removed work/) is still there.
+    const look = await vmPool(['ssh', name!, '-p', 'fake', '--', 'cat', 'work/out'])
+    expect(look.exitCode, String(look.stderr)).toBe(0)
+    expect(look.stdout).toBe('compiled')
+    expect((await vmPool(['rm', name!, '-p', 'fake'])).exitCode).toBe(0)
+    expect(await leftoverVms()).toEqual([])
+  }, 60_000)
 
   test('--help explains the command', async () => {
     const result = await vmPool(['run', '--help'])

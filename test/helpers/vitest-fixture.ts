@@ -49,6 +49,8 @@ export interface FixtureRunOptions {
 }
 
 export interface FixtureRun {
+  /** Where `vitest run` ran (the fixture itself, or its copy next to a copy of the package). */
+  cwd: string
   stateDir: string
   resultsDir: string
   reportPath: string
@@ -113,6 +115,7 @@ export async function runFixture(fixture: string, options: FixtureRunOptions): P
     ...options.env,
   })
   const run: FixtureRun = {
+    cwd,
     stateDir,
     resultsDir,
     reportPath,
@@ -182,9 +185,13 @@ function killGroup(child: ChildProcess): void {
 
 function prepareProject(fixture: string, vitest: VitestBinary): { cwd: string; cleanup: () => void } {
   const source = join(FIXTURES, `vitest-${fixture}`)
-  if (vitest.label !== '4.1') return { cwd: source, cleanup: () => {} }
-  mkdirSync(join(VITEST4_DIR, 'runs'), { recursive: true })
-  const root = mkdtempSync(join(VITEST4_DIR, 'runs', `${fixture}-`))
+  // A fixture with its own package.json is its own project (fixtures/vitest-cjs): it must load the
+  // package through node_modules and the package's `exports`, never by self-reference.
+  const ownPackage = existsSync(join(source, 'package.json'))
+  if (vitest.label !== '4.1' && !ownPackage) return { cwd: source, cleanup: () => {} }
+  const runs = vitest.label === '4.1' ? join(VITEST4_DIR, 'runs') : join(FIXTURES, 'vitest5-runs')
+  mkdirSync(runs, { recursive: true })
+  const root = mkdtempSync(join(runs, `${fixture}-`))
   const pkg = join(root, 'node_modules/vm-pool')
   mkdirSync(pkg, { recursive: true })
   cpSync(join(REPO, 'package.json'), join(pkg, 'package.json'))

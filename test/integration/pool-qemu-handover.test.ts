@@ -22,7 +22,8 @@ describe.skipIf(Boolean(skipReason))('warm hand-over between processes on real Q
   }, 60_000)
 
   test('B adopts the VM A released warm', async () => {
-    const config = { provider: 'qemu', stateDir: qemu.stateDir, keepWarm: { ttlMs: 600_000, max: 1 } }
+    // reset: false: this is the hand-over of the running VM itself (by default keepWarm restores the snapshot first).
+    const config = { provider: 'qemu', stateDir: qemu.stateDir, keepWarm: { ttlMs: 600_000, max: 1, reset: false } }
     const a = spawnFixture('holder.mjs', { ...config, keys: ['a'] })
     const aReady = await a.message((m) => m.ready === true, 'A ready (a TCG boot)', QEMU_TEST_CREATE_TIMEOUT_MS)
     watchdogs.push(aReady.reaperPid as number)

@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { afterAll, beforeAll, describe, expect, test } from 'vitest'
+import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest'
 import { ensureDistBuilt } from '../../fixtures/pool/harness.js'
 import { isVmPoolError } from '../../src/errors.js'
 import type { QemuVm } from '../../src/providers/qemu/qemu-vm.js'
@@ -48,7 +48,7 @@ describe.skipIf(Boolean(skipReason))('qemu snapshot restore', () => {
   }
 
   /** A create in another process with the same state and snapshot dirs (the built dist/, as a user runs it). */
-  function createInChild(name: string): Promise<VmRecord> {
+  function createInChild(name: string, stderrOut?: { text: string }): Promise<VmRecord> {
     const script = `
       import { qemuProvider } from ${JSON.stringify(join(process.cwd(), 'dist/index.js'))}
       const provider = qemuProvider({ stateDir: process.argv[1], snapshotDir: process.argv[2] })
@@ -61,7 +61,10 @@ describe.skipIf(Boolean(skipReason))('qemu snapshot restore', () => {
       let stderr = ''
       child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
       child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
-      child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(stdout) as VmRecord) : reject(new Error(`child create exited with ${code}: ${stderr}`))))
+      child.on('exit', (code) => {
+        if (stderrOut) stderrOut.text = stderr
+        return code === 0 ? resolve(JSON.parse(stdout) as VmRecord) : reject(new Error(`child create exited with ${code}: ${stderr}`))
+      })
     })
   }
 
@@ -78,7 +81,14 @@ describe.skipIf(Boolean(skipReason))('qemu snapshot restore', () => {
   }, 60_000)
 
   test('two concurrent first creates (two processes) boot one template and restore from the same snapshot', async () => {
-    const [child] = await Promise.all([createInChild('snap-child'), create('snap-a')])
+    // The one process that builds the snapshot says so, once (a slow first create must not look hung).
+    const childStderr = { text: '' }
+    const parentStderr: string[] = []
+    const spy = vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => (parentStderr.push(String(chunk)), true))
+    const [child] = await Promise.all([createInChild('snap-child', childStderr), create('snap-a')]).finally(() => spy.mockRestore())
+    const progress = [...childStderr.text.split('\n'), ...parentStderr.join('').split('\n')].filter((line) => line.includes('building a snapshot for a new machine shape'))
+    expect(progress).toHaveLength(1)
+    expect(progress[0]).toMatch(/^vm-pool: \[qemu\] building a snapshot for a new machine shape \(.+, 1 cpu, \d+ MiB, (tcg|kvm)\): once, about 10 s and ~90 MB in /)
     records.set('snap-child', child)
     const a = records.get('snap-a')!
     expect(a.data.restoredFrom).toMatch(/^[0-9a-f]{16}$/)

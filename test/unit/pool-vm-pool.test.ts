@@ -93,6 +93,29 @@ describe('createPool', () => {
     expect(await leases(pool)).toEqual({})
   })
 
+  test('fresh({ name }) refuses the name of an existing VM and leaves that VM alone (with or without a lease)', async () => {
+    const pool = make({ prefix: 'vm-pool-wf' })
+    // No lease: kept earlier (keep(), --keep-vm) or made by hand. Its files must survive the refusal.
+    const orphan = await provider.create({ name: 'vm-pool-wf-kept-1' })
+    const orphanVm = await provider.connect(orphan)
+    await orphanVm.exec('echo precious > data')
+    await expect(pool.fresh({ name: 'vm-pool-wf-kept-1' })).rejects.toMatchObject({ code: 'VMPOOL_CREATE_FAILED', message: expect.stringContaining('already exists') })
+    expect(await vmNames()).toEqual(['vm-pool-wf-kept-1'])
+    expect((await orphanVm.exec('cat data')).stdout).toBe('precious\n')
+    expect(await leases(pool)).toEqual({})
+    // Leased by another pool: refused, still held by its owner.
+    const other = make({ prefix: 'vm-pool-wf' })
+    const held = await other.fresh({ name: 'vm-pool-wf-held-1' })
+    await expect(pool.fresh({ name: 'vm-pool-wf-held-1' })).rejects.toMatchObject({ code: 'VMPOOL_CREATE_FAILED' })
+    expect((await held.exec('echo ok')).stdout).toBe('ok\n')
+    expect((await leases(pool))['vm-pool-wf-held-1']).toMatchObject({ state: 'leased' })
+    await pool.drain()
+    expect(await vmNames()).toEqual(['vm-pool-wf-held-1', 'vm-pool-wf-kept-1'])
+    await held.delete()
+    await orphanVm.close?.()
+    await provider.delete('vm-pool-wf-kept-1')
+  })
+
   test('drain() deletes everything without keepWarm and closes the pool', async () => {
     const pool = make()
     await pool.acquire('a')
@@ -187,6 +210,45 @@ describe('createPool', () => {
     expect(adopted).toMatchObject({ name: lease.name, adopted: true })
     expect((await adopted.vm.exec('ls')).stdout).toBe('')
     await adopted.release()
+  })
+
+  test('keepWarm: true resets to the snapshot by default where the provider can; reset: false opts out', async () => {
+    state = makeStateDir()
+    const fake = fakeProvider({ stateDir: state.dir })
+    const resets: string[] = []
+    const resettable: VmProvider = {
+      name: fake.name,
+      create: (spec) => fake.create(spec),
+      connect: (record) => fake.connect(record),
+      delete: (name) => fake.delete(name),
+      list: () => fake.list(),
+      async reset(name) {
+        resets.push(name)
+        await fake.delete(name)
+        return fake.create({ name })
+      },
+    }
+    const handOver = async (keepWarm: PoolOptions['keepWarm'], provider: VmProvider) => {
+      const first = make({ provider, keepWarm })
+      const lease = await first.acquire('a')
+      await lease.vm.exec('touch previous-holder')
+      await lease.release()
+      const next = await make({ provider, keepWarm }).acquire('b')
+      expect(next).toMatchObject({ name: lease.name, adopted: true })
+      const files = (await next.vm.exec('ls')).stdout
+      await next.release({ discard: true })
+      return files
+    }
+    // The next holder never sees the previous one's files.
+    expect(make({ provider: resettable, keepWarm: true }).options.keepWarm).toEqual({ ttlMs: 30 * 60_000, max: 4, reset: 'snapshot' })
+    expect(await handOver(true, resettable)).toBe('')
+    expect(await handOver({ ttlMs: 600_000, max: 2 }, resettable)).toBe('')
+    expect(resets).toHaveLength(2)
+    // Opt-out: handed over as it is.
+    expect(await handOver({ reset: false }, resettable)).toBe('previous-holder\n')
+    expect(resets).toHaveLength(2)
+    // A provider that cannot reset (the fake): nothing to reset with; documented.
+    expect(make({ provider: fake, keepWarm: true }).options.keepWarm).toEqual({ ttlMs: 30 * 60_000, max: 4 })
   })
 
   test("keepWarm reset: 'snapshot' needs provider.reset; a failing reset deletes the VM", async () => {

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, describe, expect, test } from 'vitest'
 import { VmPoolError, VmPoolTimeoutError } from '../../src/errors.js'
-import { describeQemuVm, isPublicKeyLine } from '../../src/providers/qemu/kept-vm-help.js'
+import { describeQemuVm, getQemuShellCommand, isPublicKeyLine } from '../../src/providers/qemu/kept-vm-help.js'
 import { judgeRestoreFailure } from '../../src/providers/qemu/snapshot-restore-strategy.js'
 import type { VmRecord } from '../../src/providers/vm-provider.js'
 
@@ -41,6 +41,13 @@ describe('describe(record) for qemu', () => {
     const quoted = (path: string) => `'${path.replaceAll("'", `'\\''`)}'`
     const pidFile = quoted(join(vmDir, 'qemu.pid'))
     expect(describeQemuVm(record).remove).toBe(`pid=$(cat ${pidFile} 2>/dev/null) && grep -qF -- ${pidFile} "/proc/$pid/cmdline" 2>/dev/null && kill "$pid"; rm -rf -- ${quoted(vmDir)}`)
+  })
+
+  test('vm-pool ssh: the same ssh with -t for a shell; a command goes to the guest as one quoted line after --', () => {
+    writeFileSync(join(vmDir, 'known_hosts'), 'vm-pool-kept-1 ssh-ed25519 AAAA\n')
+    const base = ['ssh', '-i', join(vmDir, 'client_key'), '-p', '40123', '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'HostKeyAlias=vm-pool-kept-1', '-o', `UserKnownHostsFile=${join(vmDir, 'known_hosts')}`, '-o', 'StrictHostKeyChecking=yes']
+    expect(getQemuShellCommand(record)).toEqual({ argv: [...base, '-t', 'root@127.0.0.1'] })
+    expect(getQemuShellCommand(record, ['ls', '-la', "it's here"])).toEqual({ argv: [...base, '--', 'root@127.0.0.1', `ls -la 'it'\\''s here'`] })
   })
 
   test('a record that is not a qemu record is refused', () => {

@@ -13,12 +13,11 @@ const SOURCES = ['auto', 'apt', 'debian-archive'] as const
 export const imageCommand: CliCommand = {
   name: 'image',
   summary: 'build, import, list and remove QEMU guest images',
-  help: `Usage:
-  vm-pool image build [RECIPE] [--force] [--json]                     RECIPE: ${IMAGE_RECIPES.join(' (default), ')}
-  vm-pool image build debian-12 [--packages a,b] [--script FILE] [--cloud-init] [--name NAME]
-  vm-pool image import NAME --disk FILE.qcow2 [--kernel FILE [--initrd FILE] [--append LINE]] [--user NAME] [--force]
-  vm-pool image ls [--json]
-  vm-pool image rm NAME [--force]
+  help: `Usage: vm-pool image build [RECIPE] [--force] [--json]   RECIPE: ${IMAGE_RECIPES.join(' (default), ')}
+       vm-pool image build debian-12 [--packages a,b] [--script FILE] [--cloud-init] [--name NAME]
+       vm-pool image import NAME --disk FILE.qcow2 [--kernel FILE [--initrd FILE] [--append LINE]] [--user NAME] [--force]
+       vm-pool image ls [--json]
+       vm-pool image rm NAME [--force]
 
 build minimal     the default image: the Debian kernel (its .deb unpacked, not installed), busybox and
                   dropbear in an initramfs. Packages come from this host's apt when it is Debian's,

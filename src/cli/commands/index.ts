@@ -10,5 +10,7 @@ export const commands: Record<string, () => Promise<CliCommand>> = {
   doctor: async () => (await import('./doctor.js')).doctorCommand,
   serve: async () => (await import('./serve.js')).serveCommand,
   history: async () => (await import('./history.js')).historyCommand,
+  ssh: async () => (await import('./ssh.js')).sshCommand,
+  rm: async () => (await import('./rm.js')).rmCommand,
   protocol: async () => (await import('./protocol.js')).protocolCommand,
 }

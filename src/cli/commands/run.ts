@@ -26,15 +26,15 @@ export const runCommand: CliCommand = {
 
 Run each workflow file on exactly one VM of its own: the VM is created before the first command,
 setup, steps and cleanup all run on it in order, and it is deleted afterwards. A failed setup
-command or step skips the rest, but cleanup ALWAYS runs (also after a timeout or Ctrl-C).
+command or step skips the rest, but cleanup ALWAYS runs (also after a timeout or Ctrl-C; only --keep-vm skips it).
 
 Several files run concurrently, at most --max-concurrent VMs at a time; the others wait in line.
 
 Options:
   -p, --provider NAME     where VMs come from: qemu, fake, ... (default: VM_POOL_PROVIDER, else qemu)
                           "fake" runs commands in a sandbox directory on this host (tests, demos)
-      --keep-vm           do not delete the VMs afterwards (debug mode); prints how to reach and
-                          how to delete each one
+      --keep-vm           debug mode: keep each VM as its steps (or its failure) left it: cleanup
+                          commands are skipped, the VM is not deleted; prints vm-pool ssh / rm lines
       --max-concurrent N  workflows (= VMs) at the same time (default: ${DEFAULT_MAX_CONCURRENT_SESSIONS})
       --json              print the results as a JSON array on stdout; progress goes to stderr
   -h, --help              show this help

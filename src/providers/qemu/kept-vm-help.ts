@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs'
 import { formatZodError } from '../../config/zod-error.js'
 import { invalidOptions } from '../../errors.js'
 import { quoteShellArg, toShellLine } from '../../transport/shell.js'
-import type { KeptVmHelp, VmRecord } from '../vm-provider.js'
+import type { KeptVmHelp, LocalCommand, VmRecord } from '../vm-provider.js'
 import { QEMU_NAME_PREFIX } from './qemu-command.js'
 import { QemuVmDir, qemuRecordDataSchema } from './qemu-vm-dir.js'
 
@@ -24,6 +24,26 @@ export function getHostKeyAlias(name: string): string {
  * command line still names this VM's pid file, then remove its dir.
  */
 export function describeQemuVm(record: VmRecord): KeptVmHelp {
+  const { dir, sshArgv } = parseQemuRecord(record)
+  const reach = toShellLine(sshArgv)
+  const pidFile = quoteShellArg(dir.path('pid'))
+  const remove = `pid=$(cat ${pidFile} 2>/dev/null) && grep -qF -- ${pidFile} "/proc/$pid/cmdline" 2>/dev/null && kill "$pid"; rm -rf -- ${quoteShellArg(dir.dir)}`
+  return { reach, remove }
+}
+
+/**
+ * `vm-pool ssh` for a QEMU VM: the system `ssh` with the VM's key path, port and user, as `describe`'s
+ * line; `-t` for an interactive shell; a command goes to the guest as one quoted shell line.
+ */
+export function getQemuShellCommand(record: VmRecord, command?: string[]): LocalCommand {
+  const { sshArgv } = parseQemuRecord(record)
+  const target = sshArgv.pop()!
+  if (!command || command.length === 0) return { argv: [...sshArgv, '-t', target] }
+  // `--` ends ssh's options: OpenSSH parses options after the destination too.
+  return { argv: [...sshArgv, '--', target, toShellLine(command)] }
+}
+
+function parseQemuRecord(record: VmRecord) {
   const parsed = qemuRecordDataSchema.safeParse(record.data)
   if (!parsed.success) throw invalidOptions(`not a qemu VM record: ${formatZodError(parsed.error, record.data)}`, { provider: 'qemu', vm: record.name })
   const data = parsed.data
@@ -32,8 +52,6 @@ export function describeQemuVm(record: VmRecord): KeptVmHelp {
   const hostKeyOptions = existsSync(knownHosts)
     ? ['-o', `HostKeyAlias=${getHostKeyAlias(record.name)}`, '-o', `UserKnownHostsFile=${knownHosts}`, '-o', 'StrictHostKeyChecking=yes']
     : ['-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR']
-  const reach = toShellLine(['ssh', '-i', data.keyPath, '-p', String(data.port), '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', ...hostKeyOptions, `${data.username}@${data.host}`])
-  const pidFile = quoteShellArg(dir.path('pid'))
-  const remove = `pid=$(cat ${pidFile} 2>/dev/null) && grep -qF -- ${pidFile} "/proc/$pid/cmdline" 2>/dev/null && kill "$pid"; rm -rf -- ${quoteShellArg(dir.dir)}`
-  return { reach, remove }
+  const sshArgv = ['ssh', '-i', data.keyPath, '-p', String(data.port), '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', ...hostKeyOptions, `${data.username}@${data.host}`]
+  return { data, dir, sshArgv }
 }

@@ -5,6 +5,7 @@ import { formatZodError } from '../../config/zod-error.js'
 import { VmPoolError } from '../../errors.js'
 import { getStateDir } from '../../util/state-dir.js'
 import { VM_NAME_PATTERN } from '../../util/vm-name.js'
+import { docPath } from '../../util/docs-path.js'
 
 /** The image `vm-pool image build` makes and the provider boots when no `image` is given. */
 export const DEFAULT_IMAGE_NAME = 'minimal'
@@ -102,7 +103,7 @@ export async function loadImage(image: string, imageDir: string): Promise<Resolv
       provider: 'qemu',
       operation: 'create',
       message: `image ${JSON.stringify(image)} not found: ${manifestPath} does not exist${isAbsolute(image) ? '' : `; ${await describeImagesIn(imageDir)}`}`,
-      hint: image === DEFAULT_IMAGE_NAME ? 'build it once with `npx vm-pool image build` (set VM_POOL_IMAGE_DIR to share one image dir)' : 'build one (`vm-pool image build debian-12`), import one (`vm-pool image import NAME --disk FILE.qcow2`), or see docs/qemu.md for the image manifest format',
+      hint: image === DEFAULT_IMAGE_NAME ? 'build it once with `npx vm-pool image build` (set VM_POOL_IMAGE_DIR to share one image dir)' : `build one (\`vm-pool image build debian-12\`), import one (\`vm-pool image import NAME --disk FILE.qcow2\`), or see ${docPath('qemu.md')} for the image manifest format`,
       cause: error,
     })
   }
@@ -117,7 +118,7 @@ export async function loadImage(image: string, imageDir: string): Promise<Resolv
       provider: 'qemu',
       operation: 'create',
       message: `image ${JSON.stringify(image)} has an invalid manifest ${manifestPath}: ${(error as Error).message}`,
-      hint: image === DEFAULT_IMAGE_NAME ? 'rebuild it with `npx vm-pool image build --force`' : 'see docs/qemu.md for the image manifest format',
+      hint: image === DEFAULT_IMAGE_NAME ? 'rebuild it with `npx vm-pool image build --force`' : `see ${docPath('qemu.md')} for the image manifest format`,
       cause: error,
     })
   }

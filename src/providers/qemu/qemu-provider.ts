@@ -6,8 +6,8 @@ import type { SshTransport } from '../../transport/ssh-transport.js'
 import { createDebug } from '../../util/debug.js'
 import { getProcessStartUnixMs, isProcessAlive } from '../../util/process-info.js'
 import { validateVmName } from '../../util/vm-name.js'
-import type { JsonValue, KeptVmHelp, ProviderProbe, VmInfo, VmProvider, VmRecord, VmSpec } from '../vm-provider.js'
-import { describeQemuVm, getHostKeyAlias, isPublicKeyLine } from './kept-vm-help.js'
+import type { JsonValue, KeptVmHelp, LocalCommand, ProviderProbe, VmInfo, VmProvider, VmRecord, VmSpec } from '../vm-provider.js'
+import { describeQemuVm, getHostKeyAlias, getQemuShellCommand, isPublicKeyLine } from './kept-vm-help.js'
 import type { ResolvedImage } from './qemu-image.js'
 import { QemuMachineResolver } from './qemu-machine-resolver.js'
 import { identifyQemu, findVmQemuProcesses } from './qemu-process-scan.js'
@@ -32,6 +32,7 @@ export interface QemuProvider extends VmProvider {
   close(): Promise<void>
   describe(record: VmRecord): KeptVmHelp
   fingerprint(spec: Omit<VmSpec, 'name'>): Record<string, unknown>
+  shell(record: VmRecord, command?: string[]): LocalCommand
 }
 
 /**
@@ -171,6 +172,7 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
     probe: () => probeQemu(config, machines),
 
     describe: describeQemuVm,
+    shell: getQemuShellCommand,
 
     fingerprint: (spec) => getQemuFingerprint(config, spec),
 

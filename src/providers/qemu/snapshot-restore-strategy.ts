@@ -112,6 +112,9 @@ export class SnapshotRestoreStrategy implements StartStrategy {
       // A builder that died mid-build (SIGKILL) may have left its template running: it is ours to end now.
       await stopQemuOf(dir, false)
       debug('%s: no usable snapshot in %s, booting a template to save', vm, slot.dir)
+      // Once per machine shape, and slow (a boot plus a ~90 MB save): say so, or the first create looks hung.
+      const { cpus, memoryMiB, accel } = this.#machine
+      process.stderr.write(`vm-pool: [qemu] building a snapshot for a new machine shape (${basename(this.#machine.image.dir)}, ${cpus} cpu, ${memoryMiB} MiB, ${accel}): once, about 10 s and ~90 MB in ${slot.dir}\n`)
       const privateKey = await readFile(this.#machine.image.clientKey)
       const { transport, bootMs } = await this.#template.start({ vm, dir, privateKey, context: ` (the snapshot template in ${slot.dir})` })
       let saveMs: number

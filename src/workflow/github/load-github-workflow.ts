@@ -8,6 +8,7 @@ import type { ExpressionValue } from './expression-parser.js'
 import { checkJobGraph } from './job-graph.js'
 import type { MatrixCell, MatrixInput } from './matrix.js'
 import { isCheckout, checkShell, CHECKOUT_INPUTS } from './step-shell.js'
+import { docPath } from '../../util/docs-path.js'
 import {
   ALLOWED_KEYS,
   IGNORED_JOB_KEYS,
@@ -21,7 +22,7 @@ import {
   type GithubWorkflowInput,
 } from './github-workflow-schema.js'
 
-const FORMAT_HINT = 'see "GitHub Actions files" in docs/workflows.md for the keys vm-pool supports'
+const FORMAT_HINT = `see "GitHub Actions files" in ${docPath('workflows.md')} for the keys vm-pool supports`
 
 export interface LoadGithubWorkflowOptions {
   /** Every warning (another action's `uses:`, an ignored key) is an error instead. @default false */

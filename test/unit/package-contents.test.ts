@@ -1,0 +1,67 @@
+import { execFileSync } from 'node:child_process'
+import { readdirSync, readFileSync } from 'node:fs'
+import { dirname, join, normalize, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { expect, test } from 'vitest'
+
+/**
+ * What an npm user gets: `npm pack --dry-run` lists the tarball. The docs ship (every hint that names
+ * node_modules/vm-pool/docs/<page> leads to a file), source maps point at shipped sources, and the
+ * README's first screen is for users. Needs dist/ (test/setup/build-dist.ts builds it).
+ */
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
+
+function packedFiles(): Set<string> {
+  const out = execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: REPO, encoding: 'utf8' })
+  const [pack] = JSON.parse(out) as { files: { path: string }[] }[]
+  return new Set(pack!.files.map((file) => file.path))
+}
+
+test('the tarball ships the docs, the sources the maps point at, and every page a hint names', { timeout: 60_000 }, () => {
+  const files = packedFiles()
+  for (const page of readdirSync(join(REPO, 'docs')).filter((name) => name.endsWith('.md'))) expect(files).toContain(`docs/${page}`)
+  expect(files).toContain('README.md')
+  expect(files).toContain('dist/index.js')
+  expect(files).toContain('dist/vitest/index.d.ts')
+
+  // Every source map (JS and declarations) resolves to a file in the tarball.
+  const maps = [...files].filter((path) => path.endsWith('.map'))
+  expect(maps.length).toBeGreaterThan(10)
+  for (const map of maps) {
+    const { sources } = JSON.parse(readFileSync(join(REPO, map), 'utf8')) as { sources: string[] }
+    for (const source of sources) expect(files, `${map} → ${source}`).toContain(normalize(join(dirname(map), source)))
+  }
+
+  // Hints name docs through docPath('<page>') (src/util/docs-path.ts): each page is shipped.
+  const pages = new Set<string>()
+  const walk = (dir: string): void => {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      if (entry.isDirectory()) walk(join(dir, entry.name))
+      else for (const match of readFileSync(join(dir, entry.name), 'utf8').matchAll(/docPath\('([^'#]+)/g)) pages.add(match[1]!)
+    }
+  }
+  walk(join(REPO, 'src'))
+  expect(pages.size).toBeGreaterThan(0)
+  for (const page of pages) expect(files).toContain(`docs/${page}`)
+  // ...and no user-facing string still says "see docs/x.md" (a path that exists only in this repository).
+  const dist = [...files].filter((path) => path.startsWith('dist/') && path.endsWith('.js'))
+  for (const file of dist) {
+    const code = readFileSync(join(REPO, file), 'utf8').split('\n').filter((line) => !/^\s*(\/\/|\/\*|\*)/.test(line))
+    expect(code.join('\n'), file).not.toMatch(/['"`][^'"`\n]*see docs\/[a-z-]+\.md/)
+  }
+
+  // README links to docs/ resolve in the package too.
+  const readme = readFileSync(join(REPO, 'README.md'), 'utf8')
+  for (const match of readme.matchAll(/\]\((docs\/[a-z-]+\.md)/g)) expect(files).toContain(match[1])
+})
+
+test("the README's first screen is for users; the fresh-machine commands stay, lower down", () => {
+  const readme = readFileSync(join(REPO, 'README.md'), 'utf8')
+  const firstScreen = readme.split('\n').slice(0, 40).join('\n')
+  expect(firstScreen).toContain('npm i -D vm-pool')
+  expect(firstScreen).toContain("import { vmPool } from 'vm-pool/vitest'")
+  expect(firstScreen).toContain("import { test, expect, freshVm } from 'vm-pool/vitest'")
+  expect(firstScreen).not.toContain('./scripts/example.sh')
+  expect(readme).toContain('./scripts/example.sh   # installs what is missing')
+  expect(readme).toMatch(/^npm test {15}# the project's own suite$/m)
+})
