@@ -1,4 +1,4 @@
-import { succeeded, type KeptVm, type StepResult, type WorkflowEvent } from '../workflow/run-workflow.js'
+import { STEP_OUTPUT_MAX_BYTES, succeeded, type KeptVm, type StepResult, type WorkflowEvent } from '../workflow/run-workflow.js'
 
 /**
  * The progress lines of `vm-pool run` and `vm-pool serve`: one line per command as it finishes (phase,
@@ -42,7 +42,9 @@ function formatOutput(result: StepResult): string {
     const text = result[stream].replace(/\n$/, '')
     if (text === '') continue
     const all = text.split('\n')
-    if (all.length > MAX_OUTPUT_LINES) lines.push(`    ${stream} | … ${all.length - MAX_OUTPUT_LINES} earlier lines (all of it: --json)`)
+    const dropped = result[`${stream}DroppedBytes`]
+    if (all.length > MAX_OUTPUT_LINES) lines.push(`    ${stream} | … ${all.length - MAX_OUTPUT_LINES} earlier lines${dropped ? ` and ${dropped} bytes from the middle` : ''} (${dropped ? `the first and last ${STEP_OUTPUT_MAX_BYTES / 2048} KiB` : 'all of it'}: --json)`)
+    else if (dropped) lines.push(`    ${stream} | … ${dropped} bytes from the middle dropped`)
     for (const line of all.slice(-MAX_OUTPUT_LINES)) lines.push(`    ${stream} | ${line}`)
   }
   if (lines.length === 0) lines.push('    (no output)')

@@ -14,6 +14,7 @@ import { generateRunId, getFreshPrefix, makeVmName, normalizeLeaseKey, validateP
 import { ReaperHandle } from './reaper.js'
 import { getSpecHash, type PoolVmSpec } from './spec-hash.js'
 import { vmSpecSchema } from '../config/vm-spec-schema.js'
+import { delegateVmOperations } from '../providers/delegate-vm.js'
 
 /** An idle VM must answer `true` within this before it is adopted; otherwise it is deleted and replaced. Scaled. */
 export const ADOPT_CHECK_TIMEOUT_MS = 15_000
@@ -382,7 +383,7 @@ class LeasedVmPool implements VmPool {
       name: vm.name,
       provider: vm.provider,
       record: vm.record,
-      exec: (command, options) => vm.exec(command, options),
+      ...delegateVmOperations(vm),
       close: async () => vm.close?.(),
       delete: remove,
       keep: async () => {
@@ -395,8 +396,6 @@ class LeasedVmPool implements VmPool {
       },
       [Symbol.asyncDispose]: remove,
     }
-    if (vm.putFile) fresh.putFile = (path, data) => vm.putFile!(path, data)
-    if (vm.getFile) fresh.getFile = (path) => vm.getFile!(path)
     return fresh
   }
 

@@ -35,6 +35,8 @@ export const imageManifestSchema = z
     /** Private key (file) the guest's `username` trusts. */
     clientKey: z.string().min(1),
     username: z.string().min(1).default('root'),
+    /** Concurrent sessions (exec channels) the guest's SSH server allows on one connection. @default 1 (dropbear: see docs/qemu.md) */
+    sshMaxSessions: z.number().int().positive().optional(),
     /** A line the guest prints on its serial console once its network is up: SSH attempts wait for it. */
     bootMarker: z.string().min(1).optional(),
     /** The smallest memory the image boots with. @default 128 */

@@ -16,6 +16,7 @@ import { probeQemu } from './qemu-probe.js'
 import { resolveQemuConfig, type QemuProviderOptions } from './qemu-provider-options.js'
 import { QemuVmDir, listVmDirNames, qemuRecordDataSchema } from './qemu-vm-dir.js'
 import { createQemuVm, makeGuestTransport, type QemuVm } from './qemu-vm.js'
+import { VmPortForwards } from '../vm-port-forwards.js'
 import type { StartedQemu } from './start-strategy.js'
 
 const PROVIDER = 'qemu'
@@ -46,6 +47,8 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
   const vmDir = (name: string) => QemuVmDir.of(config.root(), name)
   /** Transports that proved the boot, handed to the first `connect` in this process (saves a handshake). */
   const bootTransports = new Map<string, SshTransport>()
+  /** Port forwards of the Vms this provider object handed out: `delete(name)` closes them. */
+  const forwards = new VmPortForwards()
 
   const adoptBootTransport = (name: string, transport: SshTransport): void => {
     void bootTransports.get(name)?.close()
@@ -121,14 +124,15 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
         } catch (error) {
           throw new VmPoolError({ code: 'VMPOOL_VM_NOT_FOUND', provider: PROVIDER, operation: 'connect', vm: name, message: `the key of VM ${name} is gone (${data.keyPath}): the VM was deleted`, cause: error })
         }
-        transport = makeGuestTransport({ vm: name, host: data.host, port: data.port, username: data.username, hostKey: data.hostKey, privateKey })
+        transport = makeGuestTransport({ vm: name, host: data.host, port: data.port, username: data.username, hostKey: data.hostKey, privateKey, maxChannels: data.sshMaxSessions })
       }
-      return createQemuVm(record, transport)
+      return createQemuVm({ record, transport, qmpSocket: new QemuVmDir(data.vmDir, name).path('qmp'), forwards })
     },
 
     async delete(name: string): Promise<void> {
       validateVmName(name, PROVIDER)
       const dir = vmDir(name)
+      await forwards.closeVm(name)
       await dropBootTransport(name)
       await stopQemuOf(dir, true)
       try {
@@ -174,6 +178,7 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
     async close(): Promise<void> {
       const transports = [...bootTransports.values()]
       bootTransports.clear()
+      await forwards.closeAll()
       await Promise.all(transports.map((transport) => transport.close()))
     },
   }
@@ -193,6 +198,8 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
       if (!machines.canSnapshot(machine)) {
         throw new VmPoolError({ code: 'VMPOOL_SNAPSHOT_INVALID', provider: PROVIDER, operation: 'reset', vm: name, message: `VM ${name} cannot be reset to a snapshot: its image ${machine.image.dir} has a disk`, hint: "use a keepWarm.reset shell line instead of 'snapshot' for disk images" })
       }
+      // The guest is replaced: forwards into the old one end with it.
+      await forwards.closeVm(name)
       await dropBootTransport(name)
       const old = await dir.readProcess()
       // The old guest's state is thrown away: no graceful shutdown needed.
@@ -229,6 +236,7 @@ function makeRecordData(started: StartedQemu, paths: { keyPath: string; vmDir: s
     accel: started.identity.accel,
     image: paths.image.dir,
     bootMs: started.bootMs,
+    ...(paths.image.sshMaxSessions === undefined ? {} : { sshMaxSessions: paths.image.sshMaxSessions }),
   }
   return started.restoredFrom ? { ...data, restoredFrom: started.restoredFrom } : data
 }
