@@ -52,12 +52,13 @@ export function runProcess(file: string, args: readonly string[], options: RunPr
     })
     const maxBytes = normalizeMaxOutputBytes(options.maxOutputBytes)
     let consumerError: unknown
-    const stdout = options.onStdoutData
+    const consumed = options.onStdoutData
       ? consume(child.stdout, options.onStdoutData, (error) => {
           consumerError ??= error
           killGroup()
         })
-      : collect(child.stdout, maxBytes, 'stdout', options.onStdout)
+      : undefined
+    const stdout = consumed ? () => ({ text: '', dropped: 0 }) : collect(child.stdout, maxBytes, 'stdout', options.onStdout)
     const stderr = collect(child.stderr, maxBytes, 'stderr', options.onStderr)
     let timedOut = false
     let aborted = false
@@ -73,8 +74,10 @@ export function runProcess(file: string, args: readonly string[], options: RunPr
       options.signal?.removeEventListener('abort', onAbort)
       return true
     }
-    const finish = (code: number | null, signal: NodeJS.Signals | null) => {
+    const finish = async (code: number | null, signal: NodeJS.Signals | null) => {
       if (!settle()) return
+      // The last stdout chunk may still be with onStdoutData (on its way to disk).
+      await consumed?.idle()
       // After the grace the pipes may still be open: drop them so nothing keeps this process busy.
       child.stdout.destroy()
       child.stderr.destroy()
@@ -107,7 +110,7 @@ export function runProcess(file: string, args: readonly string[], options: RunPr
       } catch {
         // the group is already gone
       }
-      graceTimer ??= setTimeout(() => finish(child.exitCode, child.signalCode), scaleTimeout(PROCESS_KILL_GRACE_MS))
+      graceTimer ??= setTimeout(() => void finish(child.exitCode, child.signalCode), scaleTimeout(PROCESS_KILL_GRACE_MS))
     }
     const onAbort = () => {
       aborted = true
@@ -145,7 +148,7 @@ export function runProcess(file: string, args: readonly string[], options: RunPr
         }),
       )
     })
-    child.once('close', finish)
+    child.once('close', (code, signal) => void finish(code, signal))
   })
 }
 
@@ -171,22 +174,23 @@ function collect(stream: Readable, maxBytes: number, name: 'stdout' | 'stderr', 
   }
 }
 
-/** Hands raw chunks to `onData`, pausing the pipe while a returned promise is pending. */
-function consume(stream: Readable, onData: (chunk: Buffer) => void | Promise<void>, onError: (error: unknown) => void): () => Collected {
+/** Hands raw chunks to `onData`, pausing the pipe while a returned promise is pending; `idle()` waits for the last one. */
+function consume(stream: Readable, onData: (chunk: Buffer) => void | Promise<void>, onError: (error: unknown) => void): { idle(): Promise<void> } {
   let failed = false
+  let pending: Promise<void> = Promise.resolve()
   stream.on('data', (data: Buffer) => {
     if (failed) return
-    let pending: void | Promise<void>
+    let result: void | Promise<void>
     try {
-      pending = onData(data)
+      result = onData(data)
     } catch (error) {
       failed = true
       return onError(error)
     }
-    if (!pending) return
+    if (!result) return
     stream.pause()
-    pending.then(
-      () => stream.resume(),
+    pending = result.then(
+      () => void stream.resume(),
       (error: unknown) => {
         failed = true
         stream.resume()
@@ -194,7 +198,7 @@ function consume(stream: Readable, onData: (chunk: Buffer) => void | Promise<voi
       },
     )
   })
-  return () => ({ text: '', dropped: 0 })
+  return { idle: () => pending }
 }
 
 function signalNumber(signal: NodeJS.Signals | null): number {

@@ -74,14 +74,19 @@ export function collectChannel(channel: ClientChannel, collect: CollectOptions):
       if (!closed) channel.close()
     }
 
+    /** The consumer's work on the last chunk: the run ends only once it is done. */
+    let consumed: Promise<void> = Promise.resolve()
     channel.on('data', (data: Buffer) => {
       if (io.onStdoutData) {
         if (ioError !== undefined) return
         channel.pause()
-        io.onStdoutData(data).then(() => channel.resume(), (error: unknown) => {
-          channel.resume()
-          failIo(error)
-        })
+        consumed = io.onStdoutData(data).then(
+          () => void channel.resume(),
+          (error: unknown) => {
+            channel.resume()
+            failIo(error)
+          },
+        )
         return
       }
       stdout.push(data)
@@ -105,7 +110,7 @@ export function collectChannel(channel: ClientChannel, collect: CollectOptions):
       io.stdin?.unpipe(channel)
       const reportedExit = stderrParser.end()
       if (options.onStdout) emitStdout(stdoutDecoder.end())
-      resolve({ stdout, stderr, reportedExit, ioError })
+      void consumed.then(() => resolve({ stdout, stderr, reportedExit, ioError }))
     })
     channel.on('error', (error: Error) => debug('channel error on %s: %s', collect.target, error.message))
     if (io.stdin) {
