@@ -1,29 +1,24 @@
-import { mkdir, readFile, rename } from 'node:fs/promises'
+import { mkdirSync, readFileSync } from 'node:fs'
+import { readFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
-import lockfile from 'proper-lockfile'
 import { VmPoolError, invalidOptions } from '../errors.js'
 import type { VmProvider } from '../providers/vm-provider.js'
-import { writeFileAtomic } from '../util/fs-atomic.js'
-import { createDebug } from '../util/debug.js'
+import { acquireExclusiveLock, LockTimeoutError, type ExclusiveLockKind, type HeldLock } from '../util/exclusive-lock.js'
+import { writeFileAtomicSync } from '../util/fs-atomic.js'
 import { getStateDir } from '../util/state-dir.js'
-import { scaleTimeout, sleep } from '../util/timeouts.js'
+import { scaleTimeout } from '../util/timeouts.js'
 import { getSpecHash } from './spec-hash.js'
 import { LEASE_FILE_VERSION, leaseFileSchema, type LeaseEntry, type LeaseStore, type LeaseTable } from './lease-store.js'
+import { localProcessLiveness } from './owner-liveness.js'
+import { findLiveMarkerHolders } from './reaper-marker.js'
 
 /**
- * A lock whose directory mtime is older than this is taken over: its holder was SIGKILLed (a live holder
- * touches it every `LEASE_LOCK_UPDATE_MS`). proper-lockfile refuses less than 2 s.
+ * @deprecated The lease lock has no stale period any more: the kernel frees it when its holder dies (see
+ * docs/pool.md, "The lock"). Kept so code that imported it still compiles; nothing reads it.
  */
 export const LEASE_LOCK_STALE_MS = 5_000
-/** How often a holder refreshes its lock's mtime; sections are far shorter, so this rarely fires. */
-export const LEASE_LOCK_UPDATE_MS = 1_000
 /** Give up waiting for the lock after this long (scaled by `VM_POOL_TIMEOUT_SCALE`). */
 export const LEASE_LOCK_TIMEOUT_MS = 30_000
-/** Back-off between lock attempts: short and jittered, so 8 contending processes interleave. */
-const LOCK_RETRY_MIN_MS = 2
-const LOCK_RETRY_MAX_MS = 10
-
-const debug = createDebug('vm-pool:lease-store')
 
 export interface FileLeaseStoreOptions {
   /** Whose VMs: the file is `<stateDir>/leases/<provider.name>.json`; `list()` rebuilds a corrupt file. */
@@ -32,34 +27,46 @@ export interface FileLeaseStoreOptions {
   stateDir?: string
   /** Where warnings go (a corrupt file moved aside). @default a line on stderr */
   warn?: (message: string) => void
+  /**
+   * How processes exclude each other (util/exclusive-lock.ts): a unix socket in the abstract namespace
+   * (Linux; the kernel frees it when the holder dies), or a `<file>.lock` symlink naming the holder.
+   * @default 'abstract-socket' on Linux, else 'symlink'
+   */
+  lock?: ExclusiveLockKind
 }
 
 /**
- * The lease table as one JSON file per provider, mode 0600, replaced atomically (temp file + rename) and
- * guarded by a proper-lockfile lock directory beside it, held only for one read-modify-write.
- * Like testcontainers-node's reuse lock, but cross-process, with stale-lock takeover and a table that
- * survives corruption: a file that does not parse is moved aside and rebuilt from `provider.list()`.
+ * The lease table as one JSON file per provider, mode 0600, replaced atomically (temp file + rename),
+ * read-modify-written under a cross-process lock held only for that (util/exclusive-lock.ts). A file that
+ * does not parse is moved aside and rebuilt from `provider.list()` plus the live owners' reaper markers.
  */
 export class FileLeaseStore implements LeaseStore {
   readonly path: string
   readonly location: string
   readonly #provider: Pick<VmProvider, 'name' | 'list'>
+  readonly #stateDir: string
   readonly #warn: (message: string) => void
-  /** Serializes this process's updates: proper-lockfile would refuse our own second lock anyway. */
+  readonly #lockKind: ExclusiveLockKind | undefined
+  /** Serializes this process's updates: cheaper than contending for the cross-process lock with ourselves. */
   #queue: Promise<unknown> = Promise.resolve()
 
   constructor(options: FileLeaseStoreOptions) {
     if (typeof options?.provider?.name !== 'string' || typeof options.provider.list !== 'function') {
       throw invalidOptions('FileLeaseStore needs a provider with a name and list()')
     }
+    if (options.lock !== undefined && options.lock !== 'abstract-socket' && options.lock !== 'symlink') {
+      throw invalidOptions(`FileLeaseStore: invalid lock ${JSON.stringify(options.lock)}: expected 'abstract-socket' or 'symlink'`)
+    }
     this.#provider = options.provider
-    this.path = join(getStateDir(options.stateDir), 'leases', `${options.provider.name}.json`)
+    this.#stateDir = getStateDir(options.stateDir)
+    this.path = join(this.#stateDir, 'leases', `${options.provider.name}.json`)
     this.location = this.path
     this.#warn = options.warn ?? ((message) => process.stderr.write(`[vm-pool] warning: ${message}\n`))
+    this.#lockKind = options.lock
   }
 
   async read(): Promise<LeaseTable> {
-    const parsed = await this.#readFile()
+    const parsed = this.#parse(await this.#readText(() => readFile(this.path, 'utf8')))
     // A corrupt file is repaired under the lock, so two readers never both move it aside.
     if (parsed === 'corrupt') return this.update((table) => structuredClone(table))
     return parsed
@@ -71,77 +78,62 @@ export class FileLeaseStore implements LeaseStore {
     return run
   }
 
+  /**
+   * Inside the lock the file is read and written synchronously: a small file, and every await on I/O would
+   * give the CPU away and, on a busy machine, get it back only after the waiters ran — measured as sections
+   * several times longer under contention (docs/benchmarks.md). A sync `mutate` keeps the whole section
+   * one burst.
+   */
   async #locked<T>(mutate: (table: LeaseTable) => T | Promise<T>): Promise<T> {
-    await mkdir(join(this.path, '..'), { recursive: true, mode: 0o700 })
-    let compromised: Error | undefined
-    const release = await this.#lock((error) => {
-      compromised = error
-    })
+    mkdirSync(join(this.path, '..'), { recursive: true, mode: 0o700 })
+    const lock = await this.#lock()
     try {
-      let table = await this.#readFile()
+      let table = this.#parse(await this.#readText(async () => readFileSync(this.path, 'utf8')))
       if (table === 'corrupt') table = await this.#recover()
       const before = JSON.stringify(table)
       const result = await mutate(table)
       const after = JSON.stringify(table)
       if (after !== before) {
-        if (compromised) {
-          throw new VmPoolError({
-            code: 'VMPOOL_LEASE_STORE',
-            operation: 'update',
-            message: `lost the lease lock on ${this.path} (${compromised.message}); the change was not written`,
-            hint: 'the process was stalled longer than LEASE_LOCK_STALE_MS; retry',
-            cause: compromised,
-          })
-        }
         const file = { version: LEASE_FILE_VERSION, provider: this.#provider.name, leases: table }
-        await writeFileAtomic(this.path, `${JSON.stringify(file, null, 2)}\n`, 0o600)
+        writeFileAtomicSync(this.path, `${JSON.stringify(file, null, 2)}\n`, 0o600)
       }
       return result
     } finally {
-      await release().catch((error: unknown) => debug('releasing the lock failed: %s', (error as Error).message))
+      await lock.release()
     }
   }
 
-  async #lock(onCompromised: (error: Error) => void): Promise<() => Promise<void>> {
+  async #lock(): Promise<HeldLock> {
     const timeoutMs = scaleTimeout(LEASE_LOCK_TIMEOUT_MS)
-    const deadline = Date.now() + timeoutMs
-    for (;;) {
-      try {
-        return await lockfile.lock(this.path, {
-          realpath: false,
-          lockfilePath: `${this.path}.lock`,
-          stale: LEASE_LOCK_STALE_MS,
-          update: LEASE_LOCK_UPDATE_MS,
-          retries: 0,
-          onCompromised,
+    try {
+      return await acquireExclusiveLock(this.path, { timeoutMs, ...(this.#lockKind ? { kind: this.#lockKind } : {}) })
+    } catch (error) {
+      if (error instanceof LockTimeoutError) {
+        throw new VmPoolError({
+          code: 'VMPOOL_LEASE_STORE',
+          operation: 'lock',
+          message: `timed out after ${timeoutMs} ms waiting for the lease lock of ${this.path} (LEASE_LOCK_TIMEOUT_MS): held by ${error.holder}`,
+          hint: 'a live process keeps it (a dead one releases it at once); find it and see what it waits for. Set VM_POOL_TIMEOUT_SCALE on slow machines',
+          details: { timeoutName: 'LEASE_LOCK_TIMEOUT_MS', timeoutMs },
+          cause: error,
         })
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'ELOCKED') {
-          throw new VmPoolError({ code: 'VMPOOL_LEASE_STORE', operation: 'lock', message: `could not lock ${this.path}: ${(error as Error).message}`, cause: error })
-        }
-        if (Date.now() >= deadline) {
-          throw new VmPoolError({
-            code: 'VMPOOL_LEASE_STORE',
-            operation: 'lock',
-            message: `timed out after ${timeoutMs} ms waiting for the lease lock ${this.path}.lock (LEASE_LOCK_TIMEOUT_MS)`,
-            hint: `a live process keeps it; a dead one's lock is taken over after ${LEASE_LOCK_STALE_MS} ms. Set VM_POOL_TIMEOUT_SCALE on slow machines`,
-            details: { timeoutName: 'LEASE_LOCK_TIMEOUT_MS', timeoutMs },
-            cause: error,
-          })
-        }
-        await sleep(LOCK_RETRY_MIN_MS + Math.random() * (LOCK_RETRY_MAX_MS - LOCK_RETRY_MIN_MS))
       }
+      throw new VmPoolError({ code: 'VMPOOL_LEASE_STORE', operation: 'lock', message: `could not lock ${this.path}: ${(error as Error).message}`, cause: error })
     }
   }
 
-  async #readFile(): Promise<LeaseTable | 'corrupt'> {
-    let text: string
+  /** The file's text; `undefined` when there is none yet. */
+  async #readText(read: () => Promise<string>): Promise<string | undefined> {
     try {
-      text = await readFile(this.path, 'utf8')
+      return await read()
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return {}
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined
       throw new VmPoolError({ code: 'VMPOOL_LEASE_STORE', operation: 'read', message: `could not read ${this.path}: ${(error as Error).message}`, cause: error })
     }
+  }
+
+  #parse(text: string | undefined): LeaseTable | 'corrupt' {
+    if (text === undefined) return {}
     try {
       const parsed = leaseFileSchema.safeParse(JSON.parse(text))
       return parsed.success ? parsed.data.leases : 'corrupt'
@@ -150,13 +142,18 @@ export class FileLeaseStore implements LeaseStore {
     }
   }
 
-  /** Called with the lock held. */
+  /**
+   * Called with the lock held. Owners are lost with the file, except where a live owner's reaper marker names
+   * the VM: that owner holds it (and re-registers its own copy on its next update).
+   */
   async #recover(): Promise<LeaseTable> {
     const aside = `${this.path}.corrupt-${new Date().toISOString().replaceAll(/[:.]/g, '-')}`
     await rename(this.path, aside)
     const now = new Date().toISOString()
     const table: LeaseTable = {}
+    const holders = await findLiveMarkerHolders(this.#stateDir, this.#provider.name, localProcessLiveness)
     for (const info of await this.#provider.list()) {
+      const holder = holders.get(info.name)
       const entry: LeaseEntry = {
         name: info.name,
         provider: this.#provider.name,
@@ -164,8 +161,8 @@ export class FileLeaseStore implements LeaseStore {
         kind: 'slot',
         // Not idle: we cannot know whether someone holds it; its holder re-registers it on its next update.
         state: 'leased',
-        owner: null,
-        runId: 'unknown',
+        owner: holder?.owner ?? null,
+        runId: holder?.runId ?? 'unknown',
         createdAt: info.createdAt ?? now,
         updatedAt: now,
         recoveredAt: now,
@@ -173,7 +170,8 @@ export class FileLeaseStore implements LeaseStore {
       if (info.record) entry.record = info.record
       table[info.name] = entry
     }
-    this.#warn(`the lease file ${this.path} was corrupt: moved it to ${aside} and rebuilt ${Object.keys(table).length} entries from ${this.#provider.name}'s VM list (owners unknown)`)
+    const owned = Object.values(table).filter((entry) => entry.owner !== null).length
+    this.#warn(`the lease file ${this.path} was corrupt: moved it to ${aside} and rebuilt ${Object.keys(table).length} entries from ${this.#provider.name}'s VM list (owners unknown${owned > 0 ? `, except ${owned} named by live owners' reaper markers` : ''})`)
     return table
   }
 }

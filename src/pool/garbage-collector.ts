@@ -1,25 +1,24 @@
 import { rm } from 'node:fs/promises'
-import type { VmInfo, VmProvider } from '../providers/vm-provider.js'
-import { getCurrentProcessIdentity, getProcessStartUnixMs, isPidAlive, isProcessAlive } from '../util/process-info.js'
+import type { VmProvider, VmRecord } from '../providers/vm-provider.js'
+import { getCurrentProcessIdentity } from '../util/process-info.js'
 import { getStateDir } from '../util/state-dir.js'
-import { scaleTimeout, withTimeout } from '../util/timeouts.js'
-import { formatDuration } from './duration.js'
+import { scaleTimeout } from '../util/timeouts.js'
+import { judgeNamedOwner, matchesSweepPrefix, SWEEP_PREFIXES } from '../util/vm-name.js'
+import { deleteAnnounced } from './announced-delete.js'
 import { FileLeaseStore } from './file-lease-store.js'
-import { isSameOwner, type LeaseEntry, type LeaseStore } from './lease-store.js'
-import { matchesSweepPrefix, parsePytestWorkerName, SWEEP_PREFIXES } from './naming.js'
-import { findOrphanedMarkers, reapOwner } from './reaper.js'
+import type { LeaseStore } from './lease-store.js'
+import { announceGcDeletes, decideGc, forgetVanished, isExpired, type GcDecision, type GcFacts, type LeaseActor } from './lease-table.js'
+import { localProcessLiveness } from './owner-liveness.js'
+import { findLiveMarkerHolders, findOrphanedMarkers } from './reaper-marker.js'
+import { reapOwner } from './reaper.js'
+import { connectAndCheck } from './vm-health-check.js'
+
+export { RECOVERED_LEASE_GRACE_MS, type GcDecision } from './lease-table.js'
 
 /** One health check of an idle warm VM (`true` over exec). Scaled. */
 export const GC_HEALTH_CHECK_TIMEOUT_MS = 15_000
 /** One delete. Scaled. */
 export const GC_DELETE_TIMEOUT_MS = 120_000
-/**
- * After a corrupt lease file is rebuilt, owners are unknown until the holders' next lease update
- * re-registers them. gc keeps such VMs this long rather than risk deleting one a live run still uses.
- */
-export const RECOVERED_LEASE_GRACE_MS = 10 * 60_000
-/** `pytest-worker-<pid>-<unix seconds>`: the name is made after the worker started; allow for the whole-second rounding of both clocks. */
-const PYTEST_START_SLACK_MS = 2_000
 
 export interface GcOptions {
   provider: VmProvider
@@ -36,17 +35,6 @@ export interface GcOptions {
   warn?: (message: string) => void
 }
 
-export interface GcDecision {
-  name: string
-  action: 'delete' | 'keep'
-  reason: string
-  /** The lease state, if the lease store knows the VM. */
-  lease?: LeaseEntry['state']
-  ownerPid?: number
-  /** Set when a delete failed. */
-  error?: string
-}
-
 export interface GcReport {
   dryRun: boolean
   /** Deleted (or, with dryRun, would be deleted). */
@@ -61,158 +49,87 @@ export interface GcReport {
 
 /**
  * `vm-pool gc`: delete VMs left by crashed or interrupted runs, never one a live process holds.
- * Decisions are taken under the lease lock and every deleted VM is first marked `deleting`, so a pool that
- * adopts an idle VM at the same moment either gets it before gc decides or never sees it.
+ * Everything slow or I/O-bound (the VM list, health checks, reaper markers, what a name says about its owner)
+ * happens before the lock; the decisions (lease-table.ts `decideGc`) are taken under it on the current table,
+ * and the deletes go through `deleteAnnounced`, so a pool that adopts an idle VM at the same moment either
+ * gets it before gc decides or never sees it.
  */
 export async function collectGarbage(options: GcOptions): Promise<GcReport> {
   const { provider } = options
   const store: LeaseStore = new FileLeaseStore({ provider, stateDir: options.stateDir, warn: options.warn })
+  const stateDir = getStateDir(options.stateDir)
+  const liveness = localProcessLiveness
   const prefixes = [...SWEEP_PREFIXES, ...(options.prefixes ?? [])]
   const dryRun = options.dryRun ?? false
+  const listingStartedAt = Date.now()
   const infos = await provider.list()
   const swept = infos.filter((info) => matchesSweepPrefix(info.name, prefixes))
+  const liveMarkers = await findLiveMarkerHolders(stateDir, provider.name, liveness)
 
+  const facts = new Map<string, GcFacts>()
+  for (const info of swept) {
+    const liveMarker = liveMarkers.get(info.name)
+    facts.set(info.name, { ...(info.createdAt ? { createdAt: info.createdAt } : {}), namedOwner: judgeNamedOwner(info.name), ...(liveMarker ? { liveMarker } : {}) })
+  }
   // Health checks exec in VMs: too slow for inside the lock. Their results count only if the entry is still the same idle lease.
-  const health = new Map<string, { updatedAt: string; error?: string }>()
   if (!options.all) {
     const table = await store.read()
     await Promise.all(
       swept.map(async (info) => {
         const entry = table[info.name]
         if (entry?.state !== 'idle' || !entry.record || isExpired(entry, Date.now())) return
-        health.set(info.name, { updatedAt: entry.updatedAt, ...(await checkHealth(provider, entry)) })
+        facts.get(info.name)!.health = { updatedAt: entry.updatedAt, ...(await checkHealth(provider, entry.record)) }
       }),
     )
   }
 
-  const me = getCurrentProcessIdentity()
+  const actor: LeaseActor = { owner: getCurrentProcessIdentity(), runId: 'gc' }
   const listed = new Set(infos.map((info) => info.name))
-  const { decisions, forgotten } = await store.update((table) => {
-    const now = Date.now()
-    const decisions = swept.map((info) => decide(info, table[info.name], now, options, health))
-    const forgotten: string[] = []
-    if (!dryRun) {
-      for (const decision of decisions) {
-        const entry = table[decision.name]
-        if (decision.action === 'delete' && entry) {
-          entry.state = 'deleting'
-          entry.owner = me
-          entry.updatedAt = new Date(now).toISOString()
-        }
-      }
-      for (const entry of Object.values(table)) {
-        if (listed.has(entry.name)) continue
-        const unheld = entry.state === 'idle' || (entry.owner !== null && !isProcessAlive(entry.owner))
-        if (unheld) {
-          delete table[entry.name]
-          forgotten.push(entry.name)
-        }
-      }
-    }
-    return { decisions, forgotten }
-  })
+  const { result, deleted, failed } = await deleteAnnounced(
+    {
+      update: (mutate) => store.update((table) => mutate(table, Date.now())),
+      provider,
+      actor,
+      timeout: { name: 'GC_DELETE_TIMEOUT_MS', ms: scaleTimeout(GC_DELETE_TIMEOUT_MS) },
+    },
+    (table, now) => {
+      const decisions = swept.map((info) => decideGc(info.name, table[info.name], facts.get(info.name)!, options, liveness, now))
+      if (dryRun) return { names: [], result: { decisions, forgotten: [] as string[] } }
+      const names = announceGcDeletes(table, decisions, actor, now)
+      const forgotten = forgetVanished(table, { names: listed, startedAt: listingStartedAt }, liveness, now)
+      return { names, result: { decisions, forgotten } }
+    },
+  )
 
-  const report: GcReport = { dryRun, deleted: [], kept: [], failed: [], forgotten, ignored: infos.length - swept.length }
-  for (const decision of decisions) {
-    if (decision.action === 'keep') {
-      report.kept.push(decision)
-      continue
-    }
-    if (dryRun) {
-      report.deleted.push(decision)
-      continue
-    }
-    try {
-      const ms = scaleTimeout(GC_DELETE_TIMEOUT_MS)
-      await withTimeout(provider.delete(decision.name), { name: 'GC_DELETE_TIMEOUT_MS', ms, what: `${provider.name} to delete ${decision.name}`, provider: provider.name, vm: decision.name })
-      report.deleted.push(decision)
-    } catch (error) {
-      // The entry stays `deleting` with this (soon dead) process as owner: the next gc or pool retries it.
-      report.failed.push({ ...decision, error: (error as Error).message })
-    }
-  }
-  if (!dryRun && report.deleted.length > 0) {
-    const gone = new Set(report.deleted.map((decision) => decision.name))
-    await store.update((table) => {
-      for (const name of gone) if (table[name] && isSameOwner(table[name].owner, me)) delete table[name]
-    })
+  const report: GcReport = { dryRun, deleted: [], kept: [], failed: [], forgotten: result.forgotten, ignored: infos.length - swept.length }
+  const errors = new Map(failed.map(({ name, error }) => [name, (error as Error).message]))
+  for (const decision of result.decisions) {
+    if (decision.action === 'keep') report.kept.push(decision)
+    else if (errors.has(decision.name)) report.failed.push({ ...decision, error: errors.get(decision.name)! })
+    else if (dryRun || deleted.includes(decision.name)) report.deleted.push(decision)
   }
   // A dead owner's reaper marker still on disk means its watchdog never finished: do its job (this also
   // reaches VMs whose names match no sweep prefix, e.g. a pool with a custom prefix).
   if (!dryRun) {
-    const stateDir = getStateDir(options.stateDir)
-    for (const marker of await findOrphanedMarkers(stateDir, provider.name)) {
+    for (const marker of await findOrphanedMarkers(stateDir, provider.name, liveness)) {
       const reaped = await reapOwner({ provider, store, owner: marker.owner, runId: marker.runId, names: marker.names })
       const reported = new Set([...report.deleted, ...report.failed].map((decision) => decision.name))
+      const reason = `holder pid ${marker.owner.pid} is gone (from its reaper marker)`
       for (const name of reaped.deleted) {
-        if (!reported.has(name) && listed.has(name)) report.deleted.push({ name, action: 'delete', reason: `holder pid ${marker.owner.pid} is gone (from its reaper marker)`, ownerPid: marker.owner.pid })
+        if (!reported.has(name) && listed.has(name)) report.deleted.push({ name, action: 'delete', reason, ownerPid: marker.owner.pid })
       }
-      for (const failure of reaped.failed) report.failed.push({ name: failure.name, action: 'delete', reason: `holder pid ${marker.owner.pid} is gone (from its reaper marker)`, error: failure.message })
+      for (const failure of reaped.failed) report.failed.push({ name: failure.name, action: 'delete', reason, error: failure.message })
       if (reaped.failed.length === 0) await rm(marker.path, { force: true })
     }
   }
   return report
 }
 
-function decide(info: VmInfo, entry: LeaseEntry | undefined, now: number, options: GcOptions, health: Map<string, { updatedAt: string; error?: string }>): GcDecision {
-  const name = info.name
-  const lease = { ...(entry ? { lease: entry.state } : {}), ...(entry?.owner ? { ownerPid: entry.owner.pid } : {}) }
-  const keep = (reason: string): GcDecision => ({ name, action: 'keep', reason, ...lease })
-  const createdAt = Date.parse(entry?.createdAt ?? info.createdAt ?? '')
-  const age = Number.isFinite(createdAt) ? now - createdAt : Number.POSITIVE_INFINITY
-  const tooYoung = (options.olderThanMs ?? 0) > 0 && age < options.olderThanMs!
-  // --older-than only ever turns a delete into a keep; the reason says what would have happened.
-  const remove = (reason: string): GcDecision =>
-    tooYoung ? keep(`younger than --older-than (age ${formatDuration(age)}); otherwise: ${reason}`) : { name, action: 'delete', reason, ...lease }
-
-  if (entry?.owner && entry.state !== 'idle' && isProcessAlive(entry.owner)) {
-    return keep(`${entry.state} by live pid ${entry.owner.pid} on ${entry.owner.host} (run ${entry.runId})`)
-  }
-  if (entry) {
-    if (entry.state === 'idle') {
-      if (options.all) return remove('idle warm VM (--all)')
-      if (isExpired(entry, now)) return remove(`idle warm VM past its ttl (expired ${formatDuration(now - Date.parse(entry.expiresAt!))} ago)`)
-      const checked = health.get(name)
-      if (!entry.record) return remove('idle warm VM without a connection record')
-      if (checked && checked.updatedAt === entry.updatedAt) {
-        if (checked.error) return remove(`idle warm VM failed its health check: ${checked.error}`)
-        return keep(`healthy idle warm VM${entry.expiresAt ? ` (expires in ${formatDuration(Date.parse(entry.expiresAt) - now)})` : ''}; --all deletes it`)
-      }
-      return keep('idle warm VM (not checked: it changed while gc ran)')
-    }
-    if (entry.owner === null) {
-      const since = Date.parse(entry.recoveredAt ?? entry.updatedAt)
-      if (now - since < RECOVERED_LEASE_GRACE_MS) return keep(`owner unknown since the lease file was rebuilt ${formatDuration(now - since)} ago; kept for ${formatDuration(RECOVERED_LEASE_GRACE_MS)} in case its holder is alive`)
-      return remove(`owner unknown since the lease file was rebuilt ${formatDuration(now - since)} ago`)
-    }
-    return remove(`holder pid ${entry.owner.pid} is gone (${entry.state}, run ${entry.runId})`)
-  }
-  const pytest = parsePytestWorkerName(name)
-  if (pytest) {
-    if (!isPidAlive(pytest.pid)) return remove(`pytest worker pid ${pytest.pid} is gone`)
-    const started = getProcessStartUnixMs(pytest.pid)
-    if (started !== null && started > pytest.createdAtMs + PYTEST_START_SLACK_MS) {
-      return remove(`pid ${pytest.pid} is alive but started after the VM was named: the pid was reused`)
-    }
-    return keep(`pytest worker pid ${pytest.pid} is alive`)
-  }
-  return remove('no lease: no live vm-pool process holds it')
-}
-
-function isExpired(entry: LeaseEntry, now: number): boolean {
-  return entry.expiresAt !== undefined && Date.parse(entry.expiresAt) <= now
-}
-
-async function checkHealth(provider: VmProvider, entry: LeaseEntry): Promise<{ error?: string }> {
-  const ms = scaleTimeout(GC_HEALTH_CHECK_TIMEOUT_MS)
+async function checkHealth(provider: VmProvider, record: VmRecord): Promise<{ error?: string }> {
   try {
-    const vm = await provider.connect(entry.record!)
-    try {
-      const result = await withTimeout(vm.exec('true', { timeoutMs: ms }), { name: 'GC_HEALTH_CHECK_TIMEOUT_MS', ms, what: `${entry.name} to run \`true\``, provider: provider.name, vm: entry.name })
-      return result.exitCode === 0 ? {} : { error: `\`true\` exited with ${result.exitCode}` }
-    } finally {
-      await vm.close?.().catch(() => {})
-    }
+    const vm = await connectAndCheck(provider, record, { name: 'GC_HEALTH_CHECK_TIMEOUT_MS', ms: scaleTimeout(GC_HEALTH_CHECK_TIMEOUT_MS) })
+    await vm.close?.().catch(() => {})
+    return {}
   } catch (error) {
     return { error: (error as Error).message.split('\n')[0] ?? 'unknown error' }
   }

@@ -1,5 +1,5 @@
 import { z } from 'zod'
-import type { ProcessIdentity } from '../util/process-info.js'
+import type { LeaseOwner } from './owner-liveness.js'
 import type { VmRecord } from '../providers/vm-provider.js'
 
 /**
@@ -23,7 +23,7 @@ export interface LeaseEntry {
    * Who holds it (leased, booting, deleting). `null` for idle VMs, and for entries rebuilt from
    * `provider.list()` after the lease file was found corrupt (owner unknown, see `recoveredAt`).
    */
-  owner: ProcessIdentity | null
+  owner: LeaseOwner | null
   /** The run that holds it, or last held it when idle. */
   runId: string
   /** The lease key while leased by `acquire(key)`. */
@@ -40,10 +40,13 @@ export interface LeaseEntry {
   recoveredAt?: string
 }
 
-/** The lease table: VM name → entry. Mutated in place inside `LeaseStore.update`. */
+/** The lease table: VM name → entry. Mutated in place inside `LeaseStore.update`, by the functions of lease-table.ts. */
 export type LeaseTable = Record<string, LeaseEntry>
 
-/** The lease store role: a cross-process table of the VMs pools created, with short locked updates. */
+/**
+ * The lease store role: a cross-process table of the VMs pools created, with short locked updates.
+ * Every implementation passes the contract suite in test/contract/lease-store-contract.ts.
+ */
 export interface LeaseStore {
   /** For messages: where the table lives. */
   readonly location: string
@@ -85,7 +88,3 @@ export const leaseFileSchema = z.object({
 })
 
 export type LeaseFile = z.infer<typeof leaseFileSchema>
-
-export function isSameOwner(a: ProcessIdentity | null, b: ProcessIdentity | null): boolean {
-  return a !== null && b !== null && a.pid === b.pid && a.host === b.host && a.startTime === b.startTime
-}

@@ -1,15 +1,19 @@
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { appendFile, mkdir, readdir, readFile, rm } from 'node:fs/promises'
+import { appendFile, mkdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { z } from 'zod'
 import { VmPoolError } from '../errors.js'
 import type { JsonValue, VmProvider } from '../providers/vm-provider.js'
 import { writeFileAtomic } from '../util/fs-atomic.js'
-import { getCurrentProcessIdentity, isProcessAlive, type ProcessIdentity } from '../util/process-info.js'
-import { scaleTimeout, sleep, withTimeout } from '../util/timeouts.js'
-import { isSameOwner, type LeaseStore } from './lease-store.js'
+import { getCurrentProcessIdentity } from '../util/process-info.js'
+import { scaleTimeout, sleep } from '../util/timeouts.js'
+import { deleteAnnounced } from './announced-delete.js'
+import type { LeaseStore } from './lease-store.js'
+import { selectReapTargets } from './lease-table.js'
+import { localProcessLiveness, type LeaseOwner, type OwnerLiveness } from './owner-liveness.js'
+import { getReaperDir, readMarkerNames, type ReaperMarker } from './reaper-marker.js'
 
 /** How often the watchdog looks at its owner: the "within a few seconds" of a crash clean-up. */
 export const REAPER_POLL_INTERVAL_MS = 250
@@ -17,6 +21,12 @@ export const REAPER_POLL_INTERVAL_MS = 250
 export const REAPER_DELETE_TIMEOUT_MS = 120_000
 /** The environment variable carrying the watchdog's config: not argv, which every user on the host can read. */
 export const REAPER_CONFIG_ENV = 'VM_POOL_REAPER_CONFIG'
+/**
+ * Test seam: the watchdog entry script to spawn instead of the one beside this module. Tests run src/
+ * through Vitest, where no compiled `reaper-main.js` sits beside `reaper.ts`; vitest.config.ts points this
+ * at dist/ (built once by test/setup/build-dist.ts). The product never looks anywhere but beside itself.
+ */
+export const REAPER_ENTRY_ENV = 'VM_POOL_REAPER_ENTRY'
 
 export const reaperConfigSchema = z
   .object({
@@ -32,35 +42,18 @@ export const reaperConfigSchema = z
 /** Everything the detached watchdog needs to recreate the provider and find the owner's VMs. */
 export type ReaperConfig = z.infer<typeof reaperConfigSchema>
 
-/**
- * The marker file says "this owner still wants its watchdog" and lists the VMs it holds right now.
- * The watchdog exits when the file is gone (the pool drained). The names are a second source beside the
- * lease table, so a crash is cleaned up even if the lease file was rebuilt and lost its owners.
- */
-export interface ReaperMarker {
-  owner: ProcessIdentity
-  runId: string
-  provider: string
-  names: string[]
-}
-
-export function getReaperDir(stateDir: string): string {
-  return join(stateDir, 'reapers')
-}
-
-/** The compiled watchdog entry: beside this module in dist/, or dist/ from the sources (tests run src/ through Vitest). */
-export function getReaperEntryPath(): string {
-  const candidates = [new URL('./reaper-main.js', import.meta.url), new URL('../../dist/pool/reaper-main.js', import.meta.url)].map((url) => fileURLToPath(url))
-  const found = candidates.find((path) => existsSync(path))
-  if (!found) {
+/** The compiled watchdog entry, beside this module (or `VM_POOL_REAPER_ENTRY`, the test seam above). Read lazily. */
+export function getReaperEntryPath(env: NodeJS.ProcessEnv = process.env): string {
+  const path = env[REAPER_ENTRY_ENV] || fileURLToPath(new URL('./reaper-main.js', import.meta.url))
+  if (!existsSync(path)) {
     throw new VmPoolError({
       code: 'VMPOOL_INTERNAL',
       operation: 'reaper',
-      message: `the reaper entry script is missing (looked at ${candidates.join(', ')})`,
+      message: `the reaper entry script is missing (looked at ${path})`,
       hint: 'run `npm run build`, or pass `reaper: false` to createPool (then nothing cleans up after a crash but `vm-pool gc`)',
     })
   }
-  return found
+  return path
 }
 
 /** The pool's side: the marker file and the detached watchdog process. */
@@ -136,51 +129,23 @@ export interface ReapResult {
 
 /**
  * Delete what a dead owner held for `runId`: its leased, booting, deleting and fresh VMs — from the lease
- * table and from the marker's names. Idle (warm) VMs belong to nobody and stay. Entries are first marked
- * `deleting` by the reaper under the lock, so a pool that adopts or a gc that sweeps at the same moment
- * never touches them; the deletes themselves run outside the lock.
+ * table and from the marker's names (lease-table.ts `selectReapTargets`). Idle (warm) VMs belong to nobody
+ * and stay. The deletes go through `deleteAnnounced`, like every delete of the pool and gc.
  */
-export async function reapOwner(options: { provider: VmProvider; store: LeaseStore; owner: ProcessIdentity; runId: string; names?: readonly string[]; log?: (line: string) => void }): Promise<ReapResult> {
-  const me = getCurrentProcessIdentity()
-  const now = new Date().toISOString()
-  const targets = await options.store.update((table) => {
-    const names = new Set(options.names ?? [])
-    for (const entry of Object.values(table)) {
-      if (entry.state !== 'idle' && isSameOwner(entry.owner, options.owner) && entry.runId === options.runId) names.add(entry.name)
-    }
-    const chosen: string[] = []
-    for (const name of names) {
-      const entry = table[name]
-      if (entry) {
-        const ours = isSameOwner(entry.owner, options.owner) || (entry.owner === null && entry.recoveredAt !== undefined)
-        // Released warm, or already taken over by someone else since the marker was written: not ours to delete.
-        if (entry.state === 'idle' || !ours) continue
-        entry.state = 'deleting'
-        entry.owner = me
-        entry.updatedAt = now
-      }
-      chosen.push(name)
-    }
-    return chosen
-  })
-  const result: ReapResult = { deleted: [], failed: [] }
-  for (const name of targets) {
-    try {
-      const timeoutMs = scaleTimeout(REAPER_DELETE_TIMEOUT_MS)
-      await withTimeout(options.provider.delete(name), { name: 'REAPER_DELETE_TIMEOUT_MS', ms: timeoutMs, what: `${options.provider.name} to delete ${name}`, provider: options.provider.name, vm: name })
-      result.deleted.push(name)
-      options.log?.(`deleted ${name}`)
-    } catch (error) {
-      result.failed.push({ name, message: (error as Error).message })
-      options.log?.(`could not delete ${name}: ${(error as Error).message}`)
-    }
-  }
-  const deleted = new Set(result.deleted)
-  await options.store.update((table) => {
-    for (const name of deleted) {
-      if (table[name]?.state === 'deleting' && isSameOwner(table[name].owner, me)) delete table[name]
-    }
-  })
+export async function reapOwner(options: { provider: VmProvider; store: LeaseStore; owner: LeaseOwner; runId: string; names?: readonly string[]; log?: (line: string) => void }): Promise<ReapResult> {
+  const actor = { owner: getCurrentProcessIdentity(), runId: options.runId }
+  const { deleted, failed } = await deleteAnnounced(
+    {
+      update: (mutate) => options.store.update((table) => mutate(table, Date.now())),
+      provider: options.provider,
+      actor,
+      timeout: { name: 'REAPER_DELETE_TIMEOUT_MS', ms: scaleTimeout(REAPER_DELETE_TIMEOUT_MS) },
+    },
+    (table, now) => ({ names: selectReapTargets(table, { owner: options.owner, runId: options.runId, names: options.names }, actor, now), result: undefined }),
+  )
+  for (const name of deleted) options.log?.(`deleted ${name}`)
+  const result: ReapResult = { deleted, failed: failed.map(({ name, error }) => ({ name, message: (error as Error).message })) }
+  for (const failure of result.failed) options.log?.(`could not delete ${failure.name}: ${failure.message}`)
   return result
 }
 
@@ -189,9 +154,13 @@ export async function reapOwner(options: { provider: VmProvider; store: LeaseSto
  * and exit; when the marker is gone (the owner drained) exit. Liveness is checked before the marker, so an
  * owner that dies right after removing its marker is still reaped (and there is then nothing left to reap).
  */
-export async function runReaper(config: ReaperConfig, deps: { provider: () => Promise<VmProvider>; store: (provider: VmProvider) => LeaseStore; log: (line: string) => void }): Promise<'drained' | 'reaped'> {
+export async function runReaper(
+  config: ReaperConfig,
+  deps: { provider: () => Promise<VmProvider>; store: (provider: VmProvider) => LeaseStore; log: (line: string) => void; liveness?: OwnerLiveness },
+): Promise<'drained' | 'reaped'> {
+  const liveness = deps.liveness ?? localProcessLiveness
   for (;;) {
-    if (!isProcessAlive(config.owner)) {
+    if (!liveness.isAlive(config.owner, Date.now())) {
       const names = await readMarkerNames(config.markerPath)
       const provider = await deps.provider()
       deps.log(`owner pid ${config.owner.pid} (run ${config.runId}) is gone; reaping ${names.length} marked VM(s) and its leases`)
@@ -203,39 +172,6 @@ export async function runReaper(config: ReaperConfig, deps: { provider: () => Pr
     }
     if (!existsSync(config.markerPath)) return 'drained'
     await sleep(REAPER_POLL_INTERVAL_MS)
-  }
-}
-
-/**
- * Markers whose owner is dead and that are still on disk: their watchdog died too (killed with its
- * session, a reboot) or could not delete everything. `vm-pool gc` finishes their job.
- */
-export async function findOrphanedMarkers(stateDir: string, providerName: string): Promise<(ReaperMarker & { path: string })[]> {
-  let files: string[]
-  try {
-    files = await readdir(getReaperDir(stateDir))
-  } catch {
-    return []
-  }
-  const orphaned: (ReaperMarker & { path: string })[] = []
-  for (const file of files.filter((name) => name.endsWith('.json'))) {
-    const path = join(getReaperDir(stateDir), file)
-    try {
-      const marker = JSON.parse(await readFile(path, 'utf8')) as ReaperMarker
-      if (marker.provider === providerName && marker.owner && !isProcessAlive(marker.owner)) orphaned.push({ ...marker, path })
-    } catch {
-      // being written, or not ours: skip
-    }
-  }
-  return orphaned
-}
-
-async function readMarkerNames(path: string): Promise<string[]> {
-  try {
-    const marker = JSON.parse(await readFile(path, 'utf8')) as Partial<ReaperMarker>
-    return Array.isArray(marker.names) ? marker.names.filter((name): name is string => typeof name === 'string') : []
-  } catch {
-    return []
   }
 }
 

@@ -1,7 +1,7 @@
 import type { VmProvider, VmState } from '../providers/vm-provider.js'
-import { isProcessAlive } from '../util/process-info.js'
 import { FileLeaseStore } from './file-lease-store.js'
 import type { LeaseState } from './lease-store.js'
+import { localProcessLiveness } from './owner-liveness.js'
 
 export interface VmListingRow {
   name: string
@@ -31,7 +31,7 @@ export async function listVms(options: { provider: VmProvider; stateDir?: string
       name,
       vmState: info?.state ?? 'missing',
       lease: entry?.state ?? null,
-      owner: entry?.owner ? { pid: entry.owner.pid, host: entry.owner.host, alive: isProcessAlive(entry.owner) } : null,
+      owner: entry?.owner ? { pid: entry.owner.pid, host: entry.owner.host, alive: localProcessLiveness.isAlive(entry.owner, now) } : null,
       runId: entry?.runId ?? null,
       key: entry?.key ?? null,
       ageMs: Number.isFinite(created) ? now - created : null,

@@ -13,20 +13,35 @@ export interface ProcessIdentity {
   startTime: number | null
 }
 
-export function getProcessStartTime(pid: number): number | null {
+/** Fields 3.. of /proc/<pid>/stat (state, ppid, ...), or null without /proc or once the pid is gone. */
+function readStatFields(pid: number): string[] | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    const value = Number(fields[19])
-    return Number.isFinite(value) ? value : null
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   } catch {
     return null
   }
 }
 
+function parseStartTime(fields: string[] | null): number | null {
+  const value = Number(fields?.[19])
+  return fields && Number.isFinite(value) ? value : null
+}
+
+export function getProcessStartTime(pid: number): number | null {
+  return parseStartTime(readStatFields(pid))
+}
+
+let hostName: string | undefined
+/** This host's name, read once: liveness checks run under the lease lock, and `hostname()` is a syscall. */
+function getHostName(): string {
+  hostName ??= hostname()
+  return hostName
+}
+
 export function getCurrentProcessIdentity(): ProcessIdentity {
-  return { pid: process.pid, host: hostname(), startTime: getProcessStartTime(process.pid) }
+  return { pid: process.pid, host: getHostName(), startTime: getProcessStartTime(process.pid) }
 }
 
 /** Alive means running: a zombie (exited, not yet reaped — common where PID 1 does not reap) is dead. */
@@ -50,15 +65,25 @@ export function getProcessStateLetter(pid: number): string | null {
   }
 }
 
-/** Alive and the same process (not a reused pid). Processes on another host count as alive: we cannot tell. */
+/**
+ * Alive and the same process (not a reused pid). Processes on another host count as alive: we cannot tell.
+ * One signal-0 probe and one read of /proc/<pid>/stat: it runs for every held lease under the lease lock.
+ */
 export function isProcessAlive(identity: ProcessIdentity): boolean {
-  if (identity.host !== hostname()) return true
-  if (!isPidAlive(identity.pid)) return false
+  if (identity.host !== getHostName()) return true
+  const { pid } = identity
+  if (!Number.isInteger(pid) || pid <= 0) return false
+  try {
+    process.kill(pid, 0)
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EPERM') return false
+  }
+  const fields = readStatFields(pid)
+  // A zombie (exited, not yet reaped — common where PID 1 does not reap) is dead.
+  if (fields?.[0] === 'Z') return false
   if (identity.startTime === null) return true
-  const current = getProcessStartTime(identity.pid)
-  // A zombie or a process that exited between the two checks: current is null.
-  if (current === null) return false
-  return current === identity.startTime
+  // Gone between the two checks, or no /proc: not provably the same process.
+  return parseStartTime(fields) === identity.startTime
 }
 
 /** Kernel clock ticks per second for /proc start times (USER_HZ: 100 on every Linux architecture Node supports). */

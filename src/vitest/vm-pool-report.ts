@@ -141,8 +141,9 @@ export class VmPoolReportBuilder {
       lines.push(`vm-pool: still present after the run: ${names.join(', ')} (remove with: npx vm-pool gc --provider ${report.provider})`)
     }
     for (const [name, help] of this.#kept) {
-      const how = help ? `reach it with: ${help.reach}; delete it with: ${help.remove}` : `the next \`npx vm-pool gc --provider ${report.provider}\` deletes it`
-      lines.push(`vm-pool: ${name} was kept running by keep(); ${how}`)
+      // A kept VM has no lease: whatever else the provider says, the next gc sweeps it.
+      const how = help ? `; reach it with: ${help.reach}; delete it now with: ${help.remove}` : ''
+      lines.push(`vm-pool: ${name} was kept running by keep(); the next \`npx vm-pool gc --provider ${report.provider}\` deletes it${how}`)
     }
     return lines
   }

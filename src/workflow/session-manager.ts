@@ -1,9 +1,8 @@
-import { randomUUID } from 'node:crypto'
 import { z } from 'zod'
 import { VmPoolError, VmPoolTimeoutError, invalidOptions, isVmPoolError } from '../errors.js'
 import { formatZodError } from '../config/zod-error.js'
 import { scaleTimeout } from '../util/timeouts.js'
-import { validateVmName } from '../util/vm-name.js'
+import { generateRunId, NAME_PART_PATTERN as NAME_PART, validateVmName, WORKFLOW_PREFIX } from '../util/vm-name.js'
 import type { Vm, VmProvider, VmSpec } from '../providers/vm-provider.js'
 import { providerVmAllocator, type VmAllocation, type VmAllocator } from './vm-allocator.js'
 import { vmSpecSchema } from '../config/vm-spec-schema.js'
@@ -14,12 +13,10 @@ export const QUEUE_TIMEOUT_MS = 30 * 60_000
 /** Two VMs at a time: what a 2-core CI runner can emulate without starving both. */
 export const DEFAULT_MAX_CONCURRENT_SESSIONS = 2
 
-export const WORKFLOW_VM_PREFIX = 'vm-pool-wf'
+export const WORKFLOW_VM_PREFIX = WORKFLOW_PREFIX
 
 // Node timers overflow past 2^31-1 ms and fire immediately; beyond that we simply do not arm one.
 const MAX_TIMER_MS = 2 ** 31 - 1
-
-const NAME_PART = /^[a-z0-9]+(?:-[a-z0-9]+)*$/
 
 const isProvider = (value: unknown): value is VmProvider =>
   typeof value === 'object' &&
@@ -114,7 +111,7 @@ export class SessionManager {
     this.maxConcurrentSessions = config.maxConcurrentSessions
     this.onLimit = config.onLimit
     this.prefix = config.prefix
-    this.runId = config.runId ?? randomUUID().replaceAll('-', '').slice(0, 8)
+    this.runId = config.runId ?? generateRunId()
     this.#queueTimeoutFromOption = config.queueTimeoutMs !== undefined
     this.#queueTimeoutMs = config.queueTimeoutMs ?? scaleTimeout(QUEUE_TIMEOUT_MS)
     this.#spec = Object.freeze({ ...config.spec })
@@ -155,7 +152,7 @@ export class SessionManager {
     if (signal?.aborted) {
       // Creation cannot be interrupted halfway; what finished after the abort is deleted at once.
       try {
-        await allocation.release({ keep: false })
+        await allocation.release({ keepVm: false })
       } finally {
         this.#releaseSlot()
       }
@@ -170,7 +167,7 @@ export class SessionManager {
     const release = (releaseOptions: ReleaseSessionOptions = {}): Promise<void> => {
       releasing ??= (async () => {
         try {
-          await allocation.release({ keep: releaseOptions.keepVm ?? false })
+          await allocation.release({ keepVm: releaseOptions.keepVm ?? false })
         } finally {
           released = true
           this.#releaseSlot()

@@ -4,8 +4,8 @@ import type { VmPool } from '../pool/vm-pool.js'
 /** One VM held by one session, and how to give it back. */
 export interface VmAllocation {
   readonly vm: Vm
-  /** `keep: true` leaves the VM running (debug mode) and only drops this process's connection. */
-  release(options: { keep: boolean }): Promise<void>
+  /** `keepVm: true` leaves the VM running (debug mode) and only drops this process's connection; the same word as `WorkflowSession.release({ keepVm })`. */
+  release(options: { keepVm: boolean }): Promise<void>
 }
 
 /**
@@ -32,11 +32,11 @@ export function providerVmAllocator(provider: VmProvider): VmAllocator {
       }
       return {
         vm,
-        async release({ keep }) {
+        async release({ keepVm }) {
           try {
             await vm.close?.()
           } finally {
-            if (!keep) await provider.delete(vm.name)
+            if (!keepVm) await provider.delete(vm.name)
           }
         },
       }
@@ -55,7 +55,7 @@ export function poolVmAllocator(pool: Pick<VmPool, 'fresh'>): VmAllocator {
       const vm = await pool.fresh(spec)
       return {
         vm,
-        release: ({ keep }) => (keep ? vm.keep() : vm.delete()),
+        release: ({ keepVm }) => (keepVm ? vm.keep() : vm.delete()),
       }
     },
   }

@@ -2,18 +2,17 @@
  * `vm-pool gc` as users run it: the built bin, real holder processes, a fake-provider state dir.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { readdirSync } from 'node:fs'
+import { readdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
-import { afterEach, beforeAll, describe, expect, test } from 'vitest'
+import { afterEach, describe, expect, test } from 'vitest'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
 import { FileLeaseStore } from '../../src/pool/file-lease-store.js'
 import type { GcReport } from '../../src/pool/garbage-collector.js'
-import { ensureDistBuilt, killFixtures, makeStateDir, runBin, spawnFixture } from '../../fixtures/pool/harness.js'
+import { killFixtures, makeStateDir, runBin, spawnFixture } from '../../fixtures/pool/harness.js'
 
 describe('vm-pool gc (the built bin)', () => {
   let state: ReturnType<typeof makeStateDir>
   const sleepers: ChildProcess[] = []
-  beforeAll(ensureDistBuilt, 120_000)
   afterEach(() => {
     killFixtures()
     for (const sleeper of sleepers.splice(0)) sleeper.kill('SIGKILL')
@@ -134,6 +133,27 @@ describe('vm-pool gc (the built bin)', () => {
     expect(stdout).toMatch(new RegExp(`^deleted +${vm} +holder pid ${holder.pid} is gone \\(from its reaper marker\\)`, 'm'))
     expect(await names()).toEqual([])
     expect(markers()).toEqual([])
+  }, 60_000)
+
+  test("the lease file deleted under a live holder: gc keeps the VMs its reaper marker names (never 'no lease')", async () => {
+    state = makeStateDir()
+    const holder = spawnFixture('holder.mjs', { stateDir: state.dir, keys: ['a', 'b'], fresh: 1 })
+    const ready = await holder.message((m) => m.ready === true, 'ready')
+    const held = [...Object.values(ready.leases as Record<string, string>), ...(ready.fresh as string[])].sort()
+    rmSync(join(state.dir, 'leases', 'fake.json'))
+
+    const { code, stdout } = gc('--json')
+    expect(code).toBe(0)
+    const report = JSON.parse(stdout) as GcReport
+    expect(report.deleted).toEqual([])
+    expect(report.kept.map((d) => d.name).sort()).toEqual(held)
+    for (const decision of report.kept) expect(decision.reason).toMatch(new RegExp(`^held by live pid ${holder.pid} on .*: named by its reaper marker$`))
+    expect(await names()).toEqual(held)
+    // The holder still owns them: it drains them as usual (and put its entries back on its first update).
+    holder.send({ cmd: 'drain' })
+    const drained = await holder.message((m) => m.drained === true, 'drained')
+    expect((drained.result as { deleted: string[]; leaked: string[] }).leaked).toEqual([])
+    expect(await names()).toEqual([])
   }, 60_000)
 
   test('--help, and bad usage exits 2', () => {

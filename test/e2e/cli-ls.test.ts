@@ -1,12 +1,11 @@
 /** `vm-pool ls`: every VM the provider sees with its lease state, owner and age. */
-import { afterEach, beforeAll, describe, expect, test } from 'vitest'
+import { afterEach, describe, expect, test } from 'vitest'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
 import type { VmListingRow } from '../../src/pool/vm-listing.js'
-import { ensureDistBuilt, killFixtures, makeStateDir, runBin, spawnFixture } from '../../fixtures/pool/harness.js'
+import { killFixtures, makeStateDir, runBin, spawnFixture } from '../../fixtures/pool/harness.js'
 
 describe('vm-pool ls (the built bin)', () => {
   const state = makeStateDir()
-  beforeAll(ensureDistBuilt, 120_000)
   afterEach(() => {
     killFixtures()
     state.dispose()

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { getQemuSkipReason, QEMU_TEST_CREATE_TIMEOUT_MS, useQemuTestProvider, type QemuTestProvider } from '../helpers/qemu.js'
 import { FileLeaseStore } from '../../src/pool/file-lease-store.js'
-import { ensureDistBuilt, isPidRunning, killFixtures, spawnFixture, waitFor } from '../../fixtures/pool/harness.js'
+import { isPidRunning, killFixtures, spawnFixture, waitFor } from '../../fixtures/pool/harness.js'
 
 const skipReason = getQemuSkipReason()
 
@@ -13,7 +13,6 @@ describe.skipIf(Boolean(skipReason))('warm hand-over between processes on real Q
   let qemu: QemuTestProvider
   const watchdogs: number[] = []
   beforeAll(async () => {
-    await ensureDistBuilt()
     qemu = useQemuTestProvider()
   }, 120_000)
   afterAll(async () => {

@@ -4,10 +4,10 @@
  * A holder that drains stops its watchdog.
  */
 import { existsSync } from 'node:fs'
-import { afterEach, beforeAll, describe, expect, test } from 'vitest'
+import { afterEach, describe, expect, test } from 'vitest'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
 import { FileLeaseStore } from '../../src/pool/file-lease-store.js'
-import { ensureDistBuilt, isPidRunning, killFixtures, makeStateDir, spawnFixture, waitFor } from '../../fixtures/pool/harness.js'
+import { isPidRunning, killFixtures, makeStateDir, spawnFixture, waitFor } from '../../fixtures/pool/harness.js'
 
 interface Ready {
   pid: number
@@ -20,7 +20,6 @@ interface Ready {
 describe('reaper watchdog', () => {
   let state: ReturnType<typeof makeStateDir>
   const watchdogs: number[] = []
-  beforeAll(ensureDistBuilt, 120_000)
   afterEach(async () => {
     killFixtures()
     // Watchdogs exit once their owner is gone; wait for them before removing their state dir.

@@ -1,11 +1,10 @@
 /** `vm-pool warm` boots idle VMs that a later pool in another process adopts instead of booting. */
-import { afterEach, beforeAll, describe, expect, test } from 'vitest'
+import { afterEach, describe, expect, test } from 'vitest'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
-import { ensureDistBuilt, killFixtures, makeStateDir, runBin, spawnFixture } from '../../fixtures/pool/harness.js'
+import { killFixtures, makeStateDir, runBin, spawnFixture } from '../../fixtures/pool/harness.js'
 
 describe('vm-pool warm → createPool({ keepWarm }) adopts', () => {
   const state = makeStateDir()
-  beforeAll(ensureDistBuilt, 120_000)
   afterEach(() => {
     killFixtures()
     state.dispose()

@@ -1,85 +1,20 @@
 /**
- * The LeaseStore contract, run against FileLeaseStore, plus the file store's own promises:
- * mode 0600, a lock across real processes, a stale lock from a SIGKILLed process taken over,
- * a corrupt file moved aside and rebuilt from provider.list().
+ * FileLeaseStore's own promises beside the LeaseStore contract (test/contract/file-lease-store.test.ts):
+ * mode 0600, what each lock leaves on disk when its holder is SIGKILLed, a corrupt file moved aside and
+ * rebuilt from provider.list() — with the VMs a live owner's reaper marker names still held by that owner.
  */
-import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { hostname } from 'node:os'
 import { join } from 'node:path'
-import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
+import { afterAll, afterEach, describe, expect, test } from 'vitest'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
-import { FileLeaseStore, LEASE_LOCK_STALE_MS } from '../../src/pool/file-lease-store.js'
-import type { LeaseEntry, LeaseStore } from '../../src/pool/lease-store.js'
-import { ensureDistBuilt, killFixtures, makeStateDir, spawnFixture } from '../../fixtures/pool/harness.js'
-
-function entry(name: string, overrides: Partial<LeaseEntry> = {}): LeaseEntry {
-  const at = new Date().toISOString()
-  return { name, provider: 'fake', specHash: 'abc', kind: 'slot', state: 'idle', owner: null, runId: 'r1', createdAt: at, updatedAt: at, ...overrides }
-}
-
-/** What every LeaseStore must do. */
-function describeLeaseStoreContract(label: string, make: () => { store: LeaseStore; dispose(): void }) {
-  describe(`LeaseStore contract: ${label}`, () => {
-    let made: ReturnType<typeof make>
-    afterEach(() => made.dispose())
-
-    test('an empty store reads as an empty table', async () => {
-      made = make()
-      expect(await made.store.read()).toEqual({})
-    })
-
-    test('update changes the table and returns the mutator result; read sees it', async () => {
-      made = make()
-      const result = await made.store.update((table) => {
-        table.a = entry('a')
-        return 42
-      })
-      expect(result).toBe(42)
-      expect(Object.keys(await made.store.read())).toEqual(['a'])
-      await made.store.update((table) => {
-        delete table.a
-      })
-      expect(await made.store.read()).toEqual({})
-    })
-
-    test('a throwing mutator changes nothing and rejects', async () => {
-      made = make()
-      await made.store.update((table) => {
-        table.a = entry('a')
-      })
-      await expect(
-        made.store.update((table) => {
-          table.b = entry('b')
-          throw new Error('boom')
-        }),
-      ).rejects.toThrow('boom')
-      expect(Object.keys(await made.store.read())).toEqual(['a'])
-    })
-
-    test('concurrent updates in one process are serialized: none is lost', async () => {
-      made = make()
-      await Promise.all(
-        Array.from({ length: 40 }, (_, i) =>
-          made.store.update(async (table) => {
-            const before = Object.keys(table).length
-            await new Promise((resolve) => setImmediate(resolve))
-            table[`n${i}`] = entry(`n${i}`)
-            return before
-          }),
-        ),
-      )
-      expect(Object.keys(await made.store.read())).toHaveLength(40)
-    })
-  })
-}
-
-describeLeaseStoreContract('FileLeaseStore', () => {
-  const state = makeStateDir()
-  return { store: new FileLeaseStore({ provider: fakeProvider({ stateDir: state.dir }), stateDir: state.dir }), dispose: state.dispose }
-})
+import { FileLeaseStore } from '../../src/pool/file-lease-store.js'
+import { getProcessStartTime } from '../../src/util/process-info.js'
+import { killFixtures, makeStateDir, spawnFixture } from '../../fixtures/pool/harness.js'
+import { makeEntry as entry } from '../contract/lease-store-contract.js'
 
 describe('FileLeaseStore', () => {
   let state: ReturnType<typeof makeStateDir>
-  beforeAll(ensureDistBuilt, 120_000)
   afterEach(() => {
     killFixtures()
     state.dispose()
@@ -97,27 +32,34 @@ describe('FileLeaseStore', () => {
     expect(JSON.parse(readFileSync(store.path, 'utf8'))).toMatchObject({ version: 1, provider: 'fake', leases: { a: { name: 'a' } } })
   })
 
-  test('4 processes × 25 updates each: the lock loses none', async () => {
+  test('symlink lock: a lock left by a SIGKILLed process is taken over (its holder is judged dead by pid, no stale period)', async () => {
     state = makeStateDir()
-    const writers = Array.from({ length: 4 }, (_, id) => spawnFixture('store-writer.mjs', { stateDir: state.dir, id, count: 25 }))
-    await Promise.all(writers.map((writer) => writer.message((m) => m.done === true, 'done')))
-    const table = await new FileLeaseStore({ provider: fakeProvider({ stateDir: state.dir }), stateDir: state.dir }).read()
-    expect(Object.keys(table)).toHaveLength(100)
-  }, 60_000)
-
-  test(`a lock left by a SIGKILLed process is taken over (stale after LEASE_LOCK_STALE_MS = ${LEASE_LOCK_STALE_MS} ms)`, async () => {
-    state = makeStateDir()
-    const holder = spawnFixture('lock-holder.mjs', { stateDir: state.dir })
+    const holder = spawnFixture('lock-holder.mjs', { store: { kind: 'file', stateDir: state.dir, lock: 'symlink' } })
     await holder.message((m) => m.locked === true, 'locked')
     holder.child.kill('SIGKILL')
     await holder.exited
-    const store = new FileLeaseStore({ provider: fakeProvider({ stateDir: state.dir }), stateDir: state.dir })
+    const store = new FileLeaseStore({ provider: fakeProvider({ stateDir: state.dir }), stateDir: state.dir, lock: 'symlink' })
     expect(readdirSync(join(state.dir, 'leases'))).toContain('fake.json.lock')
     await store.update((table) => {
       table.after = entry('after')
     })
     expect(Object.keys(await store.read())).toEqual(['after'])
     expect(readdirSync(join(state.dir, 'leases'))).not.toContain('fake.json.lock')
+  }, 60_000)
+
+  test('abstract-socket lock (the Linux default): nothing on disk, and the kernel frees it when its holder is SIGKILLed', async () => {
+    state = makeStateDir()
+    const holder = spawnFixture('lock-holder.mjs', { store: { kind: 'file', stateDir: state.dir } })
+    await holder.message((m) => m.locked === true, 'locked')
+    expect(readdirSync(join(state.dir, 'leases'))).toEqual([])
+    holder.child.kill('SIGKILL')
+    await holder.exited
+    const store = new FileLeaseStore({ provider: fakeProvider({ stateDir: state.dir }), stateDir: state.dir })
+    await store.update((table) => {
+      table.after = entry('after')
+    })
+    expect(Object.keys(await store.read())).toEqual(['after'])
+    expect(readdirSync(join(state.dir, 'leases'))).toEqual(['fake.json'])
   }, 60_000)
 
   for (const [label, garbage] of [
@@ -148,6 +90,25 @@ describe('FileLeaseStore', () => {
       expect(warnings).toHaveLength(1)
     })
   }
+
+  test("a rebuilt entry named by a live owner's reaper marker is that owner's; a dead owner's marker gives nothing", async () => {
+    state = makeStateDir()
+    const provider = fakeProvider({ stateDir: state.dir })
+    for (const name of ['vitest-worker-live-1', 'vitest-worker-dead-1', 'vitest-worker-none-1']) await provider.create({ name })
+    const me = { pid: process.pid, host: hostname(), startTime: getProcessStartTime(process.pid) }
+    mkdirSync(join(state.dir, 'reapers'), { recursive: true })
+    writeFileSync(join(state.dir, 'reapers', 'live.json'), JSON.stringify({ owner: me, runId: 'live', provider: 'fake', names: ['vitest-worker-live-1'] }))
+    writeFileSync(join(state.dir, 'reapers', 'dead.json'), JSON.stringify({ owner: { ...me, startTime: (me.startTime ?? 0) - 1 }, runId: 'dead', provider: 'fake', names: ['vitest-worker-dead-1'] }))
+    const warnings: string[] = []
+    const store = new FileLeaseStore({ provider, stateDir: state.dir, warn: (message) => warnings.push(message) })
+    mkdirSync(join(state.dir, 'leases'), { recursive: true })
+    writeFileSync(store.path, 'garbage')
+    const table = await store.read()
+    expect(table['vitest-worker-live-1']).toMatchObject({ state: 'leased', owner: me, runId: 'live', recoveredAt: expect.any(String) })
+    expect(table['vitest-worker-dead-1']).toMatchObject({ state: 'leased', owner: null, runId: 'unknown' })
+    expect(table['vitest-worker-none-1']).toMatchObject({ state: 'leased', owner: null, runId: 'unknown' })
+    expect(warnings[0]).toMatch(/rebuilt 3 entries .*except 1 named by live owners' reaper markers/)
+  })
 })
 
 afterAll(killFixtures)

@@ -5,7 +5,7 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
-import { afterEach, beforeAll, describe, expect, test } from 'vitest'
+import { afterEach, describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
 import { countingProvider, type CountingProvider } from '../../src/providers/counting-provider.js'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
@@ -14,7 +14,7 @@ import { getProcessStartTime } from '../../src/util/process-info.js'
 import { ReaperHandle } from '../../src/pool/reaper.js'
 import type { FileLeaseStore } from '../../src/pool/file-lease-store.js'
 import type { VmProvider } from '../../src/providers/vm-provider.js'
-import { ensureDistBuilt, isPidRunning, makeStateDir, waitFor } from '../../fixtures/pool/harness.js'
+import { isPidRunning, makeStateDir, waitFor } from '../../fixtures/pool/harness.js'
 
 describe('createPool', () => {
   let state: ReturnType<typeof makeStateDir>
@@ -295,6 +295,23 @@ describe('createPool', () => {
     expect(table[a.name]!.recoveredAt).toBeUndefined()
   })
 
+  test('after the lease file was deleted, or restored from an older copy, the holder puts its leases back on its next update', async () => {
+    const pool = make({ keepWarm: { ttlMs: 600_000, max: 4 } })
+    const a = await pool.acquire('a')
+    const path = (pool.store as FileLeaseStore).path
+    const withA = readFileSync(path, 'utf8')
+    rmSync(path)
+    const b = await pool.acquire('b')
+    let table = await leases(pool)
+    for (const name of [a.name, b.name]) expect(table[name]).toMatchObject({ state: 'leased', owner: { pid: process.pid }, runId: pool.runId })
+    // An older copy: b is missing and a is an older version of itself (here: the same); b comes back.
+    writeFileSync(path, withA)
+    await (await pool.acquire('c')).release()
+    table = await leases(pool)
+    expect(table[b.name]).toMatchObject({ state: 'leased', owner: { pid: process.pid }, key: 'b' })
+    expect(table[a.name]).toMatchObject({ state: 'leased', key: 'a' })
+  })
+
   test('bad options and keys are refused with VMPOOL_INVALID_OPTIONS, naming the problem', async () => {
     state = makeStateDir()
     provider = countingProvider(fakeProvider({ stateDir: state.dir }))
@@ -320,7 +337,6 @@ describe('createPool', () => {
   })
 
   describe('with the reaper', () => {
-    beforeAll(ensureDistBuilt, 120_000)
 
     test('starts a watchdog with the first VM and stops it on drain', async () => {
       state = makeStateDir()

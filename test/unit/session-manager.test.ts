@@ -155,8 +155,8 @@ describe('SessionManager', () => {
         const vm = await inner.connect(await inner.create(spec))
         return {
           vm,
-          async release({ keep }) {
-            released.push({ name: vm.name, keep })
+          async release({ keepVm }) {
+            released.push({ name: vm.name, keep: keepVm })
             await inner.delete(vm.name)
           },
         }

@@ -1,6 +1,9 @@
 import { isVmPoolError } from '../../errors.js'
 import { createProvider, getProviderNames } from '../../providers/provider-registry.js'
+import { listImages } from '../../providers/qemu/images/image-store.js'
+import { getImageDir } from '../../providers/qemu/qemu-image.js'
 import type { ProviderProbe } from '../../providers/vm-provider.js'
+import { formatBytes } from '../format-bytes.js'
 import { getProviderName, getProviderOptions, parseCommandArgs, PROVIDER_OPTION, UsageError, type CliCommand } from '../cli-command.js'
 
 interface DoctorEntry extends ProviderProbe {
@@ -16,7 +19,8 @@ export const doctorCommand: CliCommand = {
 
 Check every provider (or only NAME): usable here or not, why, and how to fix it.
 For qemu: the QEMU binary, whether KVM really works (else TCG emulation), whether the image is built,
-and the snapshot fresh VMs are restored from (ready, none yet, or stale and why).
+the snapshot fresh VMs are restored from (ready, none yet, or stale and why), and every image in the
+image dir (kind, size, snapshots; \`vm-pool image ls\` shows more).
 
 Options:
   -p, --provider NAME  check only this provider
@@ -35,6 +39,8 @@ Exit code: 0 when the selected provider is usable, 1 when it is not.
     }
     const entries: DoctorEntry[] = []
     for (const name of names) entries.push({ provider: name, selected: name === selected, ...(await probeProvider(name, name === selected ? getProviderOptions(io.env) : {})) })
+    const qemu = entries.find((entry) => entry.provider === 'qemu')
+    if (qemu) qemu.details = { ...qemu.details, images: await describeImages(qemu.details?.imageDir ?? getImageDir(undefined, io.env)) }
 
     if (values.json) {
       io.stdout.write(`${JSON.stringify(entries, null, 2)}\n`)
@@ -49,6 +55,15 @@ Exit code: 0 when the selected provider is usable, 1 when it is not.
     const chosen = entries.find((entry) => entry.selected)
     return chosen === undefined || chosen.usable ? 0 : 1
   },
+}
+
+/** `minimal (minimal, 45 MB), debian-12 (debian, 812 MB, 1 snapshot)`: what `vm-pool image ls` shows, on one line. */
+async function describeImages(imageDir: string): Promise<string> {
+  const images = await listImages(imageDir)
+  if (images.length === 0) return `none in ${imageDir}`
+  return images
+    .map((image) => `${image.name} (${[image.problem ? `broken: ${image.problem}` : image.kind, formatBytes(image.sizeBytes), ...(image.snapshots.length > 0 ? [`${image.snapshots.length} snapshot${image.snapshots.length === 1 ? '' : 's'}`] : [])].join(', ')})`)
+    .join(', ')
 }
 
 async function probeProvider(name: string, options: Record<string, unknown>): Promise<ProviderProbe> {

@@ -1,6 +1,6 @@
 import { collectGarbage, type GcDecision } from '../../pool/garbage-collector.js'
 import { parseDuration } from '../../pool/duration.js'
-import { SWEEP_PREFIXES, validatePrefix } from '../../pool/naming.js'
+import { SWEEP_PREFIXES, validatePrefix } from '../../util/vm-name.js'
 import { createProvider } from '../../providers/provider-registry.js'
 import { getStateDir } from '../../util/state-dir.js'
 import { PROVIDER_OPTION, getProviderName, getProviderOptions, parseCommandArgs, UsageError, type CliCommand } from '../cli-command.js'

@@ -1,5 +1,5 @@
 import { parseDuration } from '../../pool/duration.js'
-import { WORKER_PREFIX } from '../../pool/naming.js'
+import { WORKER_PREFIX } from '../../util/vm-name.js'
 import { createPool, type VmLease } from '../../pool/vm-pool.js'
 import { createProvider } from '../../providers/provider-registry.js'
 import { getStateDir } from '../../util/state-dir.js'

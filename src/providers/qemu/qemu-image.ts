@@ -1,4 +1,4 @@
-import { readFile, stat } from 'node:fs/promises'
+import { readdir, readFile, stat } from 'node:fs/promises'
 import { isAbsolute, join, resolve } from 'node:path'
 import { z } from 'zod'
 import { formatZodError } from '../../config/zod-error.js'
@@ -25,9 +25,22 @@ export const imageManifestSchema = z
     initrd: z.string().min(1).optional(),
     /** Kernel command line (direct kernel boot only). */
     append: z.string().default('console=ttyS0 panic=-1'),
-    /** A disk image booted by the firmware (a cloud image); QEMU writes to a throwaway overlay (`snapshot=on`). */
+    /**
+     * A disk image: the root file system of a kernel-booted image (`root=/dev/vda` in `append`), or a
+     * cloud image booted by the firmware when there is no kernel. Never written to: each VM writes to
+     * its own overlay (today QEMU's throwaway `snapshot=on`).
+     */
     disk: z.string().min(1).optional(),
     diskFormat: z.enum(['qcow2', 'raw']).default('qcow2'),
+    /** The disk's virtual size in bytes: a per-VM overlay is at least this big (`diskGiB` may ask for more). */
+    diskVirtualBytes: z.number().int().positive().optional(),
+    /** The guest grows its root file system to fill its disk at boot: an overlay bigger than the disk is usable space. */
+    growsRootFs: z.boolean().optional(),
+    /**
+     * What the image is: `minimal` (initramfs guest), `debian` (built from Debian packages, with a disk),
+     * `cloud-image` (a disk whose first boot goes through cloud-init's NoCloud seed). Absent: hand-written.
+     */
+    kind: z.enum(['minimal', 'debian', 'cloud-image']).optional(),
     /** A cloud-init NoCloud seed (ISO with label `cidata`), attached read-only. */
     seed: z.string().min(1).optional(),
     /** The guest's SSH host key as an OpenSSH public key line or `SHA256:` fingerprint: the host pins it. */
@@ -35,6 +48,8 @@ export const imageManifestSchema = z
     /** Private key (file) the guest's `username` trusts. */
     clientKey: z.string().min(1),
     username: z.string().min(1).default('root'),
+    /** A non-root user with passwordless sudo that also trusts `clientKey`. */
+    sudoUser: z.string().min(1).optional(),
     /** Concurrent sessions (exec channels) the guest's SSH server allows on one connection. @default 1 (dropbear: see docs/qemu.md) */
     sshMaxSessions: z.number().int().positive().optional(),
     /** A line the guest prints on its serial console once its network is up: SSH attempts wait for it. */
@@ -86,8 +101,8 @@ export async function loadImage(image: string, imageDir: string): Promise<Resolv
       code: 'VMPOOL_IMAGE_MISSING',
       provider: 'qemu',
       operation: 'create',
-      message: `image ${JSON.stringify(image)} not found: ${manifestPath} does not exist`,
-      hint: image === DEFAULT_IMAGE_NAME ? 'build it once with `npx vm-pool image build` (set VM_POOL_IMAGE_DIR to share one image dir)' : 'see docs/qemu.md for the image manifest format',
+      message: `image ${JSON.stringify(image)} not found: ${manifestPath} does not exist${isAbsolute(image) ? '' : `; ${await describeImagesIn(imageDir)}`}`,
+      hint: image === DEFAULT_IMAGE_NAME ? 'build it once with `npx vm-pool image build` (set VM_POOL_IMAGE_DIR to share one image dir)' : 'build one (`vm-pool image build debian-12`), import one (`vm-pool image import NAME --disk FILE.qcow2`), or see docs/qemu.md for the image manifest format',
       cause: error,
     })
   }
@@ -117,4 +132,14 @@ export async function loadImage(image: string, imageDir: string): Promise<Resolv
     }
   }
   return resolved
+}
+
+/** "images in DIR: a, b" (directories with a manifest), for messages about an image that is not there. */
+async function describeImagesIn(imageDir: string): Promise<string> {
+  const names: string[] = []
+  for (const entry of await readdir(imageDir, { withFileTypes: true }).catch(() => [])) {
+    if (!entry.isDirectory() || entry.name.startsWith('.')) continue
+    if (await stat(join(imageDir, entry.name, IMAGE_MANIFEST_FILE)).then(() => true, () => false)) names.push(entry.name)
+  }
+  return names.length > 0 ? `images in ${imageDir}: ${names.sort().join(', ')}` : `there are no images in ${imageDir}`
 }

@@ -56,7 +56,8 @@ export async function launchQemu(options: LaunchOptions): Promise<QemuProcessFil
     if (started.exitCode === 0) {
       const pid = await dir.readPidFile()
       // QEMU deletes its pid file when it exits: it daemonized, then ended at once (a restore whose saved state it rejected).
-      if (pid === undefined && findQemuByCommandLine(dir.commandLine()).length === 0) {
+      // It may still be listed for a moment after the pid file went: wait for that exit instead of calling it a new QEMU.
+      if (pid === undefined && (await qemuOfDirExits(dir))) {
         throw new VmPoolError({
           code: 'VMPOOL_CREATE_FAILED',
           provider: 'qemu',
@@ -133,6 +134,13 @@ export async function stopQemu(identity: ProcessIdentity, qmpSocket: string, gra
   if (!(await waitForExit(identity, scaleTimeout(KILL_WAIT_MS)))) {
     throw new VmPoolError({ code: 'VMPOOL_DELETE_FAILED', provider: 'qemu', operation: 'delete', message: `QEMU pid ${identity.pid} is still alive ${KILL_WAIT_MS} ms after SIGKILL (KILL_WAIT_MS)`, hint: 'check the process (ps -p PID); is it stuck in the kernel?' })
   }
+}
+
+/** Whether every QEMU still listed for `dir` (its pid file already gone) exits within KILL_WAIT_MS. */
+async function qemuOfDirExits(dir: QemuVmDir): Promise<boolean> {
+  const exiting = findQemuByCommandLine(dir.commandLine())
+  for (const identity of exiting) if (!(await waitForExit(identity, scaleTimeout(KILL_WAIT_MS)))) return false
+  return true
 }
 
 async function waitForExit(identity: ProcessIdentity, timeoutMs: number): Promise<boolean> {

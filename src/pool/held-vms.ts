@@ -1,0 +1,75 @@
+import { createDebug } from '../util/debug.js'
+import type { LeaseEntry } from './lease-store.js'
+import type { ResolvedPoolOptions } from './pool-options.js'
+import { ReaperHandle } from './reaper.js'
+
+const debug = createDebug('vm-pool:pool')
+
+/**
+ * The VMs this process holds, as our own copy of each lease entry (put back by `restoreHeld` when the lease
+ * file was lost, rebuilt or restored from an old copy), and the watchdog whose marker names them.
+ * The watchdog starts before the first VM is reserved, so no window exists where a VM is ours and unwatched.
+ */
+export class HeldVms {
+  readonly #config: ResolvedPoolOptions
+  readonly #entries = new Map<string, LeaseEntry>()
+  #reaper: Promise<ReaperHandle | undefined> | undefined
+  #handle: ReaperHandle | undefined
+
+  constructor(config: ResolvedPoolOptions) {
+    this.#config = config
+  }
+
+  get size(): number {
+    return this.#entries.size
+  }
+
+  get reaperPid(): number | undefined {
+    return this.#handle?.pid
+  }
+
+  entries(): Iterable<LeaseEntry> {
+    return this.#entries.values()
+  }
+
+  /**
+   * Ours now (reserved, created or adopted): remember this version of the entry, and tell the watchdog.
+   * The marker write is not waited for: the lease table already names us as the owner (with our run id),
+   * which is what the watchdog reaps by; the marker is the second source, for a lost lease file.
+   */
+  note(entry: LeaseEntry): void {
+    this.#entries.set(entry.name, structuredClone(entry))
+    this.#tellWatchdog()
+  }
+
+  /** Call it under the lock, in the update where the entry stops being ours, so no later update puts it back. */
+  forget(name: string): void {
+    if (this.#entries.delete(name)) this.#tellWatchdog()
+  }
+
+  #tellWatchdog(): void {
+    // setHeld serializes the writes: the last list always lands last.
+    void this.#handle?.setHeld(this.#entries.keys()).catch((error: unknown) => debug('reaper marker write failed: %s', (error as Error).message))
+  }
+
+  ensureReaper(): Promise<ReaperHandle | undefined> {
+    const reaper = this.#config.reaper
+    if (!reaper) return Promise.resolve(undefined)
+    this.#reaper ??= ReaperHandle.start({ runId: this.#config.runId, providerName: reaper.providerName, providerOptions: reaper.providerOptions, stateDir: this.#config.stateDir, env: reaper.env }).then((handle) => {
+      this.#handle = handle
+      return handle
+    })
+    const started = this.#reaper
+    // A failed start is retried by the next acquire.
+    started.catch(() => {
+      if (this.#reaper === started) this.#reaper = undefined
+    })
+    return started
+  }
+
+  /** After drain: with a leak left the watchdog stays, and retries those deletes when this process exits. */
+  async stopReaperIfEmpty(): Promise<void> {
+    const reaper = await this.#reaper?.catch(() => undefined)
+    if (reaper && this.#entries.size === 0) await reaper.stop()
+  }
+}

@@ -1,0 +1,162 @@
+import { VmPoolError, isVmPoolError } from '../errors.js'
+import type { Vm, VmRecord } from '../providers/vm-provider.js'
+import { createDebug } from '../util/debug.js'
+import { scaleTimeout, withTimeout } from '../util/timeouts.js'
+import { makeVmName } from '../util/vm-name.js'
+import type { HeldVms } from './held-vms.js'
+import type { LeaseEntry, LeaseKind } from './lease-store.js'
+import { adoptIdle, evictOverMax, markIdle, markLeased, reserveName } from './lease-table.js'
+import { RESET_TO_SNAPSHOT, type ResolvedPoolOptions } from './pool-options.js'
+import type { PoolLeases, PoolLedger } from './pool-leases.js'
+import { getSpecHash, type PoolVmSpec } from './spec-hash.js'
+import { connectAndCheck } from './vm-health-check.js'
+
+/** An idle VM must answer `true` within this before it is adopted; otherwise it is deleted and replaced. Scaled. */
+export const ADOPT_CHECK_TIMEOUT_MS = 15_000
+/** The `keepWarm.reset` command before a VM goes back to idle; a reset that fails or runs out deletes the VM instead. Scaled. */
+export const RESET_TIMEOUT_MS = 60_000
+
+const debug = createDebug('vm-pool:pool')
+
+/** A VM this pool holds, connected in this process. */
+export interface Held {
+  name: string
+  vm: Vm
+  kind: LeaseKind
+  adopted: boolean
+}
+
+/**
+ * How a pool gets VMs and gives them back, each step a lease-table transition under the lock with the slow
+ * part (boot, health check, reset, delete) outside it: adopt an idle VM or reserve a name and boot; hand
+ * back as idle (after `keepWarm.reset`) or delete.
+ */
+export class PoolVmLifecycle {
+  readonly #config: ResolvedPoolOptions
+  readonly #leases: PoolLeases
+  readonly #held: HeldVms
+  readonly #ledger: PoolLedger
+  readonly #warn: (message: string) => void
+
+  constructor(options: { config: ResolvedPoolOptions; leases: PoolLeases; held: HeldVms; ledger: PoolLedger; warn: (message: string) => void }) {
+    this.#config = options.config
+    this.#leases = options.leases
+    this.#held = options.held
+    this.#ledger = options.ledger
+    this.#warn = options.warn
+  }
+
+  /** An idle warm VM with our spec (claimed, then checked), else a new one named `<prefix>-<runId>-<key>`. */
+  async obtain(key: string): Promise<Held> {
+    await this.#held.ensureReaper()
+    const want = { provider: this.#config.provider.name, specHash: this.#config.specHash, key }
+    for (;;) {
+      const entry = await this.#leases.update((table, now) => {
+        const claimed = adoptIdle(table, want, this.#leases.actor, now)
+        return claimed && structuredClone(claimed)
+      })
+      if (!entry) break
+      this.#held.note(entry)
+      const held = await this.#checkAdopted(entry)
+      if (held) {
+        this.#ledger.counters.reused++
+        return held
+      }
+    }
+    return this.create('slot', makeVmName(this.#config.prefix, this.#config.runId, key), this.#config.spec, key, false)
+  }
+
+  /** A VM that fails the check is deleted (and the caller tries the next one). */
+  async #checkAdopted(entry: LeaseEntry): Promise<Held | undefined> {
+    try {
+      const vm = await connectAndCheck(this.#config.provider, entry.record!, { name: 'ADOPT_CHECK_TIMEOUT_MS', ms: scaleTimeout(ADOPT_CHECK_TIMEOUT_MS) })
+      debug('adopted idle VM %s', entry.name)
+      return { name: entry.name, vm, kind: 'slot', adopted: true }
+    } catch (error) {
+      this.#warn(`idle VM ${entry.name} failed its check before adoption (${(error as Error).message}); deleting it and trying another`)
+      await this.#leases.deleteByName(entry.name).catch(() => {})
+      return undefined
+    }
+  }
+
+  /** Reserve the name (booting) under the lock, boot outside it, then mark it leased. */
+  async create(kind: LeaseKind, base: string, spec: PoolVmSpec, key: string | undefined, exactName: boolean): Promise<Held> {
+    await this.#held.ensureReaper()
+    const provider = this.#config.provider
+    const request = { base, exactName, provider: provider.name, specHash: getSpecHash(spec), kind, ...(key !== undefined ? { key } : {}) }
+    const reserved = await this.#leases.update((table, now) => {
+      const entry = reserveName(table, request, this.#leases.actor, now)
+      if (!entry) throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: provider.name, operation: kind, vm: base, message: `a VM named ${base} is already leased` })
+      return structuredClone(entry)
+    })
+    const name = reserved.name
+    this.#held.note(reserved)
+    let record: VmRecord
+    try {
+      record = await provider.create({ ...spec, name })
+    } catch (error) {
+      // The provider may have half-made it: delete is idempotent.
+      await this.#leases.deleteByName(name, false).catch(() => {})
+      if (isVmPoolError(error)) throw error
+      throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: provider.name, operation: 'create', vm: name, message: `could not create ${name}: ${(error as Error).message}`, cause: error })
+    }
+    this.#ledger.counters.created++
+    const entry = await this.#leases.update((table, now) => structuredClone(markLeased(table, reserved, record, this.#leases.actor, now)))
+    this.#held.note(entry)
+    try {
+      const vm = await provider.connect(record)
+      return { name, vm, kind, adopted: false }
+    } catch (error) {
+      await this.#leases.deleteByName(name).catch(() => {})
+      throw error
+    }
+  }
+
+  /** The last holder released: idle again (keepWarm, after `reset`) or deleted. */
+  async giveBack(held: Held, discard: boolean): Promise<void> {
+    const keepWarm = this.#config.keepWarm
+    if (!keepWarm || discard || keepWarm.max === 0) return this.deleteHeld(held)
+    let record: VmRecord | undefined
+    if (keepWarm.reset === RESET_TO_SNAPSHOT) {
+      // No outer timeout: the provider's restore has its own named ones, and abandoning a restore
+      // half-way would race the delete below against it.
+      await held.vm.close?.().catch(() => {})
+      try {
+        record = await this.#config.provider.reset!(held.name)
+      } catch (error) {
+        this.#warn(`resetting ${held.name} to its snapshot failed (${(error as Error).message.split('\n')[0]}); deleting it instead of keeping it warm`)
+        return this.deleteHeld(held)
+      }
+    } else if (keepWarm.reset) {
+      const timeoutMs = scaleTimeout(RESET_TIMEOUT_MS)
+      try {
+        const result = await withTimeout(held.vm.exec(keepWarm.reset, { timeoutMs }), { name: 'RESET_TIMEOUT_MS', ms: timeoutMs, what: `the keepWarm.reset command in ${held.name}`, provider: this.#config.provider.name, vm: held.name })
+        if (result.exitCode !== 0) throw new Error(`exited with ${result.exitCode}${result.timedOut ? ' (timed out)' : ''}: ${result.stderr.trim().slice(0, 200)}`)
+      } catch (error) {
+        this.#warn(`keepWarm.reset failed in ${held.name} (${(error as Error).message}); deleting it instead of keeping it warm`)
+        return this.deleteHeld(held)
+      }
+    }
+    await held.vm.close?.().catch(() => {})
+    const evicted = await this.#leases.update((table, now) => {
+      const idle = markIdle(table, held.name, this.#leases.actor, { ttlMs: keepWarm.ttlMs, ...(record ? { record } : {}) }, now)
+      // Idle (nobody's) or reclaimed by someone else: either way no longer ours to put back.
+      this.#held.forget(held.name)
+      // Over `max`: the oldest idle VMs go (this one is the newest).
+      return idle ? evictOverMax(table, this.#config.provider.name, keepWarm.max, this.#leases.actor, now) : undefined
+    })
+    if (evicted === undefined) {
+      // Someone reclaimed it while we held it (e.g. the lease file was rebuilt and gc ran): it is not ours to keep.
+      this.#warn(`lost the lease of ${held.name} while holding it; not keeping it warm`)
+      return
+    }
+    this.#ledger.counters.warmed++
+    this.#ledger.drainLog.keptWarm.add(held.name)
+    for (const name of evicted) await this.#leases.deleteByName(name).catch(() => {})
+  }
+
+  async deleteHeld(held: Held): Promise<void> {
+    await held.vm.close?.().catch(() => {})
+    await this.#leases.deleteByName(held.name)
+  }
+}
