@@ -78,7 +78,14 @@ export function describeInsideVmContract(getVm: () => Vm, reconnect: () => Promi
         vm.exec(`touch ${barrier}/${index}; while [ "$(ls ${barrier} | wc -l)" -lt ${CONCURRENT_EXECS} ]; do sleep 0.2; done; echo exec-${index}; echo err-${index} >&2`, { timeoutMs: scaleTimeout(150_000) }),
       ),
     )
-    results.forEach((result, index) => expect(result).toMatchObject({ exitCode: 0, stdout: `exec-${index}\n`, stderr: `err-${index}\n`, timedOut: false }))
+    results.forEach((result, index) => {
+      expect(result).toMatchObject({ exitCode: 0, stdout: `exec-${index}\n`, timedOut: false })
+      // The ssh provider's hosts run the user's login shell: its start-up files may warn on stderr when
+      // 24 shells start at once (pyenv's rehash lock). Never our protocol's markers, though.
+      expect(result.stderr.endsWith(`err-${index}\n`)).toBe(true)
+      expect(result.stderr).not.toContain('\u001e')
+      expect(result.stderr).not.toContain('vm-pool-pid')
+    })
   }, scaleTimeout(180_000))
 
   test('a timeout while other execs run kills only that command', async () => {
