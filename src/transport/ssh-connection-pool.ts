@@ -50,10 +50,10 @@ interface Waiter {
  * The connections of one transport to one host: opened on demand when every open connection has
  * `maxChannels` commands running, kept when idle, at most `maxConnections` (execs wait in FIFO order
  * beyond that) and at most `maxConnecting` handshakes at a time. A connection that fails to connect is
- * forgotten; the exec that asked for it gets the connect error.
+ * forgotten; the exec that asked for it tries once more when another connection works, else gets the connect error.
  */
 export class SshConnectionPool {
-  readonly #config: SshConnectionConfig
+  #config: SshConnectionConfig
   readonly #limits: SshPoolLimits
   #entries: Entry[] = []
   readonly #waiters: Waiter[] = []
@@ -77,14 +77,24 @@ export class SshConnectionPool {
    * connection opened for it cannot connect, rejects with that error (the slot is given back).
    */
   async acquire(options: AcquireOptions): Promise<ChannelSlot> {
-    const slot = await this.#assign(options)
-    try {
-      await slot.connected
-    } catch (error) {
-      slot.release()
-      throw error
+    for (let attempt = 1; ; attempt++) {
+      const slot = await this.#assign(options)
+      try {
+        await slot.connected
+        return slot
+      } catch (error) {
+        slot.release()
+        // An extra connection that could not connect (a guest slow to handshake under load) while
+        // others work: try once more (a free channel, or a new connection) before failing the exec.
+        if (attempt > 1 || !this.#entries.some((entry) => entry.ready)) throw error
+        options.onWait?.(`a new connection failed (${(error as Error).message}); trying again`)
+      }
     }
-    return slot
+  }
+
+  /** The handshake time allowed to connections opened from now on (a boot transport handed to a user). */
+  setReadyTimeout(readyTimeoutMs: number): void {
+    this.#config = { ...this.#config, readyTimeoutMs }
   }
 
   #assign(options: AcquireOptions): Promise<ChannelSlot & { connected: Promise<unknown> }> {

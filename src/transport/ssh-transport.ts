@@ -110,6 +110,11 @@ export class SshTransport {
     return this.#pool.size
   }
 
+  /** The handshake time for connections opened from now on (after a boot's shorter per-attempt timeout). */
+  setReadyTimeout(readyTimeoutMs: number): void {
+    this.#pool.setReadyTimeout(readyTimeoutMs)
+  }
+
   /** Open a connection now (exec does it lazily); rejects with the connect error. */
   async connect(): Promise<void> {
     await this.#pool.anyConnection()

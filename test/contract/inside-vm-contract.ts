@@ -73,11 +73,13 @@ export function describeInsideVmContract(getVm: () => Vm, reconnect: () => Promi
     const barrier = `${INSIDE_DIR}/barrier-${unique()}`
     expect((await vm.exec(['mkdir', '-p', barrier])).exitCode).toBe(0)
     // Each exec waits until all of them have started: this only finishes when they run concurrently.
+    // If one fails, the others are stopped: left waiting, they would load the VM for the next tests.
+    const stop = new AbortController()
     const results = await Promise.all(
       Array.from({ length: CONCURRENT_EXECS }, (_, index) =>
-        vm.exec(`touch ${barrier}/${index}; while [ "$(ls ${barrier} | wc -l)" -lt ${CONCURRENT_EXECS} ]; do sleep 0.2; done; echo exec-${index}; echo err-${index} >&2`, { timeoutMs: scaleTimeout(150_000) }),
+        vm.exec(`touch ${barrier}/${index}; while [ "$(ls ${barrier} | wc -l)" -lt ${CONCURRENT_EXECS} ]; do sleep 0.2; done; echo exec-${index}; echo err-${index} >&2`, { timeoutMs: scaleTimeout(150_000), signal: stop.signal }),
       ),
-    )
+    ).finally(() => stop.abort())
     results.forEach((result, index) => {
       expect(result).toMatchObject({ exitCode: 0, stdout: `exec-${index}\n`, timedOut: false })
       // The ssh provider's hosts run the user's login shell: its start-up files may warn on stderr when

@@ -2,10 +2,11 @@ import { existsSync } from 'node:fs'
 import { access, copyFile, mkdir, readFile, rm } from 'node:fs/promises'
 import { formatZodError } from '../../config/zod-error.js'
 import { VmPoolError, invalidOptions } from '../../errors.js'
-import type { SshTransport } from '../../transport/ssh-transport.js'
+import { SSH_READY_TIMEOUT_MS, type SshTransport } from '../../transport/ssh-transport.js'
 import { createDebug } from '../../util/debug.js'
 import { getProcessStartUnixMs, isProcessAlive } from '../../util/process-info.js'
 import { validateVmName } from '../../util/vm-name.js'
+import { scaleTimeout } from '../../util/timeouts.js'
 import type { JsonValue, KeptVmHelp, ProviderProbe, VmInfo, VmProvider, VmRecord, VmSpec } from '../vm-provider.js'
 import { describeQemuVm, getHostKeyAlias, isPublicKeyLine } from './kept-vm-help.js'
 import type { ResolvedImage } from './qemu-image.js'
@@ -110,6 +111,8 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
       const data = parsedData.data
       let transport = bootTransports.get(name)
       bootTransports.delete(name)
+      // Its open connection is kept; the connections it opens from now on get the usual handshake time.
+      transport?.setReadyTimeout(scaleTimeout(SSH_READY_TIMEOUT_MS))
       const recordFile = vmDir(name).path('record')
       try {
         await access(recordFile)
