@@ -161,7 +161,12 @@ function createFakeVm(record: VmRecord, dir: string, execFault: string | undefin
     },
     async getFile(path: string): Promise<Buffer> {
       await ensureAlive('getFile')
-      return readFile(resolvePath(path))
+      try {
+        return await readFile(resolvePath(path))
+      } catch (error) {
+        // As on a real VM, where `cat` fails: the caller sees VMPOOL_EXEC_FAILED, not a host fs error.
+        throw new VmPoolError({ code: 'VMPOOL_EXEC_FAILED', provider: PROVIDER, operation: 'getFile', vm: record.name, message: `getFile ${JSON.stringify(path)} failed: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, cause: error })
+      }
     },
     // Through the same guest-side `tar` scripts as real VMs, so the path checks of the extraction run too.
     async putDirectory(localDir: string, guestDir: string): Promise<void> {

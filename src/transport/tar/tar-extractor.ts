@@ -59,7 +59,17 @@ export class TarExtractor {
     return this.#entries
   }
 
-  async write(chunk: Buffer): Promise<void> {
+  /** Writes run one after the other even if a caller does not wait for the previous one. */
+  #queue: Promise<void> = Promise.resolve()
+
+  write(chunk: Buffer): Promise<void> {
+    const run = this.#queue.then(() => this.#write(chunk))
+    // A failed write fails this call; the next ones see the same state and fail on their own.
+    this.#queue = run.catch(() => undefined)
+    return run
+  }
+
+  async #write(chunk: Buffer): Promise<void> {
     this.#buffer = this.#buffer.length === 0 ? chunk : Buffer.concat([this.#buffer, chunk])
     for (;;) {
       if (this.#ended) return
@@ -86,6 +96,7 @@ export class TarExtractor {
 
   /** After the last chunk: apply directory modes, fail on a truncated archive. */
   async end(): Promise<void> {
+    await this.#queue
     if (this.#current || (!this.#ended && this.#buffer.length > 0)) {
       await this.#current?.file?.close()
       throw this.#corrupt('the archive ended in the middle of an entry')
