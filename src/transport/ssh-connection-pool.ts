@@ -23,7 +23,7 @@ export interface AcquireOptions {
   signal?: AbortSignal | undefined
   /** `performance.now()` after which a waiting acquire gives up with `onTimeout()`. */
   deadline?: number | undefined
-  /** A kill command: never waits, opens a connection beyond the limits if it must. */
+  /** A kill command: first in line, and may open a connection beyond maxConnections (never beyond maxConnecting). */
   urgent?: boolean
   /** Called once when the acquire has to wait, with what is busy (for DEBUG lines). */
   onWait?: (busy: string) => void
@@ -44,6 +44,7 @@ type AssignedSlot = ChannelSlot & { connected: Promise<unknown> }
 
 interface Waiter {
   resolve: (slot: AssignedSlot) => void
+  urgent: boolean
 }
 
 /**
@@ -111,6 +112,7 @@ export class SshConnectionPool {
         if (index >= 0) this.#waiters.splice(index, 1)
       }
       const waiter: Waiter = {
+        urgent: options.urgent === true,
         resolve: (assigned) => {
           cleanup()
           resolve(assigned)
@@ -127,7 +129,9 @@ export class SshConnectionPool {
           reject(options.onTimeout())
         }, Math.max(0, options.deadline - performance.now()))
       }
-      this.#waiters.push(waiter)
+      // A kill goes first: it frees a channel for the others.
+      if (waiter.urgent) this.#waiters.unshift(waiter)
+      else this.#waiters.push(waiter)
     })
   }
 
@@ -153,7 +157,9 @@ export class SshConnectionPool {
     const free = this.#entries.find((entry) => entry.ready && entry.active < maxChannels) ?? this.#entries.find((entry) => entry.active < maxChannels)
     if (free) return this.#slotOn(free)
     const connecting = this.#entries.filter((entry) => !entry.ready).length
-    if (!urgent && (this.#entries.length >= maxConnections || connecting >= maxConnecting)) return undefined
+    // A kill may exceed maxConnections but never maxConnecting: dropbear drops a connection from an
+    // address with too many handshakes in flight (aborting many execs at once kills many commands).
+    if (connecting >= maxConnecting || (!urgent && this.#entries.length >= maxConnections)) return undefined
     return this.#slotOn(this.#open())
   }
 
@@ -194,7 +200,7 @@ export class SshConnectionPool {
   /** Hand freed capacity to the waiters, oldest first. */
   #pump(): void {
     while (this.#waiters.length > 0) {
-      const slot = this.#tryAssign(false)
+      const slot = this.#tryAssign(this.#waiters[0]!.urgent)
       if (!slot) return
       this.#waiters.shift()!.resolve(slot)
     }

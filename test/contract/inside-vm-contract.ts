@@ -73,11 +73,12 @@ export function describeInsideVmContract(getVm: () => Vm, reconnect: () => Promi
     const barrier = `${INSIDE_DIR}/barrier-${unique()}`
     expect((await vm.exec(['mkdir', '-p', barrier])).exitCode).toBe(0)
     // Each exec waits until all of them have started: this only finishes when they run concurrently.
+    // The wait is a shell glob and a 1 s sleep: 24 polling loops must not starve a 1-vCPU emulated guest.
     // If one fails, the others are stopped: left waiting, they would load the VM for the next tests.
     const stop = new AbortController()
     const results = await Promise.all(
       Array.from({ length: CONCURRENT_EXECS }, (_, index) =>
-        vm.exec(`touch ${barrier}/${index}; while [ "$(ls ${barrier} | wc -l)" -lt ${CONCURRENT_EXECS} ]; do sleep 0.2; done; echo exec-${index}; echo err-${index} >&2`, { timeoutMs: scaleTimeout(150_000), signal: stop.signal }),
+        vm.exec(`touch ${barrier}/${index}; while set -- ${barrier}/*; [ $# -lt ${CONCURRENT_EXECS} ]; do sleep 1; done; echo exec-${index}; echo err-${index} >&2`, { timeoutMs: scaleTimeout(150_000), signal: stop.signal }),
       ),
     ).finally(() => stop.abort())
     results.forEach((result, index) => {
