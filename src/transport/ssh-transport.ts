@@ -248,6 +248,11 @@ export class SshTransport {
       if (!(error instanceof QueueTimeout)) throw error
       return { exitCode: TIMED_OUT_EXIT_CODE, stdout: Buffer.alloc(0), stdoutText: '', stderr: '', durationMs: Math.round(performance.now() - started), timedOut: true }
     }
+    // Aborted during the handshake of the connection opened for it: it never started.
+    if (options.signal?.aborted) {
+      slot.release()
+      throw abortedError(context)
+    }
     let stopReason: StopReason | undefined
     let onStop: (() => void) | undefined
     const stop = (reason: StopReason) => {
