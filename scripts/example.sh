@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's first command: from a fresh clone on Debian (Ubuntu: see the README), set up everything and run
-# examples/basic — four Vitest files running commands in real QEMU VMs — printing the summary line.
+# examples/basic — five Vitest files running commands in real QEMU VMs — printing the summary line.
 #
 #   ./scripts/example.sh           # examples/basic on the minimal image
 #   ./scripts/example.sh debian    # examples/debian on the debian-12 image (also installs mmdebstrap, builds the image as root)

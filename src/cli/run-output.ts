@@ -1,5 +1,5 @@
 import { printable } from '../util/printable-text.js'
-import { succeeded, type KeptVm, type StepResult, type WorkflowEvent } from '../workflow/run-workflow.js'
+import { STEP_OUTPUT_MAX_BYTES, succeeded, type KeptVm, type StepResult, type WorkflowEvent } from '../workflow/run-workflow.js'
 
 /**
  * The progress lines of `vm-pool run` and `vm-pool serve`: one line per command as it finishes (phase,
@@ -11,6 +11,8 @@ import { succeeded, type KeptVm, type StepResult, type WorkflowEvent } from '../
 
 /** Lines of a failing command's stdout and stderr shown each; `--json` has everything. */
 export const MAX_OUTPUT_LINES = 40
+/** Characters of one output line shown; a longer line (a progress bar, minified JSON) is cut with a note. */
+export const MAX_OUTPUT_LINE_CHARS = 1000
 
 /** `note` goes under a failed command (the history's "failed N of its last M runs"). */
 export function formatEvent(label: string, event: WorkflowEvent, note?: string): string {
@@ -48,11 +50,18 @@ function formatOutput(result: StepResult): string {
     const text = printable(result[stream].replace(/\n$/, ''), { multiline: true })
     if (text === '') continue
     const all = text.split('\n')
-    if (all.length > MAX_OUTPUT_LINES) lines.push(`    ${stream} | … ${all.length - MAX_OUTPUT_LINES} earlier lines (all of it: --json)`)
-    for (const line of all.slice(-MAX_OUTPUT_LINES)) lines.push(`    ${stream} | ${line}`)
+    const dropped = result[`${stream}DroppedBytes`]
+    if (all.length > MAX_OUTPUT_LINES) lines.push(`    ${stream} | … ${all.length - MAX_OUTPUT_LINES} earlier lines${dropped ? ` and ${dropped} bytes from the middle` : ''} (${dropped ? `the first and last ${STEP_OUTPUT_MAX_BYTES / 2048} KiB` : 'all of it'}: --json)`)
+    else if (dropped) lines.push(`    ${stream} | … ${dropped} bytes from the middle dropped`)
+    for (const line of all.slice(-MAX_OUTPUT_LINES)) lines.push(`    ${stream} | ${cutLine(line)}`)
   }
   if (lines.length === 0) lines.push('    (no output)')
   return `${lines.join('\n')}\n`
+}
+
+function cutLine(line: string): string {
+  if (line.length <= MAX_OUTPUT_LINE_CHARS) return line
+  return `${line.slice(0, MAX_OUTPUT_LINE_CHARS)} … (${line.length - MAX_OUTPUT_LINE_CHARS} more characters: --json)`
 }
 
 export function formatKeptVm(label: string, kept: KeptVm): string {

@@ -1,8 +1,13 @@
 import type { z } from 'zod'
 import { printable } from '../util/printable-text.js'
 
-/** Keys whose values are never quoted back: tokens, private keys, passwords. */
-const SECRET_KEY = /token|secret|password|passphrase|private|credential|auth/i
+/** Keys whose values are never quoted back or logged: tokens, private keys, passwords, API keys. */
+const SECRET_KEY = /token|secret|password|passphrase|passwd|private|credential|auth|api[-_]?key|access[-_]?key/i
+
+/** Does this option or environment variable name look like it holds a secret? (Its value is then never shown.) */
+export function isSecretName(name: string): boolean {
+  return SECRET_KEY.test(name)
+}
 const MAX_QUOTED_CHARS = 60
 
 /**

@@ -1,6 +1,7 @@
 import { VmPoolError, invalidOptions } from '../errors.js'
 import { formatZodError } from '../config/zod-error.js'
 import { vmSpecSchema } from '../config/vm-spec-schema.js'
+import { delegateVmOperations } from '../providers/delegate-vm.js'
 import type { Vm, VmProvider } from '../providers/vm-provider.js'
 import { makeVmName, normalizeLeaseKey, validateExplicitName, validateVmName } from '../util/vm-name.js'
 import { FileLeaseStore } from './file-lease-store.js'
@@ -249,7 +250,7 @@ class LeasedVmPool implements VmPool {
       name: vm.name,
       provider: vm.provider,
       record: vm.record,
-      exec: (command, options) => vm.exec(command, options),
+      ...delegateVmOperations(vm),
       close: async () => vm.close?.(),
       delete: remove,
       keep: async () => {
@@ -262,8 +263,6 @@ class LeasedVmPool implements VmPool {
       },
       [Symbol.asyncDispose]: remove,
     }
-    if (vm.putFile) fresh.putFile = (path, data) => vm.putFile!(path, data)
-    if (vm.getFile) fresh.getFile = (path) => vm.getFile!(path)
     return fresh
   }
 

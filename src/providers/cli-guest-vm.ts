@@ -1,9 +1,25 @@
+import { buffer } from 'node:stream/consumers'
 import { VmPoolError } from '../errors.js'
+import { createDirectorySink, directoryFailed, guestExtractArgv } from '../transport/guest-directory.js'
 import { abortedError, TIMED_OUT_EXIT_CODE } from '../transport/process-runner.js'
 import { makeGuestExec } from '../transport/guest-exec-script.js'
 import type { CommandRunOptions } from '../transport/command-runner.js'
+import { validateForwardPorts } from '../transport/port-forward.js'
+import { packDirectory } from '../transport/tar/tar-writer.js'
 import { scaleTimeout } from '../util/timeouts.js'
+import { withExecLog } from './exec-log.js'
 import type { ExecOptions, ExecResult, Vm, VmRecord } from './vm-provider.js'
+
+/**
+ * `getDirectory` for a stdout that is text: the tar goes to a temporary file in the guest first (so
+ * tar's own exit status is kept), then out as base64.
+ */
+const GUEST_PACK_BASE64_SCRIPT = [
+  't=$(mktemp) || exit 1',
+  'if (cd -- "$1" && tar -c -f - .) > "$t"; then base64 "$t"; r=$?; else r=$?; fi',
+  'rm -f "$t"',
+  'exit "$r"',
+].join('\n')
 
 /** How long after `timeoutMs` the local client is killed if the guest `timeout` did not end the command. */
 export const EXEC_BACKSTOP_GRACE_MS = 15_000
@@ -26,6 +42,11 @@ export interface CliGuestVmOptions {
    * the command first. Not scaled here. @default EXEC_BACKSTOP_GRACE_MS scaled by VM_POOL_TIMEOUT_SCALE
    */
   backstopGraceMs?: number
+  /**
+   * The tool cannot forward a port: why, and how to reach the guest's port instead (the instance's
+   * address, a DNS name). `forwardPort` rejects with VMPOOL_UNSUPPORTED carrying both.
+   */
+  forwardPortUnsupported(guestPort: number): Promise<{ message: string; hint: string }>
 }
 
 /**
@@ -33,7 +54,8 @@ export interface CliGuestVmOptions {
  * provider that cannot open its own channel to the guest (multipass, orbstack, firecracker). The
  * command is wrapped by `makeGuestExec` so timeouts and aborts kill it inside the guest (killing the
  * local client alone would leave it running there), and file transfer goes through `cat` / `base64`
- * so it works wherever exec works.
+ * so it works wherever exec works: files and directory archives are held in memory whole on the way
+ * (no streaming stdin through these tools), fine for test fixtures, not for gigabytes.
  */
 export function createCliGuestVm(options: CliGuestVmOptions): Vm {
   const { record, provider } = options
@@ -56,6 +78,7 @@ export function createCliGuestVm(options: CliGuestVmOptions): Vm {
         signal: execOptions.signal,
         onStdout: execOptions.onStdout,
         onStderr: execOptions.onStderr,
+        maxOutputBytes: execOptions.maxOutputBytes,
       })
     } catch (error) {
       // Aborted: the local client is gone; make sure the command inside the guest is too before rejecting.
@@ -77,6 +100,7 @@ export function createCliGuestVm(options: CliGuestVmOptions): Vm {
     return guestTimedOut ? { ...result, exitCode: TIMED_OUT_EXIT_CODE, timedOut: true } : result
   }
 
+  const context = { provider, vm: vmName }
   const vm: Vm = {
     name: vmName,
     provider,
@@ -88,9 +112,32 @@ export function createCliGuestVm(options: CliGuestVmOptions): Vm {
     },
     async getFile(path: string): Promise<Buffer> {
       // stdout travels as text: base64 keeps binary files intact.
-      const result = await exec(['base64', '--', path])
+      const result = await exec(['base64', '--', path], { maxOutputBytes: Number.POSITIVE_INFINITY })
       if (result.exitCode !== 0) throw transferFailed('getFile', path, result)
       return Buffer.from(result.stdout, 'base64')
+    },
+    async putDirectory(localDir: string, guestDir: string): Promise<void> {
+      const archive = await buffer(packDirectory(localDir))
+      const result = await exec(guestExtractArgv(guestDir), { input: archive })
+      if (result.exitCode !== 0) throw directoryFailed('putDirectory', guestDir, result, context)
+    },
+    async getDirectory(guestDir: string, localDir: string): Promise<void> {
+      const result = await exec(['sh', '-c', GUEST_PACK_BASE64_SCRIPT, 'sh', guestDir], { maxOutputBytes: Number.POSITIVE_INFINITY })
+      const sink = createDirectorySink(localDir, guestDir, context)
+      if (result.exitCode === 0) {
+        try {
+          await sink.write(Buffer.from(result.stdout, 'base64'))
+        } catch (error) {
+          await sink.abort()
+          throw error
+        }
+      }
+      await sink.finish(result)
+    },
+    async forwardPort(guestPort, forwardOptions) {
+      validateForwardPorts(guestPort, forwardOptions, context)
+      const { message, hint } = await options.forwardPortUnsupported(guestPort)
+      throw new VmPoolError({ code: 'VMPOOL_UNSUPPORTED', ...context, operation: 'forwardPort', message, hint, details: { guestPort } })
     },
     async close() {},
     async [Symbol.asyncDispose]() {},
@@ -106,5 +153,5 @@ export function createCliGuestVm(options: CliGuestVmOptions): Vm {
       details: { path, exitCode: result.exitCode },
     })
   }
-  return vm
+  return withExecLog(vm)
 }

@@ -3,7 +3,12 @@ import { dirname, isAbsolute, join } from 'node:path'
 import { z } from 'zod'
 import { VmPoolError } from '../errors.js'
 import { buildShellScript, quoteShellArg, toShellLine } from '../transport/shell.js'
-import { runProcess } from '../transport/process-runner.js'
+import { runProcess, type RunProcessOptions } from '../transport/process-runner.js'
+import { createDirectorySink, directoryFailed, GUEST_EXTRACT_SCRIPT, GUEST_PACK_SCRIPT } from '../transport/guest-directory.js'
+import { connectTcp, FORWARD_HOST, startLocalForward } from '../transport/port-forward.js'
+import { packDirectory } from '../transport/tar/tar-writer.js'
+import { withExecLog } from './exec-log.js'
+import { VmPortForwards } from './vm-port-forwards.js'
 import { writeFileAtomic } from '../util/fs-atomic.js'
 import { getStateDir } from '../util/state-dir.js'
 import { sleep } from '../util/timeouts.js'
@@ -43,6 +48,7 @@ export function fakeProvider(options: FakeProviderOptions = {}): VmProvider {
   const config = Object.freeze(parseProviderOptions(fakeProviderOptionsSchema, options, PROVIDER))
   const root = () => join(getStateDir(config.stateDir), 'fake')
   const vmDir = (name: string) => join(root(), name)
+  const forwards = new VmPortForwards()
 
   const provider: VmProvider = {
     name: PROVIDER,
@@ -78,11 +84,12 @@ export function fakeProvider(options: FakeProviderOptions = {}): VmProvider {
     async connect(record: VmRecord): Promise<Vm> {
       const name = validateVmName(record.name, PROVIDER)
       if (!(await exists(join(vmDir(name), 'record.json')))) throw notFound(name, 'connect')
-      return createFakeVm(record, vmDir(name), config.faults.exec)
+      return createFakeVm(record, vmDir(name), config.faults.exec, forwards)
     },
 
     async delete(name: string): Promise<void> {
       validateVmName(name, PROVIDER)
+      await forwards.closeVm(name)
       await rm(vmDir(name), { recursive: true, force: true })
     },
 
@@ -122,17 +129,27 @@ export function fakeProvider(options: FakeProviderOptions = {}): VmProvider {
       // A shell on this host in the sandbox dir, with the variables exec sets: no isolation, as with exec.
       const env = { HOME: home, VM_POOL_VM: record.name }
       return command && command.length > 0 ? { argv: ['sh', '-c', toShellLine(command)], cwd: home, env } : { argv: [process.env.SHELL || 'sh'], cwd: home, env }
+      },
+
+    async close(): Promise<void> {
+      await forwards.closeAll()
     },
   }
   return provider
 }
 
-function createFakeVm(record: VmRecord, dir: string, execFault: string | undefined): Vm {
+function createFakeVm(record: VmRecord, dir: string, execFault: string | undefined, registry: VmPortForwards): Vm {
   const home = join(dir, 'home')
+  const context = { provider: PROVIDER, vm: record.name }
   const ensureAlive = async (operation: string) => {
     if (!(await exists(join(dir, 'record.json')))) throw notFound(record.name, operation)
   }
   const resolvePath = (path: string) => (isAbsolute(path) ? path : join(home, path))
+  /** `sh -c` in the VM's home, as a command in a real guest would run. */
+  const runSh = (script: string, args: string[], options: Omit<RunProcessOptions, 'cwd' | 'env'>) =>
+    runProcess('sh', ['-c', script, 'sh', ...args], { ...options, cwd: home, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home, LANG: 'C.UTF-8', VM_POOL_VM: record.name }, ...context })
+  const { forwards, release } = registry.open(record.name)
+  const close = async () => release()
   const vm: Vm = {
     name: record.name,
     provider: PROVIDER,
@@ -143,13 +160,8 @@ function createFakeVm(record: VmRecord, dir: string, execFault: string | undefin
       if (execFault !== undefined && script.includes(execFault)) {
         throw new VmPoolError({ code: 'VMPOOL_EXEC_FAILED', provider: PROVIDER, operation: 'exec', vm: record.name, message: `injected exec failure (command contains ${JSON.stringify(execFault)})` })
       }
-      return runProcess('sh', ['-c', script], {
-        ...options,
-        cwd: home,
-        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home, LANG: 'C.UTF-8', VM_POOL_VM: record.name },
-        provider: PROVIDER,
-        vm: record.name,
-      })
+      const { cwd: _cwd, env: _env, ...rest } = options
+      return runSh(script, [], rest)
     },
     async putFile(path: string, data: string | Buffer): Promise<void> {
       await ensureAlive('putFile')
@@ -157,12 +169,40 @@ function createFakeVm(record: VmRecord, dir: string, execFault: string | undefin
     },
     async getFile(path: string): Promise<Buffer> {
       await ensureAlive('getFile')
-      return readFile(resolvePath(path))
+      try {
+        return await readFile(resolvePath(path))
+      } catch (error) {
+        // As on a real VM, where `cat` fails: the caller sees VMPOOL_EXEC_FAILED, not a host fs error.
+        throw new VmPoolError({ code: 'VMPOOL_EXEC_FAILED', provider: PROVIDER, operation: 'getFile', vm: record.name, message: `getFile ${JSON.stringify(path)} failed: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, cause: error })
+      }
     },
-    async close() {},
-    async [Symbol.asyncDispose]() {},
+    // Through the same guest-side `tar` scripts as real VMs, so the path checks of the extraction run too.
+    async putDirectory(localDir: string, guestDir: string): Promise<void> {
+      await ensureAlive('putDirectory')
+      const result = await runSh(GUEST_EXTRACT_SCRIPT, [guestDir], { stdin: packDirectory(localDir) })
+      if (result.exitCode !== 0) throw directoryFailed('putDirectory', guestDir, result, context)
+    },
+    async getDirectory(guestDir: string, localDir: string): Promise<void> {
+      await ensureAlive('getDirectory')
+      const sink = createDirectorySink(localDir, guestDir, context)
+      let result: ExecResult
+      try {
+        result = await runSh(GUEST_PACK_SCRIPT, [guestDir], { onStdoutData: (chunk) => sink.write(chunk) })
+      } catch (error) {
+        await sink.abort()
+        throw error
+      }
+      await sink.finish(result)
+    },
+    // The "guest" shares this machine's network: its port N is 127.0.0.1:N here.
+    async forwardPort(guestPort, options = {}) {
+      await ensureAlive('forwardPort')
+      return forwards.track(await startLocalForward({ ...options, guestPort, ...context, connect: () => connectTcp(FORWARD_HOST, guestPort) }))
+    },
+    close,
+    [Symbol.asyncDispose]: close,
   }
-  return vm
+  return withExecLog(vm)
 }
 
 function notFound(name: string, operation: string): VmPoolError {

@@ -3,6 +3,7 @@ import { z } from 'zod'
 import { VmPoolError, invalidOptions, isVmPoolError } from '../errors.js'
 import type { CommandRunOptions } from '../transport/command-runner.js'
 import { TIMED_OUT_EXIT_CODE } from '../transport/process-runner.js'
+import { normalizeMaxOutputBytes, OutputCapture } from '../transport/output-capture.js'
 import { quoteShellArg, toShellLine } from '../transport/shell.js'
 import { scaleTimeout, sleep, withTimeout } from '../util/timeouts.js'
 import { validateVmName } from '../util/vm-name.js'
@@ -101,6 +102,10 @@ export function firecrackerProvider(options: FirecrackerProviderOptions = {}): V
       runInGuest: (argv, runOptions) => execute(client, { record, agentId, argv, runOptions }).catch(mapNotFound(record.name, 'exec')),
       // The server's timeout_seconds is the backstop: a little after the guest-side `timeout`.
       backstopGraceMs: FIRECRACKER_EXEC_TIMEOUT_GRACE_SECONDS * 1000,
+      forwardPortUnsupported: async (guestPort) => ({
+        message: `the Firecracker API has no port forwarding: guest port ${guestPort} of ${record.name} is not forwarded`,
+        hint: `the microVM has an address on the network of the machine running fcctl-web (GET ${baseUrl}/api/vms/${encodeURIComponent(String(record.data.id))} may show it): reach port ${guestPort} there, e.g. with \`ssh -L\` to that machine`,
+      }),
     })
 
   return {
@@ -204,7 +209,16 @@ async function execute(client: FirecrackerClient, { record, agentId, argv, runOp
     const response = await client.callJson(executeSchema, 'POST', '/api/llm/execute', { operation: 'exec', vm: record.name, retry: 'once', signal, timeoutMs: seconds * 1000 + answerGraceMs, body })
     if (response.stdout) runOptions.onStdout?.(response.stdout)
     if (response.stderr) runOptions.onStderr?.(response.stderr)
-    return { exitCode: response.exit_code, stdout: response.stdout, stderr: response.stderr, durationMs: Math.round(performance.now() - started), timedOut: response.timed_out === true }
+    // The API answers with all the output at once; the result keeps the same head and tail as other providers.
+    const maxBytes = normalizeMaxOutputBytes(runOptions.maxOutputBytes)
+    const stdout = new OutputCapture(maxBytes)
+    const stderr = new OutputCapture(maxBytes)
+    stdout.push(response.stdout)
+    stderr.push(response.stderr)
+    const result: ExecResult = { exitCode: response.exit_code, stdout: stdout.text('stdout'), stderr: stderr.text('stderr'), durationMs: Math.round(performance.now() - started), timedOut: response.timed_out === true }
+    if (stdout.droppedBytes > 0) result.stdoutDroppedBytes = stdout.droppedBytes
+    if (stderr.droppedBytes > 0) result.stderrDroppedBytes = stderr.droppedBytes
+    return result
   } catch (error) {
     const code = isVmPoolError(error, 'VMPOOL_HTTP_ERROR') ? error.details?.code : undefined
     if (timeoutMs === undefined || (code !== 'UND_ERR_HEADERS_TIMEOUT' && code !== 'UND_ERR_BODY_TIMEOUT')) throw error

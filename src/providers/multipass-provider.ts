@@ -66,7 +66,7 @@ export const multipassProviderOptionsSchema = z
 export type MultipassProviderOptions = z.input<typeof multipassProviderOptionsSchema>
 
 const listSchema = z.object({ list: z.array(z.looseObject({ name: z.string(), state: z.string(), ipv4: z.array(z.string()).optional(), release: z.string().optional() })) })
-const infoSchema = z.looseObject({ info: z.record(z.string(), z.looseObject({ state: z.string() })) })
+const infoSchema = z.looseObject({ info: z.record(z.string(), z.looseObject({ state: z.string(), ipv4: z.array(z.string()).optional() })) })
 const toVmState = makeVmStateMap({ running: ['Running'], starting: ['Starting', 'Restarting'], stopped: ['Stopped', 'Suspended', 'Suspending'], dead: ['Deleted'] })
 
 /**
@@ -117,6 +117,21 @@ export function multipassProvider(options: MultipassProviderOptions = {}): VmPro
         if (result.exitCode === 2 && /^exec failed: /m.test(result.stderr)) return cliFailure(result, operation, record.name)
         if (result.exitCode === MULTIPASS_DAEMON_UNAVAILABLE_EXIT_CODE && /cannot connect to the multipass socket/.test(result.stderr)) return cliFailure(result, operation, record.name)
         return undefined
+      },
+      // Multipass has no port forwarding; its instances have an address the machine running multipassd reaches.
+      forwardPortUnsupported: async (guestPort) => {
+        let address: string | undefined
+        try {
+          const info = await multipass(['info', record.name, '--format', 'json'])
+          if (info.exitCode === 0) address = parseJsonOutput(infoSchema, info.stdout, 'multipass info --format json', PROVIDER).info[record.name]?.ipv4?.[0]
+        } catch {
+          // the hint says how to look it up
+        }
+        const at = address ? `${address}:${guestPort}` : `<instance address>:${guestPort} (\`multipass info ${record.name}\` shows it)`
+        return {
+          message: `multipass cannot forward ports: guest port ${guestPort} of ${record.name} is not forwarded`,
+          hint: `connect to the instance's own address instead: ${at}, from ${where === 'local' ? 'this machine' : where}; the server must listen on that address (0.0.0.0), not only on 127.0.0.1`,
+        }
       },
     })
 

@@ -78,6 +78,11 @@ export function orbstackProvider(options: OrbstackProviderOptions = {}): VmProvi
       runInGuest: (argv, runOptions) => runner.run([config.orbctlBinary, 'run', '-m', record.name, ...(config.user ? ['-u', config.user] : []), ...argv], runOptions),
       // `orbctl run` reports its own failures with exit 1; a command may exit 1 too, so look at the message.
       classifyFailure: (result, operation) => (result.exitCode !== 0 && (isNotFound(result, record.name) || /^OrbStack is not running/m.test(result.stderr)) ? cliFailure(result, operation, record.name) : undefined),
+      // orbctl has no port forwarding: OrbStack gives every machine a name the Mac resolves.
+      forwardPortUnsupported: async (guestPort) => ({
+        message: `orbctl cannot forward ports: guest port ${guestPort} of ${record.name} is not forwarded`,
+        hint: `OrbStack makes the machine reachable from the Mac at ${record.name}.orb.local: connect to ${record.name}.orb.local:${guestPort} (the server must listen on 0.0.0.0 in the machine)`,
+      }),
     })
 
   return {

@@ -12,7 +12,9 @@ import { writeFileAtomic } from '../util/fs-atomic.js'
 import { getStateDir } from '../util/state-dir.js'
 import { scaleTimeout } from '../util/timeouts.js'
 import { validateVmName } from '../util/vm-name.js'
+import { withExecLog } from './exec-log.js'
 import { parseProviderOptions } from './parse-provider-options.js'
+import { VmPortForwards } from './vm-port-forwards.js'
 import type { ExecOptions, ExecResult, KeptVmHelp, ProviderProbe, Vm, VmInfo, VmProvider, VmRecord, VmSpec } from './vm-provider.js'
 
 const PROVIDER = 'ssh'
@@ -21,6 +23,10 @@ const PROVIDER = 'ssh'
 export const SSH_RESET_TIMEOUT_MS = 300_000
 /** Time allowed for the `true` that `create` and `probe` run to prove a host answers. */
 export const SSH_HOST_CHECK_TIMEOUT_MS = 30_000
+/** Exec channels per connection to a host: OpenSSH's default MaxSessions is 10, two stay free for others. */
+export const SSH_HOST_MAX_CHANNELS = 8
+/** Connections per host: more concurrent execs get more connections rather than a queue (32 at once). */
+export const SSH_HOST_MAX_CONNECTIONS = 4
 /** A lease-file lock older than this is considered left behind by a crashed process. */
 export const SSH_LEASE_LOCK_STALE_MS = 10_000
 
@@ -79,13 +85,14 @@ export function sshProvider(options: SshProviderOptions): VmProvider {
   const dir = () => join(getStateDir(stateDir), 'ssh')
   const leasePath = () => join(dir(), 'leases.json')
   const transports = new Map<string, SshTransport>()
+  const forwards = new VmPortForwards()
 
   const transportFor = (id: string): SshTransport => {
     let transport = transports.get(id)
     if (!transport) {
       const host = hosts.get(id)
       if (!host) throw invalidOptions(`host ${id} is not in this sshProvider's hosts`, { provider: PROVIDER, hint: 'connect with the same hosts list that created the lease' })
-      transport = new SshTransport({ host: host.host, port: host.port, username: host.user, privateKey: host.privateKey, hostKey: host.hostKey, provider: PROVIDER })
+      transport = new SshTransport({ host: host.host, port: host.port, username: host.user, privateKey: host.privateKey, hostKey: host.hostKey, maxChannels: SSH_HOST_MAX_CHANNELS, maxConnections: SSH_HOST_MAX_CONNECTIONS, provider: PROVIDER })
       transports.set(id, transport)
     }
     return transport
@@ -140,23 +147,36 @@ export function sshProvider(options: SshProviderOptions): VmProvider {
     return transportFor(id)
   }
 
-  const makeVm = (record: VmRecord, id: string): Vm => ({
-    name: record.name,
-    provider: PROVIDER,
-    record,
-    async exec(command: string | string[], execOptions?: ExecOptions): Promise<ExecResult> {
-      return (await requireLease(record.name, id, 'exec')).exec(command, execOptions)
-    },
-    async putFile(path: string, data: string | Buffer): Promise<void> {
-      await (await requireLease(record.name, id, 'putFile')).putFile(path, data)
-    },
-    async getFile(path: string): Promise<Buffer> {
-      return (await requireLease(record.name, id, 'getFile')).getFile(path)
-    },
-    // The connection is shared by every Vm on that host in this process; provider.close() ends it.
-    async close() {},
-    async [Symbol.asyncDispose]() {},
-  })
+  const makeVm = (record: VmRecord, id: string): Vm => {
+    const { forwards: vmForwards, release } = forwards.open(record.name)
+    // The connections are shared by every Vm on that host in this process; provider.close() ends them.
+    const close = () => release()
+    return withExecLog<Vm>({
+      name: record.name,
+      provider: PROVIDER,
+      record,
+      async exec(command: string | string[], execOptions?: ExecOptions): Promise<ExecResult> {
+        return (await requireLease(record.name, id, 'exec')).exec(command, execOptions)
+      },
+      async putFile(path: string, data: string | Buffer): Promise<void> {
+        await (await requireLease(record.name, id, 'putFile')).putFile(path, data)
+      },
+      async getFile(path: string): Promise<Buffer> {
+        return (await requireLease(record.name, id, 'getFile')).getFile(path)
+      },
+      async putDirectory(localDir: string, guestDir: string): Promise<void> {
+        await (await requireLease(record.name, id, 'putDirectory')).putDirectory(localDir, guestDir)
+      },
+      async getDirectory(guestDir: string, localDir: string): Promise<void> {
+        await (await requireLease(record.name, id, 'getDirectory')).getDirectory(guestDir, localDir)
+      },
+      async forwardPort(guestPort, forwardOptions) {
+        return vmForwards.track(await (await requireLease(record.name, id, 'forwardPort')).forwardPort(guestPort, forwardOptions))
+      },
+      close,
+      [Symbol.asyncDispose]: close,
+    })
+  }
 
   const toRecord = (lease: Lease, spec: VmSpec): VmRecord => {
     const host = hosts.get(lease.hostId)
@@ -210,6 +230,7 @@ export function sshProvider(options: SshProviderOptions): VmProvider {
     async delete(name: string): Promise<void> {
       validateVmName(name, PROVIDER)
       const lease = findLease(await readLeases(), name)
+      await forwards.closeVm(name)
       if (!lease) return
       if (reset !== undefined && hosts.has(lease.hostId)) {
         const result = await transportFor(lease.hostId).exec(reset, { timeoutMs: scaleTimeout(SSH_RESET_TIMEOUT_MS) })
@@ -267,6 +288,7 @@ export function sshProvider(options: SshProviderOptions): VmProvider {
     },
 
     async close(): Promise<void> {
+      await forwards.closeAll()
       await Promise.all([...transports.values()].map((transport) => transport.close()))
       transports.clear()
     },

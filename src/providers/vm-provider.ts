@@ -4,8 +4,10 @@
  * (`ExecOptions`, `ExecResult`) lives in the transport layer below and is re-exported here.
  */
 import type { ExecOptions, ExecResult } from '../transport/exec-types.js'
+import type { ForwardPortOptions, PortForward } from '../transport/port-forward.js'
 
 export type { ExecBufferResult, ExecOptions, ExecResult } from '../transport/exec-types.js'
+export type { ForwardPortOptions, PortForward } from '../transport/port-forward.js'
 
 
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue }
@@ -43,17 +45,41 @@ export interface VmInfo {
   record?: VmRecord
 }
 
+/**
+ * A VM reached from this process (docs/providers.md has what each provider does). Guest paths that are
+ * relative are under the VM user's home directory.
+ */
 export interface Vm extends AsyncDisposable {
   /** e.g. `vitest-worker-<runId>-<slot>` */
   readonly name: string
   /** 'qemu' | 'multipass' | ... */
   readonly provider: string
   readonly record: VmRecord
-  /** A string is a shell line; an array is argv, quoted safely. */
+  /** A string is a shell line; an array is argv, quoted safely. Execs on one VM run concurrently. */
   exec(command: string | string[], options?: ExecOptions): Promise<ExecResult>
-  putFile?(path: string, data: string | Buffer): Promise<void>
-  getFile?(path: string): Promise<Buffer>
-  /** Close connections held by this process. Does not delete the VM. `[Symbol.asyncDispose]` is the same unless documented otherwise. */
+  /** Write a file in the guest (its directory must exist); the bytes travel as they are. */
+  putFile(path: string, data: string | Buffer): Promise<void>
+  /** Read a whole file from the guest. */
+  getFile(path: string): Promise<Buffer>
+  /**
+   * Copy a local directory into `guestDir` (made if missing) as a tar stream: permission bits,
+   * symlinks (as links) and empty directories are kept; owners are the guest user's.
+   */
+  putDirectory(localDir: string, guestDir: string): Promise<void>
+  /**
+   * Copy `guestDir` into `localDir` (made if missing), as `putDirectory` does the other way. An archive
+   * entry that would land outside `localDir` (`..`, an absolute path, a path through a symlink) is
+   * refused with VMPOOL_UNSAFE_PATH before anything is written for it.
+   */
+  getDirectory(guestDir: string, localDir: string): Promise<void>
+  /**
+   * A TCP port on 127.0.0.1 that reaches `guestPort` in the guest (also a server bound to the guest's
+   * loopback, where the provider can). Closed by `close()`, by disposing it, by closing this Vm, or by
+   * deleting the VM. A provider whose tool cannot forward ports rejects with VMPOOL_UNSUPPORTED and a
+   * hint saying how to reach the guest instead.
+   */
+  forwardPort(guestPort: number, options?: ForwardPortOptions): Promise<PortForward>
+  /** Close connections and port forwards held by this process. Does not delete the VM. `[Symbol.asyncDispose]` is the same unless documented otherwise. */
   close?(): Promise<void>
 }
 

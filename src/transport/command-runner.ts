@@ -4,7 +4,7 @@ import type { ExecOptions, ExecResult } from './exec-types.js'
 import type { SshTransport } from './ssh-transport.js'
 
 /** What a runner passes on to the program it runs: no cwd or env, those belong to the command line. */
-export type CommandRunOptions = Pick<ExecOptions, 'input' | 'timeoutMs' | 'signal' | 'onStdout' | 'onStderr'>
+export type CommandRunOptions = Pick<ExecOptions, 'input' | 'timeoutMs' | 'signal' | 'onStdout' | 'onStderr' | 'maxOutputBytes'>
 
 /** Runs a VM manager's CLI (`multipass`, `orbctl`) on this machine or on a remote host. */
 export interface CommandRunner {

@@ -1,8 +1,10 @@
 import { spawn } from 'node:child_process'
+import type { Readable } from 'node:stream'
 import { StringDecoder } from 'node:string_decoder'
 import { VmPoolError } from '../errors.js'
 import { scaleTimeout } from '../util/timeouts.js'
 import type { ExecOptions, ExecResult } from './exec-types.js'
+import { normalizeMaxOutputBytes, OutputCapture } from './output-capture.js'
 
 /** Exit code reported for a command killed by `timeoutMs`, as coreutils `timeout` does. */
 export const TIMED_OUT_EXIT_CODE = 124
@@ -20,6 +22,13 @@ export interface RunProcessOptions extends Omit<ExecOptions, 'cwd' | 'env'> {
   /** For error messages. */
   provider?: string
   vm?: string
+  /** Streamed to stdin instead of `input` (a directory's tar): read as the child reads, with backpressure. */
+  stdin?: Readable
+  /**
+   * Every stdout chunk as raw bytes (stdout is then NOT kept in the result); a returned promise pauses
+   * the pipe until it settles, and a rejection ends the run with that error after the child is gone.
+   */
+  onStdoutData?: (chunk: Buffer) => void | Promise<void>
 }
 
 /**
@@ -41,8 +50,16 @@ export function runProcess(file: string, args: readonly string[], options: RunPr
       detached: true,
       stdio: ['pipe', 'pipe', 'pipe'],
     })
-    const stdout = collect(child.stdout, options.onStdout)
-    const stderr = collect(child.stderr, options.onStderr)
+    const maxBytes = normalizeMaxOutputBytes(options.maxOutputBytes)
+    let consumerError: unknown
+    const consumed = options.onStdoutData
+      ? consume(child.stdout, options.onStdoutData, (error) => {
+          consumerError ??= error
+          killGroup()
+        })
+      : undefined
+    const stdout = consumed ? () => ({ text: '', dropped: 0 }) : collect(child.stdout, maxBytes, 'stdout', options.onStdout)
+    const stderr = collect(child.stderr, maxBytes, 'stderr', options.onStderr)
     let timedOut = false
     let aborted = false
     let settled = false
@@ -57,22 +74,33 @@ export function runProcess(file: string, args: readonly string[], options: RunPr
       options.signal?.removeEventListener('abort', onAbort)
       return true
     }
-    const finish = (code: number | null, signal: NodeJS.Signals | null) => {
+    const finish = async (code: number | null, signal: NodeJS.Signals | null) => {
       if (!settle()) return
+      // The last stdout chunk may still be with onStdoutData (on its way to disk).
+      await consumed?.idle()
       // After the grace the pipes may still be open: drop them so nothing keeps this process busy.
       child.stdout.destroy()
       child.stderr.destroy()
+      options.stdin?.unpipe(child.stdin)
       if (aborted) {
         reject(abortedError(options))
         return
       }
+      if (consumerError !== undefined) {
+        reject(consumerError)
+        return
+      }
+      const out = stdout()
+      const err = stderr()
       const result: ExecResult = {
         exitCode: timedOut ? TIMED_OUT_EXIT_CODE : (code ?? 128 + signalNumber(signal)),
-        stdout: stdout(),
-        stderr: stderr(),
+        stdout: out.text,
+        stderr: err.text,
         durationMs: Math.round(performance.now() - started),
         timedOut,
       }
+      if (out.dropped > 0) result.stdoutDroppedBytes = out.dropped
+      if (err.dropped > 0) result.stderrDroppedBytes = err.dropped
       if (signal) result.signal = signal
       resolve(result)
     }
@@ -82,7 +110,7 @@ export function runProcess(file: string, args: readonly string[], options: RunPr
       } catch {
         // the group is already gone
       }
-      graceTimer ??= setTimeout(() => finish(child.exitCode, child.signalCode), scaleTimeout(PROCESS_KILL_GRACE_MS))
+      graceTimer ??= setTimeout(() => void finish(child.exitCode, child.signalCode), scaleTimeout(PROCESS_KILL_GRACE_MS))
     }
     const onAbort = () => {
       aborted = true
@@ -98,7 +126,13 @@ export function runProcess(file: string, args: readonly string[], options: RunPr
 
     // EPIPE on stdin is expected when the command exits without reading its input.
     child.stdin.on('error', () => {})
-    if (options.input !== undefined) child.stdin.end(options.input)
+    if (options.stdin) {
+      options.stdin.once('error', (error) => {
+        consumerError ??= error
+        killGroup()
+      })
+      options.stdin.pipe(child.stdin)
+    } else if (options.input !== undefined) child.stdin.end(options.input)
     else child.stdin.end()
 
     child.once('error', (error) => {
@@ -114,27 +148,57 @@ export function runProcess(file: string, args: readonly string[], options: RunPr
         }),
       )
     })
-    child.once('close', finish)
+    child.once('close', (code, signal) => void finish(code, signal))
   })
 }
 
-function collect(stream: NodeJS.ReadableStream, onChunk?: (chunk: string) => void): () => string {
+interface Collected {
+  text: string
+  dropped: number
+}
+
+/** Keeps a bounded head and tail (OutputCapture); `onChunk` sees all of it, decoded. */
+function collect(stream: Readable, maxBytes: number, name: 'stdout' | 'stderr', onChunk?: (chunk: string) => void): () => Collected {
   const decoder = new StringDecoder('utf8')
-  const parts: string[] = []
+  const capture = new OutputCapture(maxBytes)
   stream.on('data', (data: Buffer) => {
+    capture.push(data)
+    if (!onChunk) return
     const text = decoder.write(data)
-    if (text === '') return
-    parts.push(text)
-    onChunk?.(text)
+    if (text !== '') onChunk(text)
   })
   return () => {
-    const rest = decoder.end()
-    if (rest) {
-      parts.push(rest)
-      onChunk?.(rest)
-    }
-    return parts.join('')
+    const rest = onChunk ? decoder.end() : ''
+    if (rest) onChunk?.(rest)
+    return { text: capture.text(name), dropped: capture.droppedBytes }
   }
+}
+
+/** Hands raw chunks to `onData`, pausing the pipe while a returned promise is pending; `idle()` waits for the last one. */
+function consume(stream: Readable, onData: (chunk: Buffer) => void | Promise<void>, onError: (error: unknown) => void): { idle(): Promise<void> } {
+  let failed = false
+  let pending: Promise<void> = Promise.resolve()
+  stream.on('data', (data: Buffer) => {
+    if (failed) return
+    let result: void | Promise<void>
+    try {
+      result = onData(data)
+    } catch (error) {
+      failed = true
+      return onError(error)
+    }
+    if (!result) return
+    stream.pause()
+    pending = result.then(
+      () => void stream.resume(),
+      (error: unknown) => {
+        failed = true
+        stream.resume()
+        onError(error)
+      },
+    )
+  })
+  return { idle: () => pending }
 }
 
 function signalNumber(signal: NodeJS.Signals | null): number {

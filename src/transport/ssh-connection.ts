@@ -40,6 +40,8 @@ export interface SshConnectionConfig {
   readyTimeoutMs: number
   /** Normalized `SHA256:` fingerprint of the pinned host key; undefined = accept any. */
   hostKeyFingerprint: string | undefined
+  /** Cipher preference, most wanted first; undefined = ssh2's default order. */
+  ciphers?: string[] | undefined
   /** For error messages. */
   provider: string
   vm?: string | undefined
@@ -111,6 +113,39 @@ export class SshConnection {
     }
   }
 
+  /**
+   * A direct-tcpip channel to `host:port` as seen from the server (a port forward); reconnects once like
+   * `openChannel`. The server refusing the connection (nothing listens) rejects with VMPOOL_EXEC_FAILED.
+   */
+  async openTcp(host: string, port: number): Promise<ClientChannel> {
+    for (let attempt = 0; ; attempt++) {
+      const client = await this.getClient()
+      try {
+        return await new Promise<ClientChannel>((resolve, reject) => {
+          client.forwardOut('127.0.0.1', 0, host, port, (error, channel) => (error ? reject(error) : resolve(channel)))
+        })
+      } catch (error) {
+        // A refused forward (nothing listening) is an answer, not a dead connection.
+        const refused = (error as { reason?: unknown }).reason !== undefined
+        if (attempt === 0 && !refused) {
+          debug('forward on %s failed (%s): reconnecting once', this.target, (error as Error).message)
+          this.#forget(client)
+          client.end()
+          continue
+        }
+        throw new VmPoolError({
+          code: 'VMPOOL_EXEC_FAILED',
+          provider: this.#config.provider,
+          vm: this.#config.vm,
+          operation: 'forwardPort',
+          message: `could not reach ${host}:${port} through ${this.target}: ${(error as Error).message}`,
+          hint: 'is a server listening on that port in the VM?',
+          cause: error,
+        })
+      }
+    }
+  }
+
   /** Close the connection; the next `getClient` opens a new one. */
   async close(): Promise<void> {
     const client = this.#client
@@ -144,6 +179,7 @@ export class SshConnection {
       readyTimeout: config.readyTimeoutMs,
       keepaliveInterval: SSH_KEEPALIVE_INTERVAL_MS,
       keepaliveCountMax: 3,
+      ...(config.ciphers ? { algorithms: { cipher: config.ciphers as NonNullable<ConnectConfig['algorithms']>['cipher'] } } : {}),
       hostVerifier: (key: Buffer) => {
         if (config.hostKeyFingerprint === undefined) return true
         const got = getSshFingerprint(key)

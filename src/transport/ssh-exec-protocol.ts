@@ -5,7 +5,8 @@ import { buildShellScript, quoteShellArg } from './shell.js'
 /**
  * The small protocol a command speaks over an SSH exec channel, on top of SSH itself:
  *
- * - The first stderr line of a command that may have to be killed is `\x1evm-pool-pid <pid>`: the
+ * - The first line our script prints on stderr for a command that may have to be killed is `\x1evm-pool-pid <pid>`
+ *   (the user's shell start-up files may print lines before it, e.g. a login shell's rc noise): the
  *   remote shell's pid, made a process group leader (OpenSSH's sshd does that already, dropbear does
  *   not). SSH channel signals are ignored by dropbear and by OpenSSH before 7.9, so a timeout or an
  *   abort kills that group with a second exec (`remoteKillCommand`), which also ends background
@@ -18,8 +19,8 @@ import { buildShellScript, quoteShellArg } from './shell.js'
 const PID_MARKER = '\u001evm-pool-pid '
 const EXIT_MARKER = '\u001evm-pool-exit '
 const EXIT_MARKER_LINE = /^\u001evm-pool-exit (\d+)\n$/
-/** The pid line is short: give up looking for it after this many bytes without a newline. */
-const PID_LINE_MAX_BYTES = 64
+/** Stderr lines before the pid line come from the user's shell start-up files: give up looking for it after this many bytes. */
+const PID_SEARCH_MAX_BYTES = 64 * 1024
 
 /** Could `text` (stderr from a 0x1e byte to the end) still grow into the exit marker line? */
 function isExitMarkerPrefix(text: string): boolean {
@@ -52,15 +53,18 @@ export function remoteKillCommand(pid: number): string {
  * start of the exit marker is held back until more arrives or the channel closes.
  */
 export class SshStderrParser {
+  /** Stderr held while looking for the pid line (undefined once found, or when not killable). */
   #head: Buffer | undefined
+  /** Bytes of stderr passed on before the pid line. */
+  #searched = 0
   #tail = Buffer.alloc(0)
   readonly #decoder = new StringDecoder('utf8')
   readonly #onPid: (pid: number | undefined) => void
   readonly #onText: (text: string) => void
 
   /**
-   * `killable`: the script starts with the pid line (`buildSshExecScript`). `onPid` is called once
-   * the first line is in: with the pid, or undefined when the line is not the marker.
+   * `killable`: the script starts with the pid line (`buildSshExecScript`). `onPid` is called once:
+   * with the pid, or undefined when no pid line came in the first PID_SEARCH_MAX_BYTES or before the end.
    */
   constructor(killable: boolean, onPid: (pid: number | undefined) => void, onText: (text: string) => void) {
     this.#head = killable ? Buffer.alloc(0) : undefined
@@ -70,27 +74,41 @@ export class SshStderrParser {
 
   push(data: Buffer): void {
     if (this.#head === undefined) return this.#pushBody(data)
-    const head = Buffer.concat([this.#head, data])
-    const newline = head.indexOf(0x0a)
-    if (newline < 0 && head.length < PID_LINE_MAX_BYTES) {
-      this.#head = head
-      return
+    let head = Buffer.concat([this.#head, data])
+    for (;;) {
+      const newline = head.indexOf(0x0a)
+      if (newline < 0) {
+        if (this.#searched + head.length < PID_SEARCH_MAX_BYTES) {
+          this.#head = head
+          return
+        }
+        return this.#giveUpOnPid(head)
+      }
+      const line = head.subarray(0, newline).toString('latin1')
+      if (line.startsWith(PID_MARKER)) {
+        this.#head = undefined
+        const pid = Number(line.slice(PID_MARKER.length))
+        this.#onPid(Number.isInteger(pid) && pid > 0 ? pid : undefined)
+        if (head.length > newline + 1) this.#pushBody(head.subarray(newline + 1))
+        return
+      }
+      // A line before ours (shell start-up noise): it is the command's stderr as far as the caller knows.
+      this.#searched += newline + 1
+      this.#pushBody(head.subarray(0, newline + 1))
+      head = head.subarray(newline + 1)
+      if (this.#searched >= PID_SEARCH_MAX_BYTES) return this.#giveUpOnPid(head)
     }
+  }
+
+  #giveUpOnPid(rest: Buffer): void {
     this.#head = undefined
-    const line = newline < 0 ? '' : head.subarray(0, newline).toString('latin1')
-    if (!line.startsWith(PID_MARKER)) {
-      this.#onPid(undefined)
-      return this.#pushBody(head)
-    }
-    const pid = Number(line.slice(PID_MARKER.length))
-    this.#onPid(Number.isInteger(pid) && pid > 0 ? pid : undefined)
-    if (head.length > newline + 1) this.#pushBody(head.subarray(newline + 1))
+    this.#onPid(undefined)
+    if (rest.length > 0) this.#pushBody(rest)
   }
 
   /** At channel close: flush what was held back; returns the exit status the shell reported, if any. */
   end(): number | undefined {
-    if (this.#head !== undefined && this.#head.length > 0) this.#pushBody(this.#head)
-    this.#head = undefined
+    if (this.#head !== undefined) this.#giveUpOnPid(this.#head)
     const reported = EXIT_MARKER_LINE.exec(this.#tail.toString('latin1'))
     if (!reported && this.#tail.length > 0) this.#emit(this.#tail)
     this.#tail = Buffer.alloc(0)

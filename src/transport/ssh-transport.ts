@@ -1,30 +1,41 @@
-import { StringDecoder } from 'node:string_decoder'
+import type { Readable } from 'node:stream'
 import ssh2 from 'ssh2'
-import type { ClientChannel } from 'ssh2'
 import { z } from 'zod'
 import { formatZodError } from '../config/zod-error.js'
 import { VmPoolError, invalidOptions } from '../errors.js'
 import { createDebug } from '../util/debug.js'
 import { scaleTimeout } from '../util/timeouts.js'
 import type { ExecBufferResult, ExecOptions, ExecResult } from './exec-types.js'
+import { createDirectorySink, directoryFailed, guestExtractArgv, guestPackArgv } from './guest-directory.js'
+import { normalizeMaxOutputBytes } from './output-capture.js'
+import { startLocalForward, type ForwardPortOptions, type PortForward } from './port-forward.js'
 import { abortedError, TIMED_OUT_EXIT_CODE } from './process-runner.js'
-import { quoteShellArg } from './shell.js'
-import { SSH_READY_TIMEOUT_MS, SshConnection, sshEndpointFields } from './ssh-connection.js'
-import { buildSshExecScript, remoteKillCommand, signalNumber, SshStderrParser } from './ssh-exec-protocol.js'
+import { collectChannel, EXEC_KILL_GRACE_MS, type ChannelIo } from './ssh-channel-run.js'
+import { SSH_READY_TIMEOUT_MS, sshEndpointFields } from './ssh-connection.js'
+import { SshConnectionPool, type ChannelSlot } from './ssh-connection-pool.js'
+import { buildSshExecScript, remoteKillCommand, signalNumber } from './ssh-exec-protocol.js'
 import { normalizeHostKeyPin } from './ssh-keys.js'
+import { packDirectory } from './tar/tar-writer.js'
 
 export type { ExecBufferResult } from './exec-types.js'
 export { SSH_KEEPALIVE_INTERVAL_MS, SSH_READY_TIMEOUT_MS } from './ssh-connection.js'
+export { EXEC_KILL_GRACE_MS }
 
-/** After killing a timed-out or aborted command, how long its channel may take to close before we close it. */
-export const EXEC_KILL_GRACE_MS = 5_000
 /**
  * Concurrent exec channels per connection. OpenSSH's default `MaxSessions` is 10; two stay free for
- * the kill commands that timeouts and aborts send over the same connection.
+ * whatever else uses that host.
  */
 export const DEFAULT_MAX_CHANNELS = 8
+/** Connections per transport: with DEFAULT_MAX_CHANNELS, 32 commands at once before execs wait. */
+export const DEFAULT_MAX_CONNECTIONS = 4
+/**
+ * Handshakes in flight at once per transport. Dropbear drops a sixth unauthenticated connection from
+ * one address (MAX_UNAUTH_PER_IP 5), OpenSSH starts dropping at 10 (MaxStartups).
+ */
+export const MAX_CONNECTING = 4
 
 const debug = createDebug('vm-pool:ssh')
+const execDebug = createDebug('vm-pool:exec')
 
 export const sshTransportOptionsSchema = z
   .object({
@@ -32,8 +43,12 @@ export const sshTransportOptionsSchema = z
     username: z.string().min(1),
     /** @default SSH_READY_TIMEOUT_MS scaled by VM_POOL_TIMEOUT_SCALE */
     readyTimeoutMs: z.number().int().positive().optional(),
-    /** @default DEFAULT_MAX_CHANNELS */
+    /** Exec channels per connection (the server's MaxSessions, or less). @default DEFAULT_MAX_CHANNELS */
     maxChannels: z.number().int().min(1).max(64).default(DEFAULT_MAX_CHANNELS),
+    /** Connections opened when every channel is busy; execs beyond that wait. @default DEFAULT_MAX_CONNECTIONS */
+    maxConnections: z.number().int().min(1).max(64).default(DEFAULT_MAX_CONNECTIONS),
+    /** Cipher preference, most wanted first (ssh2 names). @default ssh2's order (AES-GCM first where the CPU has AES) */
+    ciphers: z.array(z.string().min(1)).min(1).optional(),
     /** For error messages: `[vm-pool] [<provider>]`. @default 'ssh' */
     provider: z.string().min(1).default('ssh'),
     /** For error messages. */
@@ -46,19 +61,21 @@ export type SshTransportOptions = z.input<typeof sshTransportOptionsSchema>
 type RunResult = ExecBufferResult & { stdoutText: string }
 type StopReason = 'timeout' | 'abort'
 
+/** `timeoutMs` ran out while the exec waited for a channel: it never started. */
+class QueueTimeout extends Error {}
+
 /**
- * Commands over one persistent ssh2 connection to one host (`SshConnection`, opened on first use),
- * shared by every exec as multiplexed channels, at most `maxChannels` at once. Commands with a
- * timeout or an AbortSignal are killed through the protocol in ssh-exec-protocol.ts; a channel
- * that stays open after the kill (a child that left the process group) is closed after
- * EXEC_KILL_GRACE_MS.
+ * Commands over ssh2 to one host: a small pool of persistent connections (ssh-connection-pool.ts),
+ * each carrying up to `maxChannels` commands as multiplexed channels; more connections are opened on
+ * demand up to `maxConnections`, then execs wait (DEBUG `vm-pool:exec` says so). Commands with a
+ * timeout or an AbortSignal are killed through the protocol in ssh-exec-protocol.ts; a channel that
+ * stays open after the kill (a child that left the process group) is closed after EXEC_KILL_GRACE_MS.
+ * Files and directories travel as raw bytes on an exec's stdin/stdout (no base64, no sftp server).
  */
 export class SshTransport {
-  readonly #connection: SshConnection
-  readonly #maxChannels: number
+  readonly #pool: SshConnectionPool
   readonly #context: { provider: string; vm: string | undefined }
-  #activeChannels = 0
-  readonly #slotWaiters: Array<() => void> = []
+  readonly #target: string
 
   constructor(options: SshTransportOptions) {
     const parsed = sshTransportOptionsSchema.safeParse(options)
@@ -66,111 +83,176 @@ export class SshTransport {
       // Never echo the input: it holds the private key.
       throw invalidOptions(`invalid ssh transport options: ${formatZodError(parsed.error, options)}`, { provider: options?.provider ?? 'ssh', vm: options?.vm })
     }
-    const { hostKey, maxChannels, readyTimeoutMs, ...rest } = parsed.data
+    const { hostKey, maxChannels, maxConnections, readyTimeoutMs, ciphers, ...rest } = parsed.data
     if (ssh2.utils.parseKey(rest.privateKey) instanceof Error) {
       throw invalidOptions('the ssh private key could not be parsed (expected an unencrypted OpenSSH or PEM key)', { provider: rest.provider, vm: rest.vm })
     }
-    this.#connection = new SshConnection({
-      ...rest,
-      readyTimeoutMs: readyTimeoutMs ?? scaleTimeout(SSH_READY_TIMEOUT_MS),
-      hostKeyFingerprint: hostKey === undefined ? undefined : normalizeHostKeyPin(hostKey),
-    })
-    this.#maxChannels = maxChannels
+    this.#pool = new SshConnectionPool(
+      {
+        ...rest,
+        readyTimeoutMs: readyTimeoutMs ?? scaleTimeout(SSH_READY_TIMEOUT_MS),
+        hostKeyFingerprint: hostKey === undefined ? undefined : normalizeHostKeyPin(hostKey),
+        ciphers,
+      },
+      { maxChannels, maxConnections, maxConnecting: MAX_CONNECTING },
+    )
     this.#context = { provider: rest.provider, vm: rest.vm }
+    this.#target = `${rest.username}@${rest.host}:${rest.port}`
   }
 
   /** `user@host:port`, for messages. */
   get target(): string {
-    return this.#connection.target
+    return this.#target
   }
 
-  /** Open the connection now (exec does it lazily); rejects with the connect error. */
+  /** Connections open or opening now (they are kept when idle). */
+  get connectionCount(): number {
+    return this.#pool.size
+  }
+
+  /** The handshake time for connections opened from now on (after a boot's shorter per-attempt timeout). */
+  setReadyTimeout(readyTimeoutMs: number): void {
+    this.#pool.setReadyTimeout(readyTimeoutMs)
+  }
+
+  /** Open a connection now (exec does it lazily); rejects with the connect error. */
   async connect(): Promise<void> {
-    await this.#connection.getClient()
+    await this.#pool.anyConnection()
   }
 
   async exec(command: string | readonly string[], options: ExecOptions = {}): Promise<ExecResult> {
-    const { stdoutText, ...result } = await this.#run(command, options, false)
+    const { stdoutText, stdout: _bytes, ...result } = await this.#run(command, options, { keepBytes: false })
     return { ...result, stdout: stdoutText }
   }
 
   /** Like `exec`, with stdout as raw bytes (`onStdout` still receives decoded text). */
   async execBuffer(command: string | readonly string[], options: ExecOptions = {}): Promise<ExecBufferResult> {
-    const { stdoutText: _ignored, ...result } = await this.#run(command, options, true)
+    const { stdoutText: _ignored, ...result } = await this.#run(command, options, { keepBytes: true })
     return result
   }
 
-  /** Write a file on the host (binary-safe, over exec: no sftp server needed). Relative paths are under the home directory. */
+  /** Write a file on the host: the bytes go to `cat` on the other end as they are. Relative paths are under the home directory. */
   async putFile(path: string, data: string | Buffer): Promise<void> {
-    const result = await this.exec(`cat > ${quoteShellArg(path)}`, { input: data })
+    const result = await this.exec(['sh', '-c', 'cat > "$1"', 'sh', path], { input: data })
     if (result.exitCode !== 0) throw this.#fileError('putFile', path, result.stderr)
   }
 
-  /** Read a file from the host (binary-safe). */
+  /** Read a file from the host, whole, whatever its size (no `maxOutputBytes`). */
   async getFile(path: string): Promise<Buffer> {
-    const result = await this.execBuffer(['cat', '--', path])
+    const result = await this.execBuffer(['cat', '--', path], { maxOutputBytes: Number.POSITIVE_INFINITY })
     if (result.exitCode !== 0) throw this.#fileError('getFile', path, result.stderr)
     return result.stdout
   }
 
-  /** Close the connection. The transport can still be used afterwards: the next exec reconnects. */
+  /** Copy `localDir` (modes, symlinks, empty directories) into `guestDir` on the host, made if missing. */
+  async putDirectory(localDir: string, guestDir: string): Promise<void> {
+    const result = await this.#runWithStdin(guestExtractArgv(guestDir), packDirectory(localDir))
+    if (result.exitCode !== 0) throw directoryFailed('putDirectory', guestDir, result, this.#namedContext())
+  }
+
+  /** Copy `guestDir` on the host into `localDir` here; entries that would land outside `localDir` are refused (VMPOOL_UNSAFE_PATH). */
+  async getDirectory(guestDir: string, localDir: string): Promise<void> {
+    const sink = createDirectorySink(localDir, guestDir, this.#namedContext())
+    let result: ExecResult
+    try {
+      const { stdoutText: _text, stdout: _bytes, ...rest } = await this.#run(guestPackArgv(guestDir), {}, { keepBytes: false, onStdoutData: (chunk) => sink.write(chunk) })
+      result = { ...rest, stdout: '' }
+    } catch (error) {
+      await sink.abort()
+      throw error
+    }
+    await sink.finish(result)
+  }
+
+  /** Run `command` with `stdin` streamed to it (with backpressure); stdout is bounded as for exec. */
+  async #runWithStdin(command: string[], stdin: Readable): Promise<ExecResult> {
+    const { stdoutText, stdout: _bytes, ...result } = await this.#run(command, {}, { keepBytes: false, stdin })
+    return { ...result, stdout: stdoutText }
+  }
+
+  /**
+   * A port on 127.0.0.1 here that reaches `guestPort` on the host's loopback, through a direct-tcpip
+   * channel per connection (servers bound to 127.0.0.1 on the host are reachable too). The caller closes it.
+   */
+  async forwardPort(guestPort: number, options: ForwardPortOptions = {}): Promise<PortForward> {
+    return startLocalForward({
+      ...options,
+      guestPort,
+      provider: this.#context.provider,
+      vm: this.#context.vm ?? this.#target,
+      connect: async () => (await this.#pool.anyConnection()).openTcp('127.0.0.1', guestPort),
+    })
+  }
+
+  /** Close the connections. The transport can still be used afterwards: the next exec reconnects. */
   async close(): Promise<void> {
-    await this.#connection.close()
+    await this.#pool.close()
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close()
   }
 
+  #namedContext(): { provider: string; vm: string } {
+    return { provider: this.#context.provider, vm: this.#context.vm ?? this.#target }
+  }
+
   #fileError(operation: string, path: string, stderr: string): VmPoolError {
     return new VmPoolError({ code: 'VMPOOL_EXEC_FAILED', ...this.#context, operation, message: `${operation} ${JSON.stringify(path)} failed: ${stderr.trim() || 'no error output'}` })
   }
 
-  /** Wait for a free channel; an abort while waiting rejects at once, before the command could start. */
-  async #acquireSlot(signal: AbortSignal | undefined, onAborted: () => Error): Promise<void> {
-    while (this.#activeChannels >= this.#maxChannels) {
-      if (signal?.aborted) throw onAborted()
-      await new Promise<void>((resolve, reject) => {
-        const wake = () => {
-          signal?.removeEventListener('abort', onAbort)
-          resolve()
-        }
-        const onAbort = () => {
-          const index = this.#slotWaiters.indexOf(wake)
-          if (index >= 0) this.#slotWaiters.splice(index, 1)
-          reject(onAborted())
-        }
-        signal?.addEventListener('abort', onAbort, { once: true })
-        this.#slotWaiters.push(wake)
-      })
-    }
-    if (signal?.aborted) throw onAborted()
-    this.#activeChannels++
-  }
-
-  #releaseSlot(): void {
-    this.#activeChannels--
-    this.#slotWaiters.shift()?.()
-  }
-
-  /** Kill the remote process group led by `pid`, over a channel of its own (outside the slot count). */
+  /** Kill the remote process group led by `pid`, over a channel of its own that never waits for a slot. */
   async #killRemote(pid: number): Promise<void> {
-    const channel = await this.#connection.openChannel(remoteKillCommand(pid))
-    await new Promise<void>((resolve) => {
-      channel.on('data', () => {})
-      channel.stderr.on('data', () => {})
-      channel.once('close', () => resolve())
-      channel.end()
+    const slot = await this.#pool.acquire({ urgent: true, onTimeout: () => new Error('unreachable'), onAborted: () => new Error('unreachable') })
+    try {
+      const channel = await slot.connection.openChannel(remoteKillCommand(pid))
+      await new Promise<void>((resolve) => {
+        channel.on('data', () => {})
+        channel.stderr.on('data', () => {})
+        channel.once('close', () => resolve())
+        channel.end()
+      })
+    } finally {
+      slot.release()
+    }
+  }
+
+  async #acquire(options: ExecOptions, deadline: number | undefined, command: string | readonly string[]): Promise<ChannelSlot> {
+    const context = { ...this.#context, signal: options.signal }
+    return this.#pool.acquire({
+      signal: options.signal,
+      deadline,
+      onWait: (busy) => {
+        const line = typeof command === 'string' ? command : command.join(' ')
+        debug('%s: an exec waits for a channel (%s)', this.#target, busy)
+        execDebug('%s: waits for a free channel (%s): %s', this.#context.vm ?? this.#target, busy, line.length > 120 ? `${line.slice(0, 120)}…` : line)
+      },
+      onTimeout: () => new QueueTimeout(),
+      onAborted: () => abortedError(context),
     })
   }
 
-  async #run(command: string | readonly string[], options: ExecOptions, keepBytes: boolean): Promise<RunResult> {
+  async #run(command: string | readonly string[], options: ExecOptions, io: ChannelIo): Promise<RunResult> {
+    const started = performance.now()
     const context = { ...this.#context, signal: options.signal }
     if (options.signal?.aborted) throw abortedError(context)
+    const maxOutputBytes = normalizeMaxOutputBytes(options.maxOutputBytes)
     const killable = options.timeoutMs !== undefined || options.signal !== undefined
     const script = buildSshExecScript(command, options, killable)
+    const deadline = options.timeoutMs === undefined ? undefined : started + options.timeoutMs
 
-    await this.#acquireSlot(options.signal, () => abortedError(context))
+    let slot: ChannelSlot
+    try {
+      slot = await this.#acquire(options, deadline, command)
+    } catch (error) {
+      if (!(error instanceof QueueTimeout)) throw error
+      return { exitCode: TIMED_OUT_EXIT_CODE, stdout: Buffer.alloc(0), stdoutText: '', stderr: '', durationMs: Math.round(performance.now() - started), timedOut: true }
+    }
+    // Aborted during the handshake of the connection opened for it: it never started.
+    if (options.signal?.aborted) {
+      slot.release()
+      throw abortedError(context)
+    }
     let stopReason: StopReason | undefined
     let onStop: (() => void) | undefined
     const stop = (reason: StopReason) => {
@@ -179,19 +261,28 @@ export class SshTransport {
     }
     const onAbort = () => stop('abort')
     options.signal?.addEventListener('abort', onAbort, { once: true })
-    const timer = options.timeoutMs === undefined ? undefined : setTimeout(() => stop('timeout'), options.timeoutMs)
+    const timer = deadline === undefined ? undefined : setTimeout(() => stop('timeout'), Math.max(0, deadline - performance.now()))
     try {
-      const started = performance.now()
       let exit: { code: number | null; signal: string | undefined } | undefined
-      const channel = await this.#connection.openChannel(script, (opened) => {
+      const channel = await slot.connection.openChannel(script, (opened) => {
         opened.on('exit', (code: number | null, signal?: string) => {
           exit = { code, signal: signal ? `SIG${signal.replace(/^SIG/, '')}` : undefined }
         })
       })
-      const finished = await this.#collect(channel, options, keepBytes, killable, (kill) => {
-        onStop = kill
-        if (stopReason) kill()
-      }, () => stopReason)
+      const finished = await collectChannel(channel, {
+        options,
+        io,
+        maxOutputBytes,
+        killable,
+        killRemote: (pid) => this.#killRemote(pid).catch((error: unknown) => debug('kill on %s failed: %s', this.#target, (error as Error).message)),
+        armKill: (kill) => {
+          onStop = kill
+          if (stopReason) kill()
+        },
+        target: this.#target,
+        reason: () => stopReason,
+      })
+      if (finished.ioError !== undefined) throw finished.ioError
       if (finished.reportedExit !== undefined && !exit) exit = { code: finished.reportedExit, signal: undefined }
       if (stopReason === 'abort') throw abortedError(context)
       const timedOut = stopReason === 'timeout'
@@ -200,82 +291,27 @@ export class SshTransport {
           code: 'VMPOOL_EXEC_FAILED',
           ...this.#context,
           operation: 'exec',
-          message: `the connection to ${this.target} closed before the command finished`,
+          message: `the connection to ${this.#target} closed before the command finished`,
           hint: 'the VM may have stopped or been deleted',
-          details: { stdoutBytes: finished.stdout.length, stderr: finished.stderr.slice(-200) },
+          details: { stdoutBytes: finished.stdout.totalBytes, stderr: finished.stderr.text('stderr').slice(-200) },
         })
       }
       const result: RunResult = {
         exitCode: timedOut ? TIMED_OUT_EXIT_CODE : (exit?.code ?? 128 + signalNumber(exit?.signal)),
-        stdout: finished.stdout,
-        stdoutText: finished.stdoutText,
-        stderr: finished.stderr,
+        stdout: io.keepBytes ? finished.stdout.bytes() : Buffer.alloc(0),
+        stdoutText: io.keepBytes || io.onStdoutData ? '' : finished.stdout.text('stdout'),
+        stderr: finished.stderr.text('stderr'),
         durationMs: Math.round(performance.now() - started),
         timedOut,
       }
+      if (finished.stdout.droppedBytes > 0) result.stdoutDroppedBytes = finished.stdout.droppedBytes
+      if (finished.stderr.droppedBytes > 0) result.stderrDroppedBytes = finished.stderr.droppedBytes
       if (exit?.signal && !timedOut) result.signal = exit.signal
       return result
     } finally {
       clearTimeout(timer)
       options.signal?.removeEventListener('abort', onAbort)
-      this.#releaseSlot()
+      slot.release()
     }
-  }
-
-  /**
-   * Stream one channel until it closes: stdout as bytes and text, stderr through the marker parser.
-   * `armKill` receives the function that kills the remote command (called on timeout/abort): it
-   * kills the process group, then closes the channel if it is still open after EXEC_KILL_GRACE_MS.
-   */
-  #collect(channel: ClientChannel, options: ExecOptions, keepBytes: boolean, killable: boolean, armKill: (kill: () => void) => void, reason: () => StopReason | undefined) {
-    return new Promise<{ stdout: Buffer; stdoutText: string; stderr: string; reportedExit: number | undefined }>((resolve) => {
-      const stdoutChunks: Buffer[] = []
-      const stdoutDecoder = new StringDecoder('utf8')
-      const stdoutText: string[] = []
-      const stderrText: string[] = []
-      let pidKnown: (pid: number | undefined) => void = () => {}
-      const pid = new Promise<number | undefined>((resolvePid) => (pidKnown = resolvePid))
-      const stderr = new SshStderrParser(killable, (value) => pidKnown(value), (text) => {
-        stderrText.push(text)
-        options.onStderr?.(text)
-      })
-      let closed = false
-      let killing = false
-      let graceTimer: NodeJS.Timeout | undefined
-      const emitStdout = (text: string) => {
-        if (text === '') return
-        if (!keepBytes) stdoutText.push(text)
-        options.onStdout?.(text)
-      }
-
-      channel.on('data', (data: Buffer) => {
-        stdoutChunks.push(data)
-        emitStdout(stdoutDecoder.write(data))
-      })
-      channel.stderr.on('data', (data: Buffer) => stderr.push(data))
-      armKill(() => {
-        if (killing || closed) return
-        killing = true
-        debug('%s on %s: killing the remote command', reason(), this.target)
-        void (async () => {
-          const known = await pid
-          if (!closed && known !== undefined) {
-            await this.#killRemote(known).catch((error: unknown) => debug('kill on %s failed: %s', this.target, (error as Error).message))
-          }
-          if (!closed) graceTimer = setTimeout(() => channel.close(), EXEC_KILL_GRACE_MS)
-        })()
-      })
-      channel.once('close', () => {
-        closed = true
-        pidKnown(undefined)
-        clearTimeout(graceTimer)
-        const reportedExit = stderr.end()
-        emitStdout(stdoutDecoder.end())
-        resolve({ stdout: Buffer.concat(stdoutChunks), stdoutText: stdoutText.join(''), stderr: stderrText.join(''), reportedExit })
-      })
-      channel.on('error', (error: Error) => debug('channel error on %s: %s', this.target, error.message))
-      if (options.input !== undefined) channel.end(options.input)
-      else channel.end()
-    })
   }
 }

@@ -1,6 +1,7 @@
 import { onTestFinished } from 'vitest'
 import type { FreshVm } from '../pool/vm-pool.js'
 import type { Vm, VmRecord, VmSpec } from '../providers/vm-provider.js'
+import { delegateVmOperations } from '../providers/delegate-vm.js'
 import type { BrokerClient } from './broker-client.js'
 import { getBrokerClient, getWorkerContext, getWorkerProvider } from './worker-vm-context.js'
 
@@ -63,13 +64,11 @@ function createFreshVm(vm: Vm, record: VmRecord, client: BrokerClient, deferDisp
     name: vm.name,
     provider: vm.provider,
     record,
-    exec: (command, options) => vm.exec(command, options),
+    ...delegateVmOperations(vm),
     close: async () => vm.close?.(),
     delete: remove,
     keep: () => settle((name) => client.keep(name)),
     [Symbol.asyncDispose]: deferDispose ? async () => void (await vm.close?.()) : remove,
   }
-  if (vm.putFile) fresh.putFile = (path, data) => vm.putFile!(path, data)
-  if (vm.getFile) fresh.getFile = (path) => vm.getFile!(path)
   return { fresh, keepFor: (reason) => settle((name) => client.keep(name, reason)) }
 }

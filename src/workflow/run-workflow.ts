@@ -18,6 +18,13 @@ export const DEFAULT_STEP_TIMEOUT_MS = 60 * 60_000
  */
 export const ABORTED_CLEANUP_TIMEOUT_MS = 60_000
 
+/**
+ * Bytes of stdout and of stderr (each) a `StepResult` keeps: the first and the last half of it (the
+ * middle is counted in `stdoutDroppedBytes` / `stderrDroppedBytes`), so a step printing gigabytes
+ * costs a run no more memory than one printing a page. `onOutput` sees all of it.
+ */
+export const STEP_OUTPUT_MAX_BYTES = 1024 * 1024
+
 /** `exitCode` of a command that produced none: it was skipped, or exec itself failed. */
 export const NO_EXIT_CODE = -1
 
@@ -35,8 +42,13 @@ export interface StepResult {
   command: string
   /** `NO_EXIT_CODE` (-1) when skipped or when exec failed; 124 after a timeout. */
   exitCode: number
+  /** Head and tail when it printed more than STEP_OUTPUT_MAX_BYTES (see `stdoutDroppedBytes`). */
   stdout: string
   stderr: string
+  /** Bytes from the middle of stdout that are not in `stdout` (more than STEP_OUTPUT_MAX_BYTES printed). */
+  stdoutDroppedBytes?: number
+  /** Bytes from the middle of stderr that are not in `stderr`. */
+  stderrDroppedBytes?: number
   durationMs: number
   /** The VM it ran on (for a skipped command: the VM it would have run on). */
   vm: string
@@ -100,6 +112,18 @@ export interface RunWorkflowOptions {
   onEvent?: (event: WorkflowEvent) => void
   /** Aborting kills the running command, skips the rest, still runs cleanup, and releases the VM. */
   signal?: AbortSignal
+  /** Every chunk a command prints, as it comes (also what STEP_OUTPUT_MAX_BYTES drops from the result). A throwing listener is ignored. */
+  onOutput?: (output: CommandOutput) => void
+}
+
+/** A chunk of a command's output, for `RunWorkflowOptions.onOutput`. */
+export interface CommandOutput {
+  workflow: string
+  vm: string
+  phase: WorkflowPhase
+  name: string
+  stream: 'stdout' | 'stderr'
+  chunk: string
 }
 
 const runWorkflowOptionsSchema = z
@@ -110,6 +134,7 @@ const runWorkflowOptionsSchema = z
     keepVm: z.boolean().default(false),
     onEvent: z.custom<(event: WorkflowEvent) => void>((value) => typeof value === 'function', { error: 'expected a function' }).optional(),
     signal: z.custom<AbortSignal>((value) => value instanceof AbortSignal, { error: 'expected an AbortSignal' }).optional(),
+    onOutput: z.custom<(output: CommandOutput) => void>((value) => typeof value === 'function', { error: 'expected a function' }).optional(),
   })
   .strict()
 
@@ -125,7 +150,7 @@ export async function runWorkflow(workflow: Workflow, options: RunWorkflowOption
   const parsed = runWorkflowOptionsSchema.safeParse(options)
   if (!parsed.success) throw invalidOptions(`invalid runWorkflow options: ${formatZodError(parsed.error, options)}`, { operation: 'run-workflow' })
   assertWorkflow(workflow)
-  const { sessions, keepVm, onEvent, signal } = parsed.data
+  const { sessions, keepVm, onEvent, signal, onOutput } = parsed.data
   // Read now so a bad VM_POOL_TIMEOUT_SCALE fails before a VM exists.
   const scale = getTimeoutScale()
   const emit = (event: WorkflowEvent) => {
@@ -159,7 +184,7 @@ export async function runWorkflow(workflow: Workflow, options: RunWorkflowOption
     for (const [phase, list] of [['setup', workflow.setup], ['step', workflow.steps]] as const) {
       for (const step of list) {
         if (failed || signal?.aborted) record(skippedResult(phase, step, vm.name), step, phase)
-        else record(await runCommand(workflow, vm, phase, step, { scale, signal, emit }), step, phase)
+        else record(await runCommand(workflow, vm, phase, step, { scale, signal, emit, onOutput }), step, phase)
       }
     }
   } finally {
@@ -169,7 +194,7 @@ export async function runWorkflow(workflow: Workflow, options: RunWorkflowOption
     for (const step of workflow.cleanup) {
       // keepVm keeps the VM to be looked at: as the steps (or the failure) left it, so cleanup does not run.
       if (keepVm) record({ ...skippedResult('cleanup', step, vm.name), note: KEEP_VM_CLEANUP_NOTE }, step, 'cleanup')
-      else record(await runCommand(workflow, vm, 'cleanup', step, { scale, emit, capMs }), step, 'cleanup')
+      else record(await runCommand(workflow, vm, 'cleanup', step, { scale, emit, capMs, onOutput }), step, 'cleanup')
     }
     releaseError = await releaseSession(session, keepVm)
     emit({ type: 'session-release', workflow: workflow.name, vm: vm.name, kept: keepVm, ...(releaseError ? { error: releaseError } : {}) })
@@ -200,6 +225,7 @@ interface RunCommandContext {
   signal?: AbortSignal | undefined
   emit: (event: WorkflowEvent) => void
   capMs?: number | undefined
+  onOutput?: ((output: CommandOutput) => void) | undefined
 }
 
 async function runCommand(workflow: Workflow, vm: Vm, phase: WorkflowPhase, step: WorkflowStep, context: RunCommandContext): Promise<StepResult> {
@@ -209,14 +235,26 @@ async function runCommand(workflow: Workflow, vm: Vm, phase: WorkflowPhase, step
   if (context.capMs !== undefined) timeoutMs = Math.min(timeoutMs, context.capMs)
   const started = performance.now()
   const base = { phase, name: step.name, command: step.run, vm: vm.name }
+  const { onOutput } = context
+  const forward = (stream: 'stdout' | 'stderr') => (chunk: string) => {
+    try {
+      onOutput?.({ workflow: workflow.name, vm: vm.name, phase, name: step.name, stream, chunk })
+    } catch (error) {
+      debug('onOutput listener threw, ignored: %s', (error as Error)?.message)
+    }
+  }
   try {
     const exec = await vm.exec(step.run, {
       ...(step.workingDirectory !== undefined ? { cwd: step.workingDirectory } : {}),
       ...(Object.keys(env).length > 0 ? { env } : {}),
       timeoutMs,
       ...(context.signal ? { signal: context.signal } : {}),
+      maxOutputBytes: STEP_OUTPUT_MAX_BYTES,
+      ...(onOutput ? { onStdout: forward('stdout'), onStderr: forward('stderr') } : {}),
     })
     const result: StepResult = { ...base, exitCode: exec.exitCode, stdout: exec.stdout, stderr: exec.stderr, durationMs: exec.durationMs }
+    if (exec.stdoutDroppedBytes) result.stdoutDroppedBytes = exec.stdoutDroppedBytes
+    if (exec.stderrDroppedBytes) result.stderrDroppedBytes = exec.stderrDroppedBytes
     if (exec.timedOut) result.timedOut = true
     return result
   } catch (error) {

@@ -9,7 +9,8 @@ import { describeProviderContract } from './provider-contract.js'
 const fixture = useFixtureCli()
 afterAll(() => fixture.dispose())
 
-describeProviderContract('multipass (local, fixture CLI)', () => multipassProvider({ image: '24.04', cpus: 2, memoryMiB: 1536, diskGiB: 8, cloudInit: '#cloud-config\npackages: [jq]\n' }))
+// multipass cannot forward ports (its instances have their own address instead): forwardPort must say so.
+describeProviderContract('multipass (local, fixture CLI)', () => multipassProvider({ image: '24.04', cpus: 2, memoryMiB: 1536, diskGiB: 8, cloudInit: '#cloud-config\npackages: [jq]\n' }), { forwardPort: 'unsupported' })
 
 // Remote: every multipass command goes over ssh2 to a real sshd on loopback, whose sessions
 // have the stand-in multipass (and this Node) first on PATH.
@@ -24,5 +25,5 @@ afterAll(async () => sshd?.stop())
 describeProviderContract(
   'multipass (remote over sshd, fixture CLI)',
   () => multipassProvider({ host: sshd!.host, port: sshd!.port, user: sshd!.user, privateKey: sshd!.clientKey.privateKey, hostKey: sshd!.hostPublicKey, image: 'jammy' }),
-  { skipReason },
+  { skipReason, forwardPort: 'unsupported' },
 )

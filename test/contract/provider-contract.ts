@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
 import type { Vm, VmProvider, VmRecord } from '../../src/providers/vm-provider.js'
+import { describeInsideVmContract } from './inside-vm-contract.js'
 
 export interface ProviderContractOptions {
   /** Time allowed for `create` (a real boot). @default 30_000 */
@@ -15,6 +16,8 @@ export interface ProviderContractOptions {
   spec?: { image?: string; cpus?: number; memoryMiB?: number }
   /** Skip the whole suite with this printed reason (never in CI for providers CI can run). */
   skipReason?: string
+  /** `unsupported`: the provider's tool cannot forward ports; forwardPort must say so (VMPOOL_UNSUPPORTED). @default 'supported' */
+  forwardPort?: 'supported' | 'unsupported'
 }
 
 export function uniqueVmName(prefix = 'test-vm-contract'): string {
@@ -125,15 +128,11 @@ export function describeProviderContract(label: string, makeProvider: () => VmPr
       await expect(vm.exec('true', { signal: already })).rejects.toSatisfy((error) => isVmPoolError(error, 'VMPOOL_EXEC_ABORTED'))
     }, 30_000)
 
-    test('putFile / getFile round-trip binary data', async (context) => {
-      if (!vm.putFile || !vm.getFile) return context.skip('this provider has no file transfer')
-      const data = Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7) % 256))
-      await vm.putFile('contract-binary.bin', data)
-      expect(Buffer.compare(await vm.getFile('contract-binary.bin'), data)).toBe(0)
-      expect((await vm.exec(['wc', '-c', 'contract-binary.bin'])).stdout).toMatch(/^4096 /)
-      await vm.putFile('contract-text.txt', "it's text\n")
-      expect((await vm.getFile('contract-text.txt')).toString()).toBe("it's text\n")
-    })
+    describeInsideVmContract(
+      () => vm,
+      () => provider.connect(record),
+      { forwardPort: options.forwardPort ?? 'supported' },
+    )
 
     test('a bad name is refused before anything runs', async () => {
       await expect(provider.create({ name: 'Bad Name; $(rm -rf ~)' })).rejects.toSatisfy((error) => isVmPoolError(error, 'VMPOOL_INVALID_NAME'))

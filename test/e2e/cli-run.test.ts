@@ -89,6 +89,41 @@ describe('vm-pool run (built bin, fake provider)', () => {
     expect(await leftoverVms()).toEqual([])
   })
 
+  test('a step printing 40 MB: its result keeps a bounded head and tail and says how much was dropped; cleanup runs (human and --json)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'vm-pool-big-output-'))
+    const total = 40 * 1024 * 1024
+    // 100-byte lines numbered at the start: the first and the last line show which end was kept.
+    await writeFile(
+      join(dir, 'big-output.yml'),
+      `name: big-output\nsteps:\n  - name: print\n    run: "echo first-line; head -c ${total - 22} /dev/zero | tr '\\\\0' x; echo; echo last-line; exit 4"\ncleanup:\n  - run: echo cleaned\n`,
+    )
+    try {
+      const json = await vmPool(['run', '-p', 'fake', '--json', 'big-output.yml'], { cwd: dir })
+      expect(json.exitCode).toBe(1)
+      const [result] = JSON.parse(String(json.stdout)) as WorkflowResult[]
+      const step = result!.steps[0]!
+      expect(step.exitCode).toBe(4)
+      expect(step.stdout.startsWith('first-line\nxxxx')).toBe(true)
+      expect(step.stdout.endsWith('xxxx\nlast-line\n')).toBe(true)
+      expect(step.stdoutDroppedBytes).toBe(total - 1024 * 1024)
+      expect(step.stdout).toContain(`[vm-pool: ${total - 1024 * 1024} bytes of stdout dropped (maxOutputBytes)]`)
+      expect(Buffer.byteLength(step.stdout)).toBeLessThan(1024 * 1024 + 200)
+      expect(result!.steps[1]).toMatchObject({ phase: 'cleanup', exitCode: 0, stdout: 'cleaned\n' })
+
+      const human = await vmPool(['run', '-p', 'fake', 'big-output.yml'], { cwd: dir })
+      expect(human.exitCode).toBe(1)
+      expect(String(human.stdout)).toMatch(/stdout \| … (\d+ earlier lines and )?40894464 bytes from the middle/)
+      // The megabyte of x's kept is one line: shown cut, not whole.
+      expect(String(human.stdout)).toMatch(/    stdout \| x{1000} … \(\d+ more characters: --json\)\n/)
+      expect(String(human.stdout).length).toBeLessThan(20_000)
+      expect(String(human.stdout)).toContain('    stdout | last-line\n')
+      expect(String(human.stdout)).toMatch(/\[big-output\] cleanup\s+ok\s+exit 0/)
+      expect(await leftoverVms()).toEqual([])
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
+  }, 120_000)
+
   test('--max-concurrent 1: each workflow gets its VM only after the previous one was deleted', async () => {
     const result = await vmPool(['run', '-p', 'fake', '--max-concurrent', '1', 'run-tests.yml', 'deploy.yml', 'ten-steps.yml'])
     expect(result.exitCode).toBe(0)

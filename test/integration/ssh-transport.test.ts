@@ -38,7 +38,8 @@ describe.skipIf(Boolean(skipReason))('SshTransport against OpenSSH sshd on loopb
   })
 
   test('runs shell lines and argv over one persistent connection', async () => {
-    const ssh = make()
+    // One connection allowed (by default more are opened on demand): this checks the queue on it.
+    const ssh = make({ maxConnections: 1 })
     const before = acceptedConnections()
     expect(await ssh.exec('echo out; echo err >&2; exit 3')).toMatchObject({ exitCode: 3, stdout: 'out\n', stderr: 'err\n', timedOut: false })
     const words = ['a b', "it's", '$(echo pwned)', '`id`', '', '*']
@@ -85,7 +86,7 @@ describe.skipIf(Boolean(skipReason))('SshTransport against OpenSSH sshd on loopb
   })
 
   test('an exec aborted while it waits for a free channel never runs', async () => {
-    const ssh = make({ maxChannels: 1 })
+    const ssh = make({ maxChannels: 1, maxConnections: 1 })
     const marker = join(work, 'queued-abort-marker')
     const busy = ssh.exec('sleep 0.6')
     const controller = new AbortController()

@@ -23,6 +23,7 @@ const cases: Array<{ name: string; stream: string; killable: boolean; pids: Arra
   { name: 'no output at all', stream: `${PID}7\n${EXIT}0\n`, killable: true, pids: [7], stderr: '', exit: 0 },
   { name: 'not killable: no pid line expected', stream: `warn: é\n${EXIT}1\n`, killable: false, pids: [], stderr: 'warn: é\n', exit: 1 },
   { name: 'first line is not the marker', stream: `oops\n${EXIT}2\n`, killable: true, pids: [undefined], stderr: 'oops\n', exit: 2 },
+  { name: 'shell start-up noise before the pid line stays stderr', stream: `rc: warning\nmore noise\n${PID}31\nboom\n${EXIT}1\n`, killable: true, pids: [31], stderr: 'rc: warning\nmore noise\nboom\n', exit: 1 },
   { name: 'a 0x1e byte that is not a marker stays in stderr', stream: `${PID}9\na\u001eb\n${EXIT}0\n`, killable: true, pids: [9], stderr: 'a\u001eb\n', exit: 0 },
   { name: 'a cut-off exit marker is stderr, not a status', stream: `${PID}9\nx\n${EXIT}`, killable: true, pids: [9], stderr: `x\n${EXIT}`, exit: undefined },
   { name: 'stderr without a final newline: the marker follows on the same line', stream: `${PID}9\nno newline${EXIT}5\n`, killable: true, pids: [9], stderr: 'no newline', exit: 5 },

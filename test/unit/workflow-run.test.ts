@@ -9,7 +9,7 @@ import { fakeProvider, type FakeProviderOptions } from '../../src/providers/fake
 import { multipassProvider } from '../../src/providers/multipass-provider.js'
 import { orbstackProvider } from '../../src/providers/orbstack-provider.js'
 import { defineWorkflow, loadWorkflow } from '../../src/workflow/load-workflow.js'
-import { runWorkflow, type WorkflowEvent, type WorkflowResult } from '../../src/workflow/run-workflow.js'
+import { runWorkflow, STEP_OUTPUT_MAX_BYTES, type WorkflowEvent, type WorkflowResult } from '../../src/workflow/run-workflow.js'
 import { SessionManager } from '../../src/workflow/session-manager.js'
 import type { Workflow } from '../../src/workflow/workflow-schema.js'
 import type { VmProvider, VmRecord } from '../../src/providers/vm-provider.js'
@@ -246,6 +246,29 @@ describe('runWorkflow: cleanup always runs', () => {
 })
 
 describe('runWorkflow: step options', () => {
+  test('a step printing 5 MB: onOutput sees every byte, the result keeps STEP_OUTPUT_MAX_BYTES of head and tail', async () => {
+    const total = 5 * 1024 * 1024
+    let seen = 0
+    const streams = new Set<string>()
+    const workflow = defineWorkflow({ name: 'loud', steps: [{ name: 'loud', run: `head -c ${total} /dev/zero | tr '\\0' y; echo oops >&2` }] })
+    const result = await runWorkflow(workflow, {
+      sessions: new SessionManager({ provider }),
+      onOutput: (output) => {
+        expect(output).toMatchObject({ workflow: 'loud', vm: expect.any(String), phase: 'step', name: 'loud' })
+        streams.add(output.stream)
+        if (output.stream === 'stdout') seen += output.chunk.length
+      },
+    })
+    expect(result.status).toBe('success')
+    expect(seen).toBe(total)
+    expect([...streams].sort()).toEqual(['stderr', 'stdout'])
+    const [step] = result.steps
+    expect(step!.stdoutDroppedBytes).toBe(total - STEP_OUTPUT_MAX_BYTES)
+    expect(step!.stderr).toBe('oops\n')
+    expect(step!.stderrDroppedBytes).toBeUndefined()
+    expect(Buffer.byteLength(step!.stdout)).toBeLessThan(STEP_OUTPUT_MAX_BYTES + 200)
+  })
+
   test('continue-on-error, workflow + step env merged, working-directory', async () => {
     const result = await runWorkflow(await fixture('continue-on-error.yml'), { sessions: new SessionManager({ provider }) })
     expect(result.status).toBe('success')

@@ -13,8 +13,8 @@ test('write, read and list files in the guest', async ({ workerVm }) => {
 test('putFile and getFile move bytes between host and guest', async ({ workerVm }) => {
   const path = `/tmp/bytes-${process.pid}`
   const data = Buffer.from([0, 1, 2, 253, 254, 255])
-  await workerVm.putFile!(path, data)
+  await workerVm.putFile(path, data)
   expect((await workerVm.exec(['wc', '-c', path])).stdout.trim()).toMatch(/^6\b/)
-  expect(Buffer.compare(await workerVm.getFile!(path), data)).toBe(0)
+  expect(Buffer.compare(await workerVm.getFile(path), data)).toBe(0)
   await workerVm.exec(['rm', '-f', path])
 })

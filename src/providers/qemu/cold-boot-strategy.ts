@@ -30,7 +30,7 @@ export class ColdBootStrategy implements StartStrategy {
     const startedAt = performance.now()
     const identity = await launchQemu({ binary: this.#context.binary, machine: this.#machine, dir, vm: request.vm, preferredPort: request.preferredPort, pathHint: this.#context.pathHint })
     const image = this.#machine.image
-    const transport = makeGuestTransport({ vm: request.vm, port: identity.port, username: image.username, hostKey: image.hostKey, privateKey: request.privateKey, booting: true })
+    const transport = makeGuestTransport({ vm: request.vm, port: identity.port, username: image.username, hostKey: image.hostKey, privateKey: request.privateKey, maxChannels: image.sshMaxSessions, booting: true })
     try {
       await waitForBoot({
         vm: request.vm,

@@ -2,10 +2,11 @@ import { existsSync } from 'node:fs'
 import { access, copyFile, mkdir, readFile, rm } from 'node:fs/promises'
 import { formatZodError } from '../../config/zod-error.js'
 import { VmPoolError, invalidOptions } from '../../errors.js'
-import type { SshTransport } from '../../transport/ssh-transport.js'
+import { SSH_READY_TIMEOUT_MS, type SshTransport } from '../../transport/ssh-transport.js'
 import { createDebug } from '../../util/debug.js'
 import { getProcessStartUnixMs, isProcessAlive } from '../../util/process-info.js'
 import { validateVmName } from '../../util/vm-name.js'
+import { scaleTimeout } from '../../util/timeouts.js'
 import type { JsonValue, KeptVmHelp, LocalCommand, ProviderProbe, VmInfo, VmProvider, VmRecord, VmSpec } from '../vm-provider.js'
 import { describeQemuVm, getHostKeyAlias, getQemuShellCommand, isPublicKeyLine } from './kept-vm-help.js'
 import type { ResolvedImage } from './qemu-image.js'
@@ -16,6 +17,7 @@ import { probeQemu } from './qemu-probe.js'
 import { getQemuFingerprint, resolveQemuConfig, type QemuProviderOptions } from './qemu-provider-options.js'
 import { QemuVmDir, listVmDirNames, qemuRecordDataSchema } from './qemu-vm-dir.js'
 import { createQemuVm, makeGuestTransport, type QemuVm } from './qemu-vm.js'
+import { VmPortForwards } from '../vm-port-forwards.js'
 import type { StartedQemu } from './start-strategy.js'
 
 const PROVIDER = 'qemu'
@@ -48,6 +50,8 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
   const vmDir = (name: string) => QemuVmDir.of(config.root(), name)
   /** Transports that proved the boot, handed to the first `connect` in this process (saves a handshake). */
   const bootTransports = new Map<string, SshTransport>()
+  /** Port forwards of the Vms this provider object handed out: `delete(name)` closes them. */
+  const forwards = new VmPortForwards()
 
   const adoptBootTransport = (name: string, transport: SshTransport): void => {
     void bootTransports.get(name)?.close()
@@ -109,6 +113,8 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
       const data = parsedData.data
       let transport = bootTransports.get(name)
       bootTransports.delete(name)
+      // Its open connection is kept; the connections it opens from now on get the usual handshake time.
+      transport?.setReadyTimeout(scaleTimeout(SSH_READY_TIMEOUT_MS))
       const recordFile = vmDir(name).path('record')
       try {
         await access(recordFile)
@@ -123,14 +129,15 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
         } catch (error) {
           throw new VmPoolError({ code: 'VMPOOL_VM_NOT_FOUND', provider: PROVIDER, operation: 'connect', vm: name, message: `the key of VM ${name} is gone (${data.keyPath}): the VM was deleted`, cause: error })
         }
-        transport = makeGuestTransport({ vm: name, host: data.host, port: data.port, username: data.username, hostKey: data.hostKey, privateKey })
+        transport = makeGuestTransport({ vm: name, host: data.host, port: data.port, username: data.username, hostKey: data.hostKey, privateKey, maxChannels: data.sshMaxSessions })
       }
-      return createQemuVm(record, transport)
+      return createQemuVm({ record, transport, qmpSocket: new QemuVmDir(data.vmDir, name).path('qmp'), forwards })
     },
 
     async delete(name: string): Promise<void> {
       validateVmName(name, PROVIDER)
       const dir = vmDir(name)
+      await forwards.closeVm(name)
       await dropBootTransport(name)
       await stopQemuOf(dir, true)
       try {
@@ -179,6 +186,7 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
     async close(): Promise<void> {
       const transports = [...bootTransports.values()]
       bootTransports.clear()
+      await forwards.closeAll()
       await Promise.all(transports.map((transport) => transport.close()))
     },
   }
@@ -198,6 +206,8 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
       if (!machines.canSnapshot(machine)) {
         throw new VmPoolError({ code: 'VMPOOL_SNAPSHOT_INVALID', provider: PROVIDER, operation: 'reset', vm: name, message: `VM ${name} cannot be reset to a snapshot: its image ${machine.image.dir} has neither a kernel nor a disk` })
       }
+      // The guest is replaced: forwards into the old one end with it.
+      await forwards.closeVm(name)
       await dropBootTransport(name)
       const old = await dir.readProcess()
       // The old guest's state is thrown away: no graceful shutdown needed.
@@ -234,6 +244,7 @@ function makeRecordData(started: StartedQemu, paths: { keyPath: string; vmDir: s
     accel: started.identity.accel,
     image: paths.image.dir,
     bootMs: started.bootMs,
+    ...(paths.image.sshMaxSessions === undefined ? {} : { sshMaxSessions: paths.image.sshMaxSessions }),
   }
   return started.restoredFrom ? { ...data, restoredFrom: started.restoredFrom } : data
 }

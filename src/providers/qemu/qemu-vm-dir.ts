@@ -60,6 +60,8 @@ export const qemuRecordDataSchema = z.looseObject({
   bootMs: z.number().optional(),
   /** The snapshot id the VM was restored from; absent for a cold boot. */
   restoredFrom: z.string().optional(),
+  /** The image's `sshMaxSessions`: exec channels per SSH connection (absent: one, for dropbear). */
+  sshMaxSessions: z.number().int().positive().optional(),
 })
 
 export type QemuRecordData = z.output<typeof qemuRecordDataSchema>

@@ -1,22 +1,46 @@
-/** A connected QEMU VM: every command over one ssh2 connection to the guest's forwarded port. */
+/** A connected QEMU VM: commands, files and port forwards over a small pool of ssh2 connections to the guest. */
+import { validateForwardPorts, type ForwardPortOptions, type PortForward } from '../../transport/port-forward.js'
 import { SshTransport } from '../../transport/ssh-transport.js'
 import { scaleTimeout } from '../../util/timeouts.js'
+import { withExecLog } from '../exec-log.js'
+import type { VmPortForwards } from '../vm-port-forwards.js'
 import type { ExecBufferResult, ExecOptions, ExecResult, Vm, VmRecord } from '../vm-provider.js'
+import { addHostForward } from './qemu-hostfwd.js'
 
 /** One SSH attempt while the guest boots (the handshake runs on an emulated CPU). */
 export const BOOT_SSH_ATTEMPT_TIMEOUT_MS = 15_000
 /**
- * Exec channels per connection to the guest. Dropbear 2022.83 (Debian 12) aborts the whole
- * connection ("Failed assertion (common-channel.c:705): `!channel->sent_close'") when several
- * channels close at once, so concurrent execs on one VM queue on a single channel instead.
+ * Exec channels per connection when the image's manifest does not say (`sshMaxSessions`): the minimal
+ * image's dropbear 2022.83 aborts the whole connection ("Failed assertion (common-channel.c:705):
+ * `!channel->sent_close'") when a channel opens while another one's command exits (mkj/dropbear#321),
+ * so each connection carries one command and concurrent execs get connections of their own.
  */
-const GUEST_MAX_CHANNELS = 1
+export const GUEST_DEFAULT_MAX_CHANNELS = 1
+/**
+ * Connections per transport to a guest: 32 concurrent execs with one channel each. Each costs an SSH
+ * handshake once (about 0.2 s of emulated CPU under TCG) and a small server process in the guest; idle
+ * ones are kept for the next burst.
+ */
+export const GUEST_MAX_CONNECTIONS = 32
+/**
+ * Ciphers for guest connections, most wanted first: dropbear has no AES-GCM, and under TCG its
+ * chacha20-poly1305 costs the guest about half the CPU of AES-CTR + HMAC per byte (measured with
+ * bench/inside-vm.ts), so file transfers are faster with it.
+ */
+export const GUEST_CIPHERS = ['chacha20-poly1305@openssh.com', 'aes128-gcm@openssh.com', 'aes256-gcm@openssh.com', 'aes128-ctr', 'aes256-ctr']
+
+/** How `QemuVm.forwardPort` forwards: an SSH direct-tcpip channel per connection, or QEMU's own `hostfwd`. */
+export type QemuForwardVia = 'ssh' | 'hostfwd'
 
 /** A QEMU VM; `execBuffer` returns stdout as bytes. */
 export interface QemuVm extends Vm {
   execBuffer(command: string | string[], options?: ExecOptions): Promise<ExecBufferResult>
-  putFile(path: string, data: string | Buffer): Promise<void>
-  getFile(path: string): Promise<Buffer>
+  /**
+   * `via: 'ssh'` (the default) reaches any server in the guest, also one bound to its 127.0.0.1;
+   * `via: 'hostfwd'` makes QEMU forward the port itself (no SSH on the path; the guest server must
+   * listen on its network address, e.g. 0.0.0.0). docs/qemu.md compares them.
+   */
+  forwardPort(guestPort: number, options?: ForwardPortOptions & { via?: QemuForwardVia }): Promise<PortForward>
   close(): Promise<void>
 }
 
@@ -28,6 +52,8 @@ export interface GuestAddress {
   username: string
   hostKey: string
   privateKey: Buffer
+  /** The image's `sshMaxSessions`. @default GUEST_DEFAULT_MAX_CHANNELS */
+  maxChannels?: number | undefined
   /** `readyTimeoutMs` per attempt while the guest boots; the transport's default otherwise. */
   booting?: boolean
 }
@@ -41,14 +67,30 @@ export function makeGuestTransport(address: GuestAddress): SshTransport {
     privateKey: address.privateKey,
     hostKey: address.hostKey,
     ...(address.booting ? { readyTimeoutMs: scaleTimeout(BOOT_SSH_ATTEMPT_TIMEOUT_MS) } : {}),
-    maxChannels: GUEST_MAX_CHANNELS,
+    maxChannels: address.maxChannels ?? GUEST_DEFAULT_MAX_CHANNELS,
+    maxConnections: GUEST_MAX_CONNECTIONS,
+    ciphers: GUEST_CIPHERS,
     provider: 'qemu',
     vm: address.vm,
   })
 }
 
-export function createQemuVm(record: VmRecord, transport: SshTransport): QemuVm {
-  return {
+export interface QemuVmParts {
+  record: VmRecord
+  transport: SshTransport
+  /** The VM's QEMU monitor socket, for `hostfwd` forwards. */
+  qmpSocket: string
+  /** The provider's registry: `delete(name)` closes this Vm's forwards too. */
+  forwards: VmPortForwards
+}
+
+export function createQemuVm({ record, transport, qmpSocket, forwards: registry }: QemuVmParts): QemuVm {
+  const { forwards, release } = registry.open(record.name)
+  const close = async () => {
+    await release()
+    await transport.close()
+  }
+  return withExecLog<QemuVm>({
     name: record.name,
     provider: 'qemu',
     record,
@@ -56,7 +98,14 @@ export function createQemuVm(record: VmRecord, transport: SshTransport): QemuVm 
     execBuffer: (command: string | string[], options?: ExecOptions) => transport.execBuffer(command, options),
     putFile: (path: string, data: string | Buffer) => transport.putFile(path, data),
     getFile: (path: string) => transport.getFile(path),
-    close: () => transport.close(),
-    [Symbol.asyncDispose]: () => transport.close(),
-  }
+    putDirectory: (localDir: string, guestDir: string) => transport.putDirectory(localDir, guestDir),
+    getDirectory: (guestDir: string, localDir: string) => transport.getDirectory(guestDir, localDir),
+    async forwardPort(guestPort, options = {}) {
+      validateForwardPorts(guestPort, options, { provider: 'qemu', vm: record.name })
+      const forward = options.via === 'hostfwd' ? await addHostForward(qmpSocket, guestPort, options.hostPort, record.name) : await transport.forwardPort(guestPort, options.hostPort === undefined ? {} : { hostPort: options.hostPort })
+      return forwards.track(forward)
+    },
+    close,
+    [Symbol.asyncDispose]: close,
+  })
 }

@@ -88,7 +88,7 @@ export class SnapshotRestoreStrategy implements StartStrategy {
       identity = await launchQemu({ binary: this.#context.binary, machine: this.#machine, dir, vm, incoming: `exec:cat ${quoteShellArg(join(slot.dir, snapshot.stateFile))}`, preferredPort: request.preferredPort, pathHint: this.#context.pathHint, diskBacking })
       await resumeRestoredGuest({ qmpSocket: dir.path('qmp'), identity, deadline: startedAt + timeout.ms, timeoutName: timeout.name, timeoutMs: timeout.ms, vm })
       const image = this.#machine.image
-      transport = makeGuestTransport({ vm, port: identity.port, username: image.username, hostKey: image.hostKey, privateKey: request.privateKey, booting: true })
+      transport = makeGuestTransport({ vm, port: identity.port, username: image.username, hostKey: image.hostKey, privateKey: request.privateKey, maxChannels: image.sshMaxSessions, booting: true })
       await waitForBoot({ vm, transport, identity, serialLog: dir.path('serial'), timeoutName: timeout.name, timeoutMs: timeout.ms, startedAt, bootMarker: undefined, readyCommand: () => identityCommand(vm, true), context: ` (restored from snapshot ${snapshot.id})` })
       return { identity, transport, bootMs: Math.round(performance.now() - startedAt), restoredFrom: snapshot.id }
     } catch (error) {

@@ -1,0 +1,215 @@
+import { SshConnection, type SshConnectionConfig } from './ssh-connection.js'
+
+export interface SshPoolLimits {
+  /**
+   * Exec (session) channels per connection. OpenSSH's `MaxSessions` is 10 by default; the minimal
+   * image's dropbear needs 1 (it aborts a connection when a channel opens while another one's command
+   * exits: mkj/dropbear#321, fixed after 2024.85; Debian 12 ships 2022.83).
+   */
+  maxChannels: number
+  /** Connections to the host; execs beyond `maxChannels × maxConnections` wait for a free channel. */
+  maxConnections: number
+  /** Handshakes in flight at once: dropbear drops a sixth unauthenticated connection from one address. */
+  maxConnecting: number
+}
+
+/** A channel that may be opened on `connection`; `release()` once it closed. */
+export interface ChannelSlot {
+  readonly connection: SshConnection
+  release(): void
+}
+
+export interface AcquireOptions {
+  signal?: AbortSignal | undefined
+  /** `performance.now()` after which a waiting acquire gives up with `onTimeout()`. */
+  deadline?: number | undefined
+  /** A kill command: first in line, and may open a connection beyond maxConnections (never beyond maxConnecting). */
+  urgent?: boolean
+  /** Called once when the acquire has to wait, with what is busy (for DEBUG lines). */
+  onWait?: (busy: string) => void
+  onTimeout: () => Error
+  onAborted: () => Error
+}
+
+interface Entry {
+  connection: SshConnection
+  /** Slots handed out on it, channels not yet released. */
+  active: number
+  ready: boolean
+  /** Settles when the handshake is done; rejects with the connect error. */
+  connected: Promise<unknown>
+}
+
+type AssignedSlot = ChannelSlot & { connected: Promise<unknown> }
+
+interface Waiter {
+  resolve: (slot: AssignedSlot) => void
+  urgent: boolean
+}
+
+/**
+ * The connections of one transport to one host: opened on demand when every open connection has
+ * `maxChannels` commands running, kept when idle, at most `maxConnections` (execs wait in FIFO order
+ * beyond that) and at most `maxConnecting` handshakes at a time. A connection that fails to connect is
+ * forgotten; the exec that asked for it tries once more when another connection works, else gets the connect error.
+ */
+export class SshConnectionPool {
+  #config: SshConnectionConfig
+  readonly #limits: SshPoolLimits
+  #entries: Entry[] = []
+  readonly #waiters: Waiter[] = []
+
+  constructor(config: SshConnectionConfig, limits: SshPoolLimits) {
+    this.#config = config
+    this.#limits = limits
+  }
+
+  get limits(): Readonly<SshPoolLimits> {
+    return this.#limits
+  }
+
+  /** Connections open or opening. */
+  get size(): number {
+    return this.#entries.length
+  }
+
+  /**
+   * A channel slot on a connected connection, waiting for one when the limits are reached. When the
+   * connection opened for it cannot connect, rejects with that error (the slot is given back).
+   */
+  async acquire(options: AcquireOptions): Promise<ChannelSlot> {
+    for (let attempt = 1; ; attempt++) {
+      const slot = await this.#assign(options)
+      try {
+        await slot.connected
+        return slot
+      } catch (error) {
+        slot.release()
+        // An extra connection that could not connect (a guest slow to handshake under load) while
+        // others work: try once more (a free channel, or a new connection) before failing the exec.
+        if (attempt > 1 || !this.#entries.some((entry) => entry.ready)) throw error
+        options.onWait?.(`a new connection failed (${(error as Error).message}); trying again`)
+      }
+    }
+  }
+
+  /** The handshake time allowed to connections opened from now on (a boot transport handed to a user). */
+  setReadyTimeout(readyTimeoutMs: number): void {
+    this.#config = { ...this.#config, readyTimeoutMs }
+  }
+
+  #assign(options: AcquireOptions): Promise<ChannelSlot & { connected: Promise<unknown> }> {
+    if (options.signal?.aborted) return Promise.reject(options.onAborted())
+    const slot = this.#tryAssign(options.urgent === true)
+    if (slot) return Promise.resolve(slot)
+    options.onWait?.(this.#describeBusy())
+    return new Promise((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined
+      const cleanup = () => {
+        clearTimeout(timer)
+        options.signal?.removeEventListener('abort', onAbort)
+        const index = this.#waiters.indexOf(waiter)
+        if (index >= 0) this.#waiters.splice(index, 1)
+      }
+      const waiter: Waiter = {
+        urgent: options.urgent === true,
+        resolve: (assigned) => {
+          cleanup()
+          resolve(assigned)
+        },
+      }
+      const onAbort = () => {
+        cleanup()
+        reject(options.onAborted())
+      }
+      options.signal?.addEventListener('abort', onAbort, { once: true })
+      if (options.deadline !== undefined) {
+        timer = setTimeout(() => {
+          cleanup()
+          reject(options.onTimeout())
+        }, Math.max(0, options.deadline - performance.now()))
+      }
+      // A kill goes first: it frees a channel for the others.
+      if (waiter.urgent) this.#waiters.unshift(waiter)
+      else this.#waiters.push(waiter)
+    })
+  }
+
+  /**
+   * A connection for a channel that does not count as a session (a port forward's direct-tcpip
+   * channel): the first one open, else one being opened, else a new one.
+   */
+  async anyConnection(): Promise<SshConnection> {
+    const entry = this.#entries.find((candidate) => candidate.ready) ?? this.#entries[0] ?? this.#open()
+    await entry.connected
+    return entry.connection
+  }
+
+  /** Close every connection. The pool stays usable: the next acquire opens a new one. */
+  async close(): Promise<void> {
+    const entries = this.#entries
+    this.#entries = []
+    await Promise.all(entries.map((entry) => entry.connection.close()))
+  }
+
+  #tryAssign(urgent: boolean): AssignedSlot | undefined {
+    const { maxChannels, maxConnections, maxConnecting } = this.#limits
+    const free = this.#entries.find((entry) => entry.ready && entry.active < maxChannels) ?? this.#entries.find((entry) => entry.active < maxChannels)
+    if (free) return this.#slotOn(free)
+    const connecting = this.#entries.filter((entry) => !entry.ready).length
+    // A kill may exceed maxConnections but never maxConnecting: dropbear drops a connection from an
+    // address with too many handshakes in flight (aborting many execs at once kills many commands).
+    if (connecting >= maxConnecting || (!urgent && this.#entries.length >= maxConnections)) return undefined
+    return this.#slotOn(this.#open())
+  }
+
+  #open(): Entry {
+    const connection = new SshConnection(this.#config)
+    const connected = connection.getClient()
+    const entry: Entry = { connection, active: 0, ready: false, connected }
+    this.#entries.push(entry)
+    connected.then(
+      () => {
+        entry.ready = true
+        this.#pump()
+      },
+      () => {
+        // The execs given slots on it get the connect error (acquire); later ones may try a new connection.
+        this.#entries = this.#entries.filter((other) => other !== entry)
+        this.#pump()
+      },
+    )
+    return entry
+  }
+
+  #slotOn(entry: Entry): AssignedSlot {
+    entry.active++
+    let released = false
+    return {
+      connection: entry.connection,
+      connected: entry.connected,
+      release: () => {
+        if (released) return
+        released = true
+        entry.active--
+        this.#pump()
+      },
+    }
+  }
+
+  /** Hand freed capacity to the waiters, oldest first. */
+  #pump(): void {
+    while (this.#waiters.length > 0) {
+      const slot = this.#tryAssign(this.#waiters[0]!.urgent)
+      if (!slot) return
+      this.#waiters.shift()!.resolve(slot)
+    }
+  }
+
+  #describeBusy(): string {
+    const { maxChannels, maxConnections } = this.#limits
+    const running = this.#entries.reduce((sum, entry) => sum + entry.active, 0)
+    const connecting = this.#entries.filter((entry) => !entry.ready).length
+    return `${running} running on ${this.#entries.length} connection${this.#entries.length === 1 ? '' : 's'}${connecting ? ` (${connecting} connecting)` : ''}, limit ${maxConnections} × ${maxChannels} channel${maxChannels === 1 ? '' : 's'}, ${this.#waiters.length} already waiting`
+  }
+}
