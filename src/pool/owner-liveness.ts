@@ -1,4 +1,4 @@
-import { isProcessAlive, type ProcessIdentity } from '../util/process-info.js'
+import { getCurrentProcessIdentity, isProcessAlive, type ProcessIdentity } from '../util/process-info.js'
 
 /**
  * Who holds a lease. Today always a process on a host (pid + the kernel's start time of that pid, so a
@@ -21,6 +21,18 @@ export interface OwnerLiveness {
  */
 export const localProcessLiveness: OwnerLiveness = {
   isAlive: (owner) => isProcessAlive(owner),
+}
+
+/** For stores on one host: an owner elsewhere cannot be judged, so it counts as alive. */
+export const remoteOwnersAlive: OwnerLiveness = { isAlive: () => true }
+
+/**
+ * Owners on this host (`VM_POOL_HOST_ID`, else the host name) by `local` (pid + start time: at once);
+ * owners on other hosts by `remote` (a store's heartbeats and TTL, on the store's clock).
+ */
+export function hostAwareLiveness(local: OwnerLiveness, remote: OwnerLiveness): OwnerLiveness {
+  const here = getCurrentProcessIdentity().host
+  return { isAlive: (owner, now) => (owner.host === here ? local.isAlive(owner, now) : remote.isAlive(owner, now)) }
 }
 
 export function isSameOwner(a: LeaseOwner | null, b: LeaseOwner | null): boolean {

@@ -3,11 +3,13 @@ import { formatZodError } from '../config/zod-error.js'
 import { vmSpecSchema } from '../config/vm-spec-schema.js'
 import type { Vm, VmProvider } from '../providers/vm-provider.js'
 import { makeVmName, normalizeLeaseKey, validateVmName } from '../util/vm-name.js'
-import { FileLeaseStore } from './file-lease-store.js'
+import { fenceVm } from './fenced-vm.js'
 import { HeldVms } from './held-vms.js'
 import type { LeaseStore } from './lease-store.js'
 import { releaseOwnership } from './lease-table.js'
+import { openLeaseStore } from './lease-store-selection.js'
 import { localProcessLiveness, rememberingLiveness } from './owner-liveness.js'
+import { PostgresLeaseStore } from './postgres-lease-store.js'
 import { resolvePoolOptions, type PoolOptions, type ResolvedPoolOptions } from './pool-options.js'
 import { PoolLeases, type PoolLedger, type PoolStats } from './pool-leases.js'
 import { PoolVmLifecycle, type Held } from './pool-vm-lifecycle.js'
@@ -78,8 +80,14 @@ interface Slot {
  * protocol is lease-table.ts, the VM steps pool-vm-lifecycle.ts, the lease updates pool-leases.ts.
  */
 export function createPool(options: PoolOptions): VmPool {
-  const { config, warn } = resolvePoolOptions(options)
-  return new LeasedVmPool(config, new FileLeaseStore({ provider: config.provider, stateDir: config.stateDir, warn }), warn)
+  const { config: resolved, warn } = resolvePoolOptions(options)
+  const { store, owned } = openLeaseStore(options.leaseStore, { provider: resolved.provider, stateDir: resolved.stateDir, warn })
+  let config = resolved
+  // The watchdog must reap from the same store: it opens it from its environment (VM_POOL_LEASE_STORE).
+  if (store instanceof PostgresLeaseStore && resolved.reaper) {
+    config = Object.freeze({ ...resolved, reaper: Object.freeze({ ...resolved.reaper, env: { ...resolved.reaper.env, ...store.childEnv() } }) })
+  }
+  return new LeasedVmPool(config, store, warn, owned)
 }
 
 class LeasedVmPool implements VmPool {
@@ -98,8 +106,10 @@ class LeasedVmPool implements VmPool {
   #freshCount = 0
   #closed = false
   #draining: Promise<DrainResult> | undefined
+  readonly #ownsStore: boolean
 
-  constructor(options: ResolvedPoolOptions, store: LeaseStore, warn: (message: string) => void) {
+  constructor(options: ResolvedPoolOptions, store: LeaseStore, warn: (message: string) => void, ownsStore: boolean) {
+    this.#ownsStore = ownsStore
     this.options = options
     this.runId = options.runId
     this.store = store
@@ -134,6 +144,8 @@ class LeasedVmPool implements VmPool {
     const held = await slot.promise
     // drain() started while we booted: it hands this VM back; the caller must not use it.
     if (this.#closed) throw this.#closedError('acquire')
+    // Fencing: never hand out a VM another process reclaimed from us.
+    await this.#leases.assertHeld(held.name)
     return this.#makeLease(k, slot, held)
   }
 
@@ -175,6 +187,7 @@ class LeasedVmPool implements VmPool {
     await this.#leases.settleBackground()
     await this.#held.stopReaperIfEmpty()
     await this.#provider.close?.().catch(() => {})
+    if (this.#ownsStore) await this.store.close?.()
     const { drainLog } = this.#ledger
     const result = { keptWarm: [...drainLog.keptWarm], deleted: [...drainLog.deleted], leaked: [...drainLog.leaked] }
     if (result.leaked.length > 0) {
@@ -201,7 +214,7 @@ class LeasedVmPool implements VmPool {
       await this.#vms.giveBack(held, options.discard === true)
     }
     return {
-      vm: held.vm,
+      vm: fenceVm(held.vm, () => this.#leases.assertHeld(held.name)),
       name: held.name,
       key,
       adopted: held.adopted,
@@ -211,7 +224,7 @@ class LeasedVmPool implements VmPool {
   }
 
   #makeFreshVm(held: Held): FreshVm {
-    const { vm } = held
+    const vm = fenceVm(held.vm, () => this.#leases.assertHeld(held.name))
     let done: Promise<void> | undefined
     const remove = () => {
       done ??= (async () => {

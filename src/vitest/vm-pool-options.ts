@@ -61,6 +61,12 @@ export const vmPoolOptionsSchema = z
     workers: z.enum(['forks', 'threads']).default('forks'),
     /** The spec of the worker VMs (the name is chosen by vm-pool). */
     spec: vmSpecSchema.default({}),
+    /**
+     * Where the pool's lease table lives: `'file'` or a `postgres://` connection string, so CI jobs on
+     * several machines share warm VMs (docs/pool.md, "Stores"). Only the Vitest main process opens it;
+     * workers never see it. @default `VM_POOL_LEASE_STORE`, else `'file'`
+     */
+    leaseStore: z.string().min(1).optional(),
   })
   .strict()
 
@@ -80,6 +86,7 @@ export interface ResolvedVmPoolOptions {
   readonly timeoutScale: number | undefined
   readonly workers: 'forks' | 'threads'
   readonly spec: Readonly<Omit<VmSpec, 'name'>>
+  readonly leaseStore: string | undefined
 }
 
 export function resolveVmPoolOptions(options: unknown, providerNames: readonly string[]): ResolvedVmPoolOptions {
@@ -109,6 +116,7 @@ export function resolveVmPoolOptions(options: unknown, providerNames: readonly s
     timeoutScale: data.timeoutScale,
     workers: data.workers,
     spec: Object.freeze({ ...data.spec }),
+    leaseStore: data.leaseStore,
   })
 }
 
