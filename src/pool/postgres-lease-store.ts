@@ -195,6 +195,8 @@ export class PostgresLeaseStore implements LeaseStore {
       let client: pg.PoolClient | undefined
       try {
         client = await this.#pool.connect()
+        // A connection cut while checked out (a restart) is also emitted as an event: the failing query reports it.
+        if (client.listenerCount('error') === 0) client.on('error', () => {})
         this.#schema ??= ensureSchema(client, this.location).catch((error: unknown) => {
           this.#schema = undefined
           throw error

@@ -5,7 +5,8 @@
  * packages put the binaries in /usr/lib/postgresql/<version>/bin; `pg_config --bindir` or PATH otherwise.
  * In CI (CI=true) a missing PostgreSQL throws; elsewhere the tests skip with the reason.
  */
-import { execFileSync, spawnSync } from 'node:child_process'
+import { execFile, execFileSync, spawnSync } from 'node:child_process'
+import { promisify } from 'node:util'
 import { randomBytes } from 'node:crypto'
 import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
@@ -47,8 +48,8 @@ export interface StartedPostgres {
   createDatabase(name: string): Promise<string>
   /** Run SQL as the superuser in `database`. */
   sql(database: string, text: string): Promise<pg.QueryResult>
-  /** pg_ctl restart (fast shutdown: sessions are cut, as in a real restart). */
-  restart(): void
+  /** pg_ctl stop (fast: sessions are cut, as in a real restart), then start; the event loop keeps running meanwhile. */
+  restart(): Promise<void>
   stop(): void
 }
 
@@ -84,6 +85,11 @@ export async function startPostgres(): Promise<StartedPostgres> {
     const result = spawnSync(command, argv, { encoding: 'utf8', cwd: dir })
     if (result.status !== 0) throw new Error(`${tool} ${args.join(' ')} failed (${result.status}): ${result.stderr}${result.stdout}`)
   }
+  const runAsync = async (tool: string, args: string[]) => {
+    const command = asRoot ? 'runuser' : join(bin, tool)
+    const argv = asRoot ? ['-u', 'postgres', '--', join(bin, tool), ...args] : args
+    await promisify(execFile)(command, argv, { cwd: dir })
+  }
   run('initdb', ['-D', data, '-U', user, `--pwfile=${join(dir, 'pwfile')}`, '--auth=scram-sha-256', '-E', 'UTF8', '--no-sync'])
   const port = await freePort()
   const options = `-c listen_addresses=127.0.0.1 -p ${port} -k ${dir} -c fsync=off -c synchronous_commit=off -c full_page_writes=off`
@@ -110,9 +116,11 @@ export async function startPostgres(): Promise<StartedPostgres> {
       return url(name)
     },
     sql,
-    restart() {
-      run('pg_ctl', ['-D', data, '-m', 'fast', '-w', '-t', String(PG_CTL_WAIT_SECONDS), 'stop'])
-      start()
+    async restart() {
+      await runAsync('pg_ctl', ['-D', data, '-m', 'fast', '-w', '-t', String(PG_CTL_WAIT_SECONDS), 'stop'])
+      // Down for a moment, as a real restart is: clients see refused connections, not just cut ones.
+      await new Promise((resolve) => setTimeout(resolve, 500))
+      await runAsync('pg_ctl', ['-D', data, '-o', options, '-l', join(dir, 'log'), '-w', '-t', String(PG_CTL_WAIT_SECONDS), 'start'])
     },
     stop() {
       if (stopped) return
