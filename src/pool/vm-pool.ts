@@ -103,6 +103,7 @@ class LeasedVmPool implements VmPool {
   readonly #slots = new Map<string, Slot>()
   readonly #fresh = new Map<string, Held>()
   readonly #pending = new Set<Promise<unknown>>()
+  readonly #fencedVms = new WeakMap<Held, Vm>()
   #freshCount = 0
   #closed = false
   #draining: Promise<DrainResult> | undefined
@@ -214,7 +215,7 @@ class LeasedVmPool implements VmPool {
       await this.#vms.giveBack(held, options.discard === true)
     }
     return {
-      vm: fenceVm(held.vm, () => this.#leases.assertHeld(held.name)),
+      vm: this.#fenced(held),
       name: held.name,
       key,
       adopted: held.adopted,
@@ -224,7 +225,7 @@ class LeasedVmPool implements VmPool {
   }
 
   #makeFreshVm(held: Held): FreshVm {
-    const vm = fenceVm(held.vm, () => this.#leases.assertHeld(held.name))
+    const vm = this.#fenced(held)
     let done: Promise<void> | undefined
     const remove = () => {
       done ??= (async () => {
@@ -253,6 +254,16 @@ class LeasedVmPool implements VmPool {
     if (vm.putFile) fresh.putFile = (path, data) => vm.putFile!(path, data)
     if (vm.getFile) fresh.getFile = (path) => vm.getFile!(path)
     return fresh
+  }
+
+  /** One fenced Vm per held VM: every lease of a key gets the same object. */
+  #fenced(held: Held): Vm {
+    let vm = this.#fencedVms.get(held)
+    if (!vm) {
+      vm = fenceVm(held.vm, () => this.#leases.assertHeld(held.name))
+      this.#fencedVms.set(held, vm)
+    }
+    return vm
   }
 
   #track<T>(promise: Promise<T>): Promise<T> {
