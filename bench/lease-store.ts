@@ -153,7 +153,7 @@ export async function runLeaseStoreBench(): Promise<LeaseBenchRow[]> {
  * for the run (test/helpers/postgres.ts); next to the file-store rows above (one host). Without PostgreSQL
  * here the rows say why instead.
  */
-async function postgresBench(): Promise<LeaseBenchRow[]> {
+export async function postgresBench(): Promise<LeaseBenchRow[]> {
   const { getPostgresSkipReason, startPostgres } = await import('../test/helpers/postgres.ts')
   const base = `pool acquire+release of a warm VM, 2 hosts × ${PROCESSES} processes, PostgreSQL store`
   let reason: string | undefined
@@ -164,11 +164,18 @@ async function postgresBench(): Promise<LeaseBenchRow[]> {
   }
   if (reason) return [{ name: `${base} (skipped: ${reason})`, samples: 0, p50Ms: Number.NaN, p99Ms: Number.NaN }]
   const server = await startPostgres()
+  // Interrupted (Ctrl-C, a CI timeout): the cluster must not outlive the bench.
+  const stopOnSignal = () => {
+    server.stop()
+    process.exit(130)
+  }
+  process.once('SIGINT', stopOnSignal).once('SIGTERM', stopOnSignal)
   try {
     const warm = await warmAcrossProcesses(OUR_DIST, 'exec', { leaseStore: await server.createDatabase('bench_warm'), hosts: 2 })
     const lease = await warmAcrossProcesses(OUR_DIST, 'lease-only', { leaseStore: await server.createDatabase('bench_lease'), hosts: 2 })
     return [row(`${base} (goal: p99 <= 50 ms)`, warm), row(`${base}, exec answered in-process (lease protocol only)`, lease)]
   } finally {
+    process.off('SIGINT', stopOnSignal).off('SIGTERM', stopOnSignal)
     server.stop()
   }
 }

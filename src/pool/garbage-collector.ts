@@ -72,7 +72,8 @@ async function collect(options: GcOptions, store: LeaseStore): Promise<GcReport>
   const liveness = localProcessLiveness
   const prefixes = [...SWEEP_PREFIXES, ...(options.prefixes ?? [])]
   const dryRun = options.dryRun ?? false
-  const listingStartedAt = Date.now()
+  // On the store's clock (the database's, for a store shared by hosts): entries' updatedAt are on it.
+  const listingStartedAt = await store.update((_table, context) => context.now)
   const infos = await provider.list()
   const swept = infos.filter((info) => matchesSweepPrefix(info.name, prefixes))
   const liveMarkers = await findLiveMarkerHolders(stateDir, provider.name, liveness)
