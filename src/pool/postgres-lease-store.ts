@@ -180,16 +180,16 @@ export class PostgresLeaseStore implements LeaseStore {
       },
       // Retried only when it cannot have committed, and never a mutator's own error.
       () => mutatorError === undefined && !committing,
+      (error) => (committing && isTransient(error) ? 'the connection broke while committing: the update may or may not have happened; the next pool operation sees which' : undefined),
     ).catch((error: unknown) => {
       if (mutatorError) throw mutatorError.error
-      if (committing && !(error instanceof VmPoolError)) throw this.#error('update', error, 'the connection broke while committing: the update may or may not have happened; the next pool operation sees which')
       throw error
     })
     return result
   }
 
   /** One checkout per attempt; transient errors retried until POSTGRES_RECONNECT_TIMEOUT_MS while `mayRetry()`. */
-  async #withRetry<T>(operation: string, work: (client: pg.PoolClient) => Promise<T>, mayRetry: () => boolean): Promise<T> {
+  async #withRetry<T>(operation: string, work: (client: pg.PoolClient) => Promise<T>, mayRetry: () => boolean, extra: (error: unknown) => string | undefined = () => undefined): Promise<T> {
     const deadline = performance.now() + scaleTimeout(POSTGRES_RECONNECT_TIMEOUT_MS)
     for (;;) {
       let client: pg.PoolClient | undefined
@@ -212,7 +212,7 @@ export class PostgresLeaseStore implements LeaseStore {
           client.release(true)
         }
         if (error instanceof VmPoolError) throw error
-        if (!mayRetry() || !isTransient(error) || performance.now() > deadline) throw this.#error(operation, error)
+        if (!mayRetry() || !isTransient(error) || performance.now() > deadline) throw this.#error(operation, error, extra(error))
         await sleep(RECONNECT_PAUSE_MS)
       }
     }
