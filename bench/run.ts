@@ -3,7 +3,7 @@
  * Options: `--provider NAME` (or VM_POOL_PROVIDER; default qemu) runs only the sections for that
  * provider plus the provider-independent ones; `--short` (or BENCH_SHORT=1) takes fewer samples;
  * `--files N` / `--workers W` size the seed 003 suite (default 8 files, 4 with --short; 2 workers);
- * `--only a,b` runs only the named sections (seed-003, qemu-boot, lease-store).
+ * `--only a,b` runs only the named sections (seed-003, qemu-boot, protocol, lease-store).
  * Add a section with one line in `sections`. Runs against dist/ (`npm run build` first).
  */
 import { parseArgs } from 'node:util'
@@ -31,6 +31,7 @@ interface BenchSection {
 const sections: BenchSection[] = [
   { name: 'seed-003', run: async (options) => (await import('./seed-003.ts')).runSeed003Bench(options) },
   { name: 'qemu-boot', providers: ['qemu'], run: async (options) => (await import('./qemu-boot.ts')).runQemuBootBench(options) },
+  { name: 'protocol', run: async (options) => (await import('./protocol.ts')).runProtocolBench(options) },
   { name: 'lease-store', run: async () => (await (await import('./lease-store.ts')).runLeaseStoreBench()).map((row) => ({ benchmark: row.name, value: `p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms`, note: `${row.samples} samples` })) },
 ]
 

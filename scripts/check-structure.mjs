@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /**
  * `npm run check:structure` (part of `npm test`): the house rules that keep src/ easy to read.
+ * `node scripts/check-structure.mjs [DIR]` checks DIR/src instead (test/unit/structure-rules.test.ts).
  * 1. The layer rule (docs/architecture.md), checked by dependency-cruiser with .dependency-cruiser.cjs:
  *    an upward import, an import between the edges, or a cycle fails.
  * 2. No file in src/ over MAX_LINES lines unless its first comment says why (a line starting with
@@ -10,13 +11,14 @@ import { spawnSync } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
 import { join, relative, resolve } from 'node:path'
 
-const ROOT = resolve(import.meta.dirname, '..')
+const REPO = resolve(import.meta.dirname, '..')
+const ROOT = resolve(process.argv[2] ?? REPO)
 const MAX_LINES = 350
 const LONG_REASON = /^\s*(\*|\/\/)\s*Why this file is long:/m
 
 let failed = false
 
-const cruiser = spawnSync(process.execPath, [join(ROOT, 'node_modules/dependency-cruiser/bin/dependency-cruiser.mjs'), 'src', '--config', '.dependency-cruiser.cjs', '--output-type', 'err'], { cwd: ROOT, encoding: 'utf8' })
+const cruiser = spawnSync(process.execPath, [join(REPO, 'node_modules/dependency-cruiser/bin/dependency-cruiser.mjs'), 'src', '--config', join(REPO, '.dependency-cruiser.cjs'), '--output-type', 'err'], { cwd: ROOT, encoding: 'utf8' })
 // dependency-cruiser warns that it cannot use TypeScript 7's compiler; it parses with swc instead (see the config).
 const output = `${cruiser.stdout}${cruiser.stderr}`.replace(/\n?‼ missing-tsc-transpiler:[\s\S]*?will follow when its API is published and stable\.\n?/, '\n').trim()
 if (cruiser.status !== 0) {

@@ -21,7 +21,7 @@ export type { SessionManagerOptions, OpenSessionOptions, ReleaseSessionOptions, 
 export { runWorkflow, DEFAULT_STEP_TIMEOUT_MS, ABORTED_CLEANUP_TIMEOUT_MS, NO_EXIT_CODE } from './workflow/run-workflow.js'
 export type { RunWorkflowOptions, StepResult, WorkflowResult, WorkflowEvent, StepError, KeptVm } from './workflow/run-workflow.js'
 export { createPool, ADOPT_CHECK_TIMEOUT_MS, RESET_TIMEOUT_MS, RESET_TO_SNAPSHOT } from './pool/vm-pool.js'
-export type { PoolOptions, ResolvedPoolOptions, PoolStats, VmPool, VmLease, FreshVm, ReleaseOptions, DrainResult } from './pool/vm-pool.js'
+export type { AcquireOptions, PoolOptions, ResolvedPoolOptions, PoolStats, VmPool, VmLease, FreshVm, ReleaseOptions, DrainResult } from './pool/vm-pool.js'
 export { FileLeaseStore, LEASE_LOCK_STALE_MS, LEASE_LOCK_TIMEOUT_MS } from './pool/file-lease-store.js'
 export type { FileLeaseStoreOptions } from './pool/file-lease-store.js'
 export type { LeaseStore, LeaseEntry, LeaseTable, LeaseState, LeaseKind, LeaseUpdateContext } from './pool/lease-store.js'

@@ -15,6 +15,7 @@ const COMMAND_SUMMARIES: Record<string, string> = {
   doctor: 'say which providers are usable here, and why not',
   serve: 'run GitHub workflows on VMs for GitHub webhook events (push, pull_request)',
   history: 'success rates, flaky and slow steps of the workflows run so far',
+  protocol: 'serve the pool to another test runner (pytest, ...) as JSON lines on stdio',
 }
 
 function getVersion(): string {

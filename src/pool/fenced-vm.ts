@@ -9,10 +9,12 @@ const UNFENCED = new Set<PropertyKey>(['close', Symbol.asyncDispose])
  * process (see pool-leases.ts). A Proxy, so methods providers add later are fenced too. An exec already
  * running when the lease is lost is not stopped: it finishes; the next call fails.
  */
-export function fenceVm(vm: Vm, assertHeld: () => Promise<void>): Vm {
-  return new Proxy(vm, {
-    get(target, property, receiver) {
-      const value: unknown = Reflect.get(target, property, receiver)
+export function fenceVm(current: () => Vm, assertHeld: () => Promise<void>): Vm {
+  // `current()`: the held VM's connection, which `reset()` may replace; every access goes to the current one.
+  return new Proxy(current(), {
+    get(_initial, property) {
+      const target = current()
+      const value: unknown = Reflect.get(target, property, target)
       if (typeof value !== 'function' || UNFENCED.has(property)) return typeof value === 'function' ? value.bind(target) : value
       return async (...args: unknown[]) => {
         await assertHeld()

@@ -6,6 +6,7 @@
  *
  *   (none) ─reserveName→ booting ─markLeased→ leased ─markIdle→ idle ─adoptIdle→ leased
  *   booting | leased | idle ─markDeleting→ deleting ─dropIfStillOurs→ (none)
+ *   leased ─replaceRecord→ leased (a snapshot reset while held gives the VM a new record)
  *
  * Rules that keep "never two holders, never a live VM deleted" true across processes:
  * a name is reserved before the VM exists; an idle VM is claimed before anyone execs in it; only a VM
@@ -77,6 +78,15 @@ export function markLeased(table: LeaseTable, reserved: LeaseEntry, record: VmRe
   entry.updatedAt = iso(now)
   delete entry.recoveredAt
   table[reserved.name] = entry
+  return entry
+}
+
+/** leased → leased with the record a snapshot reset returned (`VmLease.reset()`). `undefined` when the entry is no longer ours. */
+export function replaceRecord(table: LeaseTable, name: string, record: VmRecord, actor: LeaseActor, now: number): LeaseEntry | undefined {
+  const entry = table[name]
+  if (!entry || !isSameOwner(entry.owner, actor.owner)) return undefined
+  entry.record = record
+  entry.updatedAt = iso(now)
   return entry
 }
 

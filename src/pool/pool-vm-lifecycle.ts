@@ -1,11 +1,11 @@
-import { VmPoolError, isVmPoolError } from '../errors.js'
+import { VmPoolError, invalidOptions, isVmPoolError } from '../errors.js'
 import type { Vm, VmRecord } from '../providers/vm-provider.js'
 import { createDebug } from '../util/debug.js'
 import { scaleTimeout, withTimeout } from '../util/timeouts.js'
 import { makeVmName } from '../util/vm-name.js'
 import type { HeldVms } from './held-vms.js'
 import type { LeaseEntry, LeaseKind } from './lease-store.js'
-import { adoptIdle, evictOverMax, markIdle, markLeased, reserveName } from './lease-table.js'
+import { adoptIdle, evictOverMax, markIdle, markLeased, replaceRecord, reserveName } from './lease-table.js'
 import { RESET_TO_SNAPSHOT, type ResolvedPoolOptions } from './pool-options.js'
 import type { PoolLeases, PoolLedger } from './pool-leases.js'
 import { getSpecHash, type PoolVmSpec } from './spec-hash.js'
@@ -46,8 +46,8 @@ export class PoolVmLifecycle {
     this.#warn = options.warn
   }
 
-  /** An idle warm VM with our spec (claimed, then checked), else a new one named `<prefix>-<runId>-<key>`. */
-  async obtain(key: string): Promise<Held> {
+  /** An idle warm VM with our spec (claimed, then checked), else a new one named `name` or `<prefix>-<runId>-<key>`. */
+  async obtain(key: string, name?: string): Promise<Held> {
     await this.#held.ensureReaper()
     const want = { provider: this.#config.provider.name, specHash: this.#config.specHash, key }
     for (;;) {
@@ -63,6 +63,7 @@ export class PoolVmLifecycle {
         return held
       }
     }
+    if (name !== undefined) return this.create('slot', name, this.#config.spec, key, true)
     return this.create('slot', makeVmName(this.#config.prefix, this.#config.runId, key), this.#config.spec, key, false)
   }
 
@@ -162,6 +163,22 @@ export class PoolVmLifecycle {
     this.#ledger.counters.warmed++
     this.#ledger.drainLog.keptWarm.add(held.name)
     for (const name of evicted) await this.#leases.deleteByName(name).catch(() => {})
+  }
+
+  /** `VmLease.reset()`: the VM restored to the provider's saved state under its name; new record in the lease entry, new connection. */
+  async resetHeld(held: Held): Promise<void> {
+    const provider = this.#config.provider
+    if (typeof provider.reset !== 'function') {
+      throw invalidOptions(`${provider.name} cannot reset a VM to a snapshot`, { operation: 'reset', provider: provider.name, vm: held.name, hint: 'use the qemu provider with snapshots on (its default), or reset with a shell line' })
+    }
+    await held.vm.close?.().catch(() => {})
+    const record = await provider.reset(held.name)
+    const entry = await this.#leases.update((table, now) => {
+      const updated = replaceRecord(table, held.name, record, this.#leases.actor, now)
+      return updated && structuredClone(updated)
+    })
+    if (entry) this.#held.note(entry)
+    held.vm = await provider.connect(record)
   }
 
   async deleteHeld(held: Held): Promise<void> {

@@ -2,7 +2,7 @@ import { VmPoolError, invalidOptions } from '../errors.js'
 import { formatZodError } from '../config/zod-error.js'
 import { vmSpecSchema } from '../config/vm-spec-schema.js'
 import type { Vm, VmProvider } from '../providers/vm-provider.js'
-import { makeVmName, normalizeLeaseKey, validateVmName } from '../util/vm-name.js'
+import { makeVmName, normalizeLeaseKey, validateExplicitName, validateVmName } from '../util/vm-name.js'
 import { fenceVm } from './fenced-vm.js'
 import { HeldVms } from './held-vms.js'
 import type { LeaseStore } from './lease-store.js'
@@ -24,8 +24,19 @@ export interface ReleaseOptions {
   discard?: boolean
 }
 
+export interface AcquireOptions {
+  /**
+   * The name of a VM booted for this key, instead of `<prefix>-<runId>-<key>` (e.g. the pytest plugin's
+   * `pytest-worker-<pid>-<unix time>`). Reserved like any other name; a taken name fails with
+   * `VMPOOL_CREATE_FAILED`. An adopted warm VM keeps the name it was booted with; a key already held
+   * returns its VM whatever the name. A name carrying a pid and time must name a live process
+   * (`validateExplicitName` in util/vm-name.ts). @default `<prefix>-<runId>-<key>`
+   */
+  name?: string
+}
+
 export interface VmLease extends AsyncDisposable {
-  /** Connected in this process. Hand `vm.record` to another process to reach the same VM there. */
+  /** Connected in this process. Hand `vm.record` to another process to reach the same VM there. A new connection after `reset()`. */
   readonly vm: Vm
   readonly name: string
   readonly key: string
@@ -33,6 +44,12 @@ export interface VmLease extends AsyncDisposable {
   readonly adopted: boolean
   /** Give it back: idle (keepWarm) or deleted, once the last holder of this key released it. Idempotent. */
   release(options?: ReleaseOptions): Promise<void>
+  /**
+   * Put the VM back to the provider's clean saved state (`provider.reset`, e.g. qemu's snapshot) and keep
+   * holding it under the same name; `vm` is a new connection afterwards (the lease entry gets the new record).
+   * A provider without `reset` fails with `VMPOOL_INVALID_OPTIONS`.
+   */
+  reset(): Promise<void>
 }
 
 /** A throwaway VM: deleted on dispose (`await using vm = await pool.fresh()`), on `drain()`, or by the reaper. */
@@ -58,8 +75,8 @@ export interface VmPool {
   readonly store: LeaseStore
   /** The watchdog's pid once one runs (after the first VM), for diagnostics. */
   readonly reaperPid: number | undefined
-  /** The VM for `key`: the same one while held; adopts an idle warm VM with the same spec, else boots one. */
-  acquire(key: string | number): Promise<VmLease>
+  /** The VM for `key`: the same one while held; adopts an idle warm VM with the same spec, else boots one (named `options.name` if given). */
+  acquire(key: string | number, options?: AcquireOptions): Promise<VmLease>
   /** A new VM that is always deleted. `spec` is merged over the pool's; a `name` is used as is (it must be free). */
   fresh(spec?: PoolVmSpec & { name?: string }): Promise<FreshVm>
   /** Hand back every lease (idle with keepWarm, else deleted), delete fresh VMs, stop the watchdog. The pool is closed afterwards. */
@@ -126,15 +143,16 @@ class LeasedVmPool implements VmPool {
     return this.#held.reaperPid
   }
 
-  async acquire(key: string | number): Promise<VmLease> {
+  async acquire(key: string | number, options: AcquireOptions = {}): Promise<VmLease> {
     this.#assertOpen('acquire')
     const k = normalizeLeaseKey(key)
+    const name = options.name === undefined ? undefined : validateExplicitName(options.name, this.#provider.name)
     let slot = this.#slots.get(k)
     if (slot) {
       slot.refs++
       this.#ledger.counters.reused++
     } else {
-      slot = { refs: 1, promise: this.#track(this.#vms.obtain(k)) }
+      slot = { refs: 1, promise: this.#track(this.#vms.obtain(k, name)) }
       this.#slots.set(k, slot)
       const created = slot
       created.promise.catch(() => {
@@ -205,6 +223,7 @@ class LeasedVmPool implements VmPool {
   }
 
   #makeLease(key: string, slot: Slot, held: Held): VmLease {
+    const fenced = this.#fenced(held)
     let released = false
     const release = async (options: ReleaseOptions = {}) => {
       if (released) return
@@ -215,11 +234,18 @@ class LeasedVmPool implements VmPool {
       await this.#vms.giveBack(held, options.discard === true)
     }
     return {
-      vm: this.#fenced(held),
+      // A getter: reset() replaces the connection of every lease on this key (the fenced Vm follows held.vm).
+      get vm() {
+        return fenced
+      },
       name: held.name,
       key,
       adopted: held.adopted,
       release,
+      reset: async () => {
+        if (released) throw this.#closedError('reset')
+        await this.#vms.resetHeld(held)
+      },
       [Symbol.asyncDispose]: () => release(),
     }
   }
@@ -260,7 +286,7 @@ class LeasedVmPool implements VmPool {
   #fenced(held: Held): Vm {
     let vm = this.#fencedVms.get(held)
     if (!vm) {
-      vm = fenceVm(held.vm, () => this.#leases.assertHeld(held.name))
+      vm = fenceVm(() => held.vm, () => this.#leases.assertHeld(held.name))
       this.#fencedVms.set(held, vm)
     }
     return vm

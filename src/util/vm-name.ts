@@ -26,11 +26,15 @@ export const NAME_PART_PATTERN = /^[a-z0-9]+(?:-[a-z0-9]+)*$/
 export const WORKER_PREFIX = 'vitest-worker'
 export const FRESH_PREFIX = 'vitest-fresh'
 export const WORKFLOW_PREFIX = 'vm-pool-wf'
-/** Other runners' VMs (the pytest plugin): `pytest-worker-<pid>-<unix seconds>`, judged by that pid and time. */
+/** Other runners' VMs (the pytest plugin in python/): `pytest-worker-<pid>-<unix seconds>`, judged by that pid and time. */
 export const PYTEST_WORKER_PREFIX = 'pytest-worker'
+/** The pytest plugin's `fresh_vm` VMs: `pytest-fresh-<runId>-<n>`. */
+export const PYTEST_FRESH_PREFIX = 'pytest-fresh'
+/** VMs a `vm-pool protocol` client leases without naming them: `vm-pool-runner-<runId>-<key or n>`. */
+export const RUNNER_PREFIX = 'vm-pool-runner'
 
 /** Name prefixes `vm-pool gc` sweeps by default (each followed by `-`). */
-export const SWEEP_PREFIXES: readonly string[] = Object.freeze([WORKER_PREFIX, FRESH_PREFIX, WORKFLOW_PREFIX, PYTEST_WORKER_PREFIX, 'test-vm'])
+export const SWEEP_PREFIXES: readonly string[] = Object.freeze([WORKER_PREFIX, FRESH_PREFIX, WORKFLOW_PREFIX, PYTEST_WORKER_PREFIX, PYTEST_FRESH_PREFIX, RUNNER_PREFIX, 'test-vm'])
 
 /** `pytest-worker-<pid>-<unix seconds>`: the name is made after the worker started; allow for the whole-second rounding of both clocks. */
 const PYTEST_START_SLACK_MS = 2_000
@@ -118,6 +122,11 @@ export function parsePytestWorkerName(name: string): PytestWorkerName | null {
   return { pid: Number(match[1]), createdAtMs: Number(match[2]) * 1000 }
 }
 
+/** The name of a pytest worker's VM: `pytest-worker-<pid>-<unix seconds>`, the pid of the worker process. */
+export function makePytestWorkerName(pid: number, unixSeconds: number): string {
+  return validateVmName(`${PYTEST_WORKER_PREFIX}-${pid}-${unixSeconds}`)
+}
+
 /** What a VM's name alone says about its owner. */
 export interface NamedOwnerVerdict {
   alive: boolean
@@ -140,4 +149,25 @@ export function judgeNamedOwner(name: string): NamedOwnerVerdict | null {
     return { alive: false, reason: `pid ${pytest.pid} is alive but started after the VM was named: the pid was reused` }
   }
   return { alive: true, reason: `pytest worker pid ${pytest.pid} is alive` }
+}
+
+/**
+ * A name a caller chose for a VM a pool boots (`acquire(key, { name })`): a valid VM name, and not one whose
+ * owner `judgeNamedOwner` already calls dead — `vm-pool gc` would delete that VM as soon as no lease knew it,
+ * so the pool and gc always agree on such names.
+ */
+export function validateExplicitName(name: unknown, provider?: string): string {
+  const valid = validateVmName(name, provider)
+  const verdict = judgeNamedOwner(valid)
+  if (verdict && !verdict.alive) {
+    throw new VmPoolError({
+      code: 'VMPOOL_INVALID_NAME',
+      provider,
+      operation: 'acquire',
+      vm: valid,
+      message: `refusing the name ${valid}: ${verdict.reason}, so \`vm-pool gc\` would delete the VM as soon as its lease is gone`,
+      hint: 'name it after the live runner process: pytest-worker-<its pid>-<unix time now>',
+    })
+  }
+  return valid
 }

@@ -42,7 +42,7 @@ describe.skipIf(skipReason !== undefined)(`pool across hosts (PostgreSQL)${skipR
     await Promise.all(fixtures.map(({ fixture }) => fixture.message((m) => m.ready === true, 'ready', 120_000)))
     // All start together, so leases really contend.
     writeFileSync(goFile, '')
-    const results = await Promise.all(fixtures.map(async ({ host, fixture }) => ({ host, ...(await fixture.message((m) => m.done === true, "done", 540_000)) })))
+    const results: Record<string, unknown>[] = await Promise.all(fixtures.map(async ({ host, fixture }) => ({ host, ...(await fixture.message((m) => m.done === true, 'done', 540_000)) })))
 
     expect(results.flatMap((result) => result.violations as unknown[])).toEqual([])
     const stats = results.map((result) => result.stats as { created: number; reused: number; leaked: number })

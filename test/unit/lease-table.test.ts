@@ -21,6 +21,7 @@ import {
   pickIdleToAdopt,
   RECOVERED_LEASE_GRACE_MS,
   releaseOwnership,
+  replaceRecord,
   reserveName,
   restoreHeld,
   selectReapTargets,
@@ -127,6 +128,15 @@ describe('transitions', () => {
     const before = structuredClone(table.theirs)
     expect(markIdle(table, 'theirs', A, { ttlMs: 1_000 }, T0)).toBeUndefined()
     expect(markIdle(table, 'missing', A, { ttlMs: 1_000 }, T0)).toBeUndefined()
+    expect(table.theirs).toEqual(before)
+  })
+
+  test('replaceRecord (lease.reset()): ours → still leased by us, new record and updatedAt; not ours → nothing changes', () => {
+    const table = tableOf(entry('x', { key: 'k' }), entry('theirs', { owner: B.owner }))
+    expect(replaceRecord(table, 'x', { ...record('x'), data: { port: 3 } }, A, T0 + 5)).toMatchObject({ state: 'leased', owner: A.owner, key: 'k', updatedAt: at(5), record: { data: { port: 3 } } })
+    const before = structuredClone(table.theirs)
+    expect(replaceRecord(table, 'theirs', record('theirs'), A, T0 + 5)).toBeUndefined()
+    expect(replaceRecord(table, 'missing', record('missing'), A, T0 + 5)).toBeUndefined()
     expect(table.theirs).toEqual(before)
   })
 

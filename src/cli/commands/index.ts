@@ -10,4 +10,5 @@ export const commands: Record<string, () => Promise<CliCommand>> = {
   doctor: async () => (await import('./doctor.js')).doctorCommand,
   serve: async () => (await import('./serve.js')).serveCommand,
   history: async () => (await import('./history.js')).historyCommand,
+  protocol: async () => (await import('./protocol.js')).protocolCommand,
 }
