@@ -54,6 +54,26 @@ const HINTS: Record<string, string> = {
   '3D000': 'the database does not exist: create it (`createdb <name>`) or fix the name in the connection string',
 }
 
+/** The heartbeats and the database's clock, read after the row lock is held (so `now` is not from before a lock wait). */
+const HEARTBEATS_SQL = `WITH now AS (SELECT clock_timestamp() AS t)
+  SELECT (extract(epoch FROM now.t) * 1000)::float8 AS now_ms, h.host, h.pid, h.start_time, h.ttl_ms,
+         (extract(epoch FROM now.t - h.beat_at) * 1000)::float8 AS age_ms
+  FROM now LEFT JOIN vm_pool_heartbeats h ON true`
+
+interface HeartbeatQueryRow {
+  now_ms: number | string
+  host: string | null
+  pid: number
+  start_time: string
+  ttl_ms: number
+  age_ms: number | string
+}
+
+function parseHeartbeats(rows: readonly HeartbeatQueryRow[]): { now: number; rows: HeartbeatRow[] } {
+  const beats = rows.filter((row) => row.host !== null).map((row) => ({ host: row.host!, pid: Number(row.pid), startTime: Number(row.start_time), ttlMs: Number(row.ttl_ms), ageMs: Number(row.age_ms) }))
+  return { now: Math.round(Number(rows[0]!.now_ms)), rows: beats }
+}
+
 /** A PostgreSQL-backed `LeaseStore`: see the file comment, and docs/pool.md. */
 export class PostgresLeaseStore implements LeaseStore {
   readonly location: string
@@ -149,20 +169,28 @@ export class PostgresLeaseStore implements LeaseStore {
       'update',
       async (client) => {
         committing = false
-        await client.query('BEGIN')
-        await client.query(`SET LOCAL lock_timeout = ${Math.round(scaleTimeout(POSTGRES_LOCK_TIMEOUT_MS))}`)
-        let head = await client.query<{ next_token: string }>('SELECT next_token FROM vm_pool_tables WHERE namespace = $1 FOR UPDATE', [this.namespace])
-        if (head.rows.length === 0) {
-          await client.query('INSERT INTO vm_pool_tables (namespace) VALUES ($1) ON CONFLICT (namespace) DO NOTHING', [this.namespace])
-          head = await client.query<{ next_token: string }>('SELECT next_token FROM vm_pool_tables WHERE namespace = $1 FOR UPDATE', [this.namespace])
-        }
-        const firstToken = Number(head.rows[0]!.next_token)
-        let nextToken = firstToken
-        // A claim written in this transaction must never be judged ownerless: write our heartbeat in it when due.
+        // Two round trips per update, so the row lock is held for one round trip plus the mutator: the first
+        // batch takes the lock and loads everything, the second writes and commits (simple-protocol batches,
+        // values as escaped literals).
+        const ns = client.escapeLiteral(this.namespace)
         const beatNow = performance.now() - this.#confirmedAt > this.#intervalMs / 2
-        if (beatNow) await this.#beat(client)
-        const { now, rows } = await this.#loadHeartbeats(client)
-        const { table, texts } = await this.#loadTable(client)
+        const results = (await client.query(
+          [
+            'BEGIN',
+            `SET LOCAL lock_timeout = ${Math.round(scaleTimeout(POSTGRES_LOCK_TIMEOUT_MS))}`,
+            `INSERT INTO vm_pool_tables (namespace) VALUES (${ns}) ON CONFLICT (namespace) DO NOTHING`,
+            `SELECT next_token FROM vm_pool_tables WHERE namespace = ${ns} FOR UPDATE`,
+            // A claim written in this transaction must never be judged ownerless: our heartbeat goes in it when due.
+            ...(beatNow ? [this.#beatSql(client)] : []),
+            HEARTBEATS_SQL,
+            `SELECT name, entry FROM vm_pool_leases WHERE namespace = ${ns}`,
+          ].join(';\n'),
+        )) as unknown as pg.QueryResult[]
+        const [head, beats, leases] = [results[3]!, results[results.length - 2]!, results[results.length - 1]!]
+        const firstToken = Number((head.rows[0] as { next_token: string }).next_token)
+        let nextToken = firstToken
+        const { now, rows } = parseHeartbeats(beats.rows as HeartbeatQueryRow[])
+        const { table, texts } = this.#parseTable(leases.rows as { name: string; entry: unknown }[])
         const context: LeaseUpdateContext = { now, remoteLiveness: heartbeatLiveness(rows), nextToken: () => nextToken++ }
         let value: T
         try {
@@ -171,10 +199,10 @@ export class PostgresLeaseStore implements LeaseStore {
           mutatorError = { error }
           throw error
         }
-        await this.#write(client, table, texts)
-        if (nextToken !== firstToken) await client.query('UPDATE vm_pool_tables SET next_token = $2 WHERE namespace = $1', [this.namespace, nextToken])
+        const writes = this.#writeSql(client, table, texts)
+        if (nextToken !== firstToken) writes.push(`UPDATE vm_pool_tables SET next_token = ${nextToken} WHERE namespace = ${ns}`)
         committing = true
-        await client.query('COMMIT')
+        await client.query([...writes, 'COMMIT'].join(';\n'))
         if (beatNow) this.#confirmBeat()
         return value
       },
@@ -218,19 +246,12 @@ export class PostgresLeaseStore implements LeaseStore {
     }
   }
 
-  async #loadHeartbeats(client: pg.PoolClient): Promise<{ now: number; rows: HeartbeatRow[] }> {
-    const { rows } = await client.query<{ now_ms: number; host: string | null; pid: number; start_time: string; ttl_ms: number; age_ms: number }>(
-      `WITH now AS (SELECT clock_timestamp() AS t)
-       SELECT (extract(epoch FROM now.t) * 1000)::float8 AS now_ms, h.host, h.pid, h.start_time, h.ttl_ms,
-              (extract(epoch FROM now.t - h.beat_at) * 1000)::float8 AS age_ms
-       FROM now LEFT JOIN vm_pool_heartbeats h ON true`,
-    )
-    const beats = rows.filter((row) => row.host !== null).map((row) => ({ host: row.host!, pid: row.pid, startTime: Number(row.start_time), ttlMs: row.ttl_ms, ageMs: row.age_ms }))
-    return { now: Math.round(rows[0]!.now_ms), rows: beats }
-  }
-
   async #loadTable(client: pg.PoolClient): Promise<{ table: LeaseTable; texts: Map<string, string> }> {
     const { rows } = await client.query<{ name: string; entry: unknown }>('SELECT name, entry FROM vm_pool_leases WHERE namespace = $1', [this.namespace])
+    return this.#parseTable(rows)
+  }
+
+  #parseTable(rows: readonly { name: string; entry: unknown }[]): { table: LeaseTable; texts: Map<string, string> } {
     const table: LeaseTable = {}
     const texts = new Map<string, string>()
     for (const row of rows) {
@@ -245,25 +266,33 @@ export class PostgresLeaseStore implements LeaseStore {
     return { table, texts }
   }
 
-  /** Only what changed: upserts for new and changed entries, one DELETE for removed ones. */
-  async #write(client: pg.PoolClient, table: LeaseTable, before: Map<string, string>): Promise<void> {
+  /** Only what changed: one upsert for new and changed entries, one DELETE for removed ones (SQL with escaped literals). */
+  #writeSql(client: pg.PoolClient, table: LeaseTable, before: Map<string, string>): string[] {
     const names: string[] = []
     const entries: string[] = []
     for (const [name, entry] of Object.entries(table)) {
       const text = JSON.stringify(leaseEntrySchema.parse(entry))
       if (before.get(name) !== text) {
-        names.push(name)
-        entries.push(text)
+        names.push(client.escapeLiteral(name))
+        entries.push(client.escapeLiteral(text))
       }
     }
-    const removed = [...before.keys()].filter((name) => !(name in table))
+    const removed = [...before.keys()].filter((name) => !(name in table)).map((name) => client.escapeLiteral(name))
+    const ns = client.escapeLiteral(this.namespace)
+    const sql: string[] = []
     if (names.length > 0) {
-      await client.query(
-        'INSERT INTO vm_pool_leases (namespace, name, entry) SELECT $1, n, e FROM unnest($2::text[], $3::jsonb[]) AS t(n, e) ON CONFLICT (namespace, name) DO UPDATE SET entry = EXCLUDED.entry',
-        [this.namespace, names, entries],
+      sql.push(
+        `INSERT INTO vm_pool_leases (namespace, name, entry) SELECT ${ns}, n, e::jsonb FROM unnest(ARRAY[${names.join(',')}]::text[], ARRAY[${entries.join(',')}]::text[]) AS t(n, e) ON CONFLICT (namespace, name) DO UPDATE SET entry = EXCLUDED.entry`,
       )
     }
-    if (removed.length > 0) await client.query('DELETE FROM vm_pool_leases WHERE namespace = $1 AND name = ANY($2::text[])', [this.namespace, removed])
+    if (removed.length > 0) sql.push(`DELETE FROM vm_pool_leases WHERE namespace = ${ns} AND name IN (${removed.join(',')})`)
+    return sql
+  }
+
+  #beatSql(client: pg.PoolClient): string {
+    const me = getCurrentProcessIdentity()
+    return `INSERT INTO vm_pool_heartbeats (host, pid, start_time, ttl_ms, beat_at) VALUES (${client.escapeLiteral(me.host)}, ${me.pid}, ${me.startTime ?? -1}, ${this.#ttlMs}, clock_timestamp())
+       ON CONFLICT (host, pid, start_time) DO UPDATE SET beat_at = clock_timestamp(), ttl_ms = EXCLUDED.ttl_ms`
   }
 
   async #beat(client: pg.ClientBase | pg.Pool): Promise<void> {
