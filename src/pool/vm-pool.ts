@@ -120,7 +120,7 @@ class LeasedVmPool implements VmPool {
   readonly #slots = new Map<string, Slot>()
   readonly #fresh = new Map<string, Held>()
   readonly #pending = new Set<Promise<unknown>>()
-  readonly #fencedVms = new WeakMap<Held, Vm>()
+  readonly #fencedVms = new WeakMap<Vm, Vm>()
   #freshCount = 0
   #closed = false
   #draining: Promise<DrainResult> | undefined
@@ -223,7 +223,8 @@ class LeasedVmPool implements VmPool {
   }
 
   #makeLease(key: string, slot: Slot, held: Held): VmLease {
-    const fenced = this.#fenced(held)
+    // The getter below runs with the lease as `this`; it needs the pool.
+    const self = this
     let released = false
     const release = async (options: ReleaseOptions = {}) => {
       if (released) return
@@ -236,7 +237,7 @@ class LeasedVmPool implements VmPool {
     return {
       // A getter: reset() replaces the connection of every lease on this key (the fenced Vm follows held.vm).
       get vm() {
-        return fenced
+        return self.#fenced(held)
       },
       name: held.name,
       key,
@@ -282,12 +283,13 @@ class LeasedVmPool implements VmPool {
     return fresh
   }
 
-  /** One fenced Vm per held VM: every lease of a key gets the same object. */
+  /** One fenced Vm per connection: every lease of a key gets the same object until `reset()` replaces the connection. */
   #fenced(held: Held): Vm {
-    let vm = this.#fencedVms.get(held)
+    const inner = held.vm
+    let vm = this.#fencedVms.get(inner)
     if (!vm) {
-      vm = fenceVm(() => held.vm, () => this.#leases.assertHeld(held.name))
-      this.#fencedVms.set(held, vm)
+      vm = fenceVm(() => inner, () => this.#leases.assertHeld(held.name))
+      this.#fencedVms.set(inner, vm)
     }
     return vm
   }
