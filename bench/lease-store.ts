@@ -41,7 +41,7 @@ function row(name: string, samples: number[]): LeaseBenchRow {
  * protocol (lock, lease file, housekeeping, reaper marker) costs on its own: on 2 cores, 8 processes spawning a
  * shell for every adoption check spend most of their CPU there (about 12 ms of Node CPU per spawn, measured).
  */
-async function worker(dist: string, stateDir: string, goFile: string, key: string, mode: string): Promise<void> {
+async function worker(dist: string, stateDir: string, goFile: string, key: string, mode: string, leaseStore?: string): Promise<void> {
   const { createPool, fakeProvider } = (await import(pathToFileURL(join(dist, 'index.js')).href)) as Dist
   const fake = fakeProvider({ stateDir })
   const provider: typeof fake =
@@ -52,7 +52,7 @@ async function worker(dist: string, stateDir: string, goFile: string, key: strin
           connect: async (record) => ({ ...(await fake.connect(record)), exec: async () => ({ exitCode: 0, stdout: '', stderr: '', durationMs: 0, timedOut: false }) }),
         }
       : fake
-  const pool = createPool({ provider, stateDir, keepWarm: { ttlMs: 600_000, max: PROCESSES }, reaper: { providerName: 'fake', providerOptions: { stateDir } } })
+  const pool = createPool({ provider, stateDir, keepWarm: { ttlMs: 600_000, max: 2 * PROCESSES }, reaper: { providerName: 'fake', providerOptions: { stateDir } }, ...(leaseStore ? { leaseStore } : {}) })
   // One untimed round: boots this process's first VM (or adopts one) and starts its watchdog.
   await (await pool.acquire(key)).release()
   process.stdout.write(`${JSON.stringify({ ready: true })}\n`)
@@ -68,11 +68,16 @@ async function worker(dist: string, stateDir: string, goFile: string, key: strin
   process.stdout.write(`${JSON.stringify({ samples, stats: { ...pool.stats } })}\n`)
 }
 
-async function warmAcrossProcesses(dist: string, mode: 'exec' | 'lease-only' = 'exec'): Promise<number[]> {
+/** `hosts`: the processes are split over that many VM_POOL_HOST_IDs, sharing `leaseStore` (a postgres:// URL). */
+async function warmAcrossProcesses(dist: string, mode: 'exec' | 'lease-only' = 'exec', shared?: { leaseStore: string; hosts: number }): Promise<number[]> {
   const stateDir = mkdtempSync(join(tmpdir(), 'vm-pool-bench-warm-'))
   const goFile = join(stateDir, 'go')
-  const children = Array.from({ length: PROCESSES }, (_, i) =>
-    spawn(process.execPath, [fileURLToPath(import.meta.url), '--worker', dist, stateDir, goFile, `p${i}`, mode], { stdio: ['ignore', 'pipe', 'inherit'] }),
+  const hosts = shared?.hosts ?? 1
+  const children = Array.from({ length: PROCESSES * hosts }, (_, i) =>
+    spawn(process.execPath, [fileURLToPath(import.meta.url), '--worker', dist, stateDir, goFile, `p${i}`, mode, ...(shared ? [shared.leaseStore] : [])], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      env: { ...process.env, ...(shared ? { VM_POOL_HOST_ID: `bench-host-${i % hosts}` } : {}) },
+    }),
   )
   const messages = children.map((child) => {
     const lines: Record<string, unknown>[] = []
@@ -128,6 +133,7 @@ export async function runLeaseStoreBench(): Promise<LeaseBenchRow[]> {
     }
     const warmRow = `pool acquire+release of a warm VM, ${PROCESSES} processes`
     const leaseRow = `${warmRow}, exec answered in-process (lease protocol only)`
+    const postgresRows = await postgresBench()
     return [
       row('fake VM create+delete (provider, no pool)', direct),
       row('pool acquire+release, no keepWarm (fake create+delete), 1 process', coldSamples),
@@ -135,15 +141,48 @@ export async function runLeaseStoreBench(): Promise<LeaseBenchRow[]> {
       row(`${warmRow} (goal: p99 <= 50 ms)`, samples.warm),
       ...(before ? [row(`${leaseRow} [before]`, samples.leaseBefore)] : []),
       row(leaseRow, samples.lease),
+      ...postgresRows,
     ]
   } finally {
     rmSync(stateDir, { recursive: true, force: true })
   }
 }
 
+/**
+ * The same warm cycle across 2 "hosts" × 8 processes sharing a PostgreSQL lease store, on a cluster started
+ * for the run (test/helpers/postgres.ts); next to the file-store rows above (one host). Without PostgreSQL
+ * here the rows say why instead.
+ */
+export async function postgresBench(): Promise<LeaseBenchRow[]> {
+  const { getPostgresSkipReason, startPostgres } = await import('../test/helpers/postgres.ts')
+  const base = `pool acquire+release of a warm VM, 2 hosts × ${PROCESSES} processes, PostgreSQL store`
+  let reason: string | undefined
+  try {
+    reason = getPostgresSkipReason()
+  } catch (error) {
+    reason = (error as Error).message
+  }
+  if (reason) return [{ name: `${base} (skipped: ${reason})`, samples: 0, p50Ms: Number.NaN, p99Ms: Number.NaN }]
+  const server = await startPostgres()
+  // Interrupted (Ctrl-C, a CI timeout): the cluster must not outlive the bench.
+  const stopOnSignal = () => {
+    server.stop()
+    process.exit(130)
+  }
+  process.once('SIGINT', stopOnSignal).once('SIGTERM', stopOnSignal)
+  try {
+    const warm = await warmAcrossProcesses(OUR_DIST, 'exec', { leaseStore: await server.createDatabase('bench_warm'), hosts: 2 })
+    const lease = await warmAcrossProcesses(OUR_DIST, 'lease-only', { leaseStore: await server.createDatabase('bench_lease'), hosts: 2 })
+    return [row(`${base} (goal: p99 <= 50 ms)`, warm), row(`${base}, exec answered in-process (lease protocol only)`, lease)]
+  } finally {
+    process.off('SIGINT', stopOnSignal).off('SIGTERM', stopOnSignal)
+    server.stop()
+  }
+}
+
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   if (process.argv[2] === '--worker') {
-    await worker(process.argv[3]!, process.argv[4]!, process.argv[5]!, process.argv[6]!, process.argv[7] ?? 'exec')
+    await worker(process.argv[3]!, process.argv[4]!, process.argv[5]!, process.argv[6]!, process.argv[7] ?? 'exec', process.argv[8])
   } else {
     const rows = await runLeaseStoreBench()
     console.log('lease store (fake provider; 2-core machine)')

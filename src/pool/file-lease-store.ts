@@ -8,8 +8,8 @@ import { writeFileAtomicSync } from '../util/fs-atomic.js'
 import { getStateDir } from '../util/state-dir.js'
 import { scaleTimeout } from '../util/timeouts.js'
 import { getSpecHash } from './spec-hash.js'
-import { LEASE_FILE_VERSION, leaseFileSchema, type LeaseEntry, type LeaseStore, type LeaseTable } from './lease-store.js'
-import { localProcessLiveness } from './owner-liveness.js'
+import { LEASE_FILE_VERSION, leaseFileSchema, type LeaseEntry, type LeaseStore, type LeaseTable, type LeaseUpdateContext } from './lease-store.js'
+import { localProcessLiveness, remoteOwnersAlive } from './owner-liveness.js'
 import { findLiveMarkerHolders } from './reaper-marker.js'
 
 /**
@@ -72,7 +72,7 @@ export class FileLeaseStore implements LeaseStore {
     return parsed
   }
 
-  update<T>(mutate: (table: LeaseTable) => T | Promise<T>): Promise<T> {
+  update<T>(mutate: (table: LeaseTable, context: LeaseUpdateContext) => T | Promise<T>): Promise<T> {
     const run = this.#queue.then(() => this.#locked(mutate))
     this.#queue = run.catch(() => {})
     return run
@@ -84,14 +84,15 @@ export class FileLeaseStore implements LeaseStore {
    * several times longer under contention (docs/benchmarks.md). A sync `mutate` keeps the whole section
    * one burst.
    */
-  async #locked<T>(mutate: (table: LeaseTable) => T | Promise<T>): Promise<T> {
+  async #locked<T>(mutate: (table: LeaseTable, context: LeaseUpdateContext) => T | Promise<T>): Promise<T> {
     mkdirSync(join(this.path, '..'), { recursive: true, mode: 0o700 })
     const lock = await this.#lock()
     try {
       let table = this.#parse(await this.#readText(async () => readFileSync(this.path, 'utf8')))
       if (table === 'corrupt') table = await this.#recover()
       const before = JSON.stringify(table)
-      const result = await mutate(table)
+      // One host: this host's clock, and no way to judge owners elsewhere (no fencing tokens either).
+      const result = await mutate(table, { now: Date.now(), remoteLiveness: remoteOwnersAlive })
       const after = JSON.stringify(table)
       if (after !== before) {
         const file = { version: LEASE_FILE_VERSION, provider: this.#provider.name, leases: table }

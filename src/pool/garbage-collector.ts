@@ -5,10 +5,10 @@ import { getStateDir } from '../util/state-dir.js'
 import { scaleTimeout } from '../util/timeouts.js'
 import { judgeNamedOwner, matchesSweepPrefix, SWEEP_PREFIXES, VM_NAME_PATTERN } from '../util/vm-name.js'
 import { deleteAnnounced } from './announced-delete.js'
-import { FileLeaseStore } from './file-lease-store.js'
 import type { LeaseStore } from './lease-store.js'
+import { openLeaseStore } from './lease-store-selection.js'
 import { announceGcDeletes, decideGc, forgetVanished, isExpired, type GcDecision, type GcFacts, type LeaseActor } from './lease-table.js'
-import { assumeDeadHosts, localProcessLiveness } from './owner-liveness.js'
+import { assumeDeadHosts, hostAwareLiveness, localProcessLiveness, type OwnerLiveness } from './owner-liveness.js'
 import { findLiveMarkerHolders, findOrphanedMarkers } from './reaper-marker.js'
 import { reapOwner } from './reaper.js'
 import { connectAndCheck } from './vm-health-check.js'
@@ -38,6 +38,8 @@ export interface GcOptions {
    */
   assumeDeadHosts?: readonly string[]
   warn?: (message: string) => void
+  /** The lease store (see `createPool`'s `leaseStore`). @default `VM_POOL_LEASE_STORE`, else the lease file */
+  leaseStore?: LeaseStore | string
 }
 
 export interface GcReport {
@@ -71,12 +73,22 @@ export interface GcSkipped {
  */
 export async function collectGarbage(options: GcOptions): Promise<GcReport> {
   const { provider } = options
-  const store: LeaseStore = new FileLeaseStore({ provider, stateDir: options.stateDir, warn: options.warn })
+  const { store, owned } = openLeaseStore(options.leaseStore, { provider, ...(options.stateDir ? { stateDir: options.stateDir } : {}), ...(options.warn ? { warn: options.warn } : {}) })
+  try {
+    return await collect(options, store)
+  } finally {
+    if (owned) await store.close?.()
+  }
+}
+
+async function collect(options: GcOptions, store: LeaseStore): Promise<GcReport> {
+  const { provider } = options
   const stateDir = getStateDir(options.stateDir)
   const liveness = assumeDeadHosts(localProcessLiveness, options.assumeDeadHosts ?? [])
   const prefixes = [...SWEEP_PREFIXES, ...(options.prefixes ?? [])]
   const dryRun = options.dryRun ?? false
-  const listingStartedAt = Date.now()
+  // On the store's clock (the database's, for a store shared by hosts): entries' updatedAt are on it.
+  const listingStartedAt = await store.update((_table, context) => context.now)
   const infos = await provider.list()
   const matching = infos.filter((info) => matchesSweepPrefix(info.name, prefixes))
   // A name no pool could have made used to reach provider.delete, fail there, and make every gc exit 1.
@@ -105,18 +117,24 @@ export async function collectGarbage(options: GcOptions): Promise<GcReport> {
 
   const actor: LeaseActor = { owner: getCurrentProcessIdentity(), runId: 'gc' }
   const listed = new Set(infos.map((info) => info.name))
+  let inUpdate: OwnerLiveness = liveness
   const { result, deleted, failed } = await deleteAnnounced(
     {
-      update: (mutate) => store.update((table) => mutate(table, Date.now())),
+      // Owners on other hosts are judged by the store's heartbeats, on its clock.
+      update: (mutate) =>
+        store.update((table, context) => {
+          inUpdate = assumeDeadHosts(hostAwareLiveness(localProcessLiveness, context.remoteLiveness), options.assumeDeadHosts ?? [])
+          return mutate(table, context.now)
+        }),
       provider,
       actor,
       timeout: { name: 'GC_DELETE_TIMEOUT_MS', ms: scaleTimeout(GC_DELETE_TIMEOUT_MS) },
     },
     (table, now) => {
-      const decisions = swept.map((info) => decideGc(info.name, table[info.name], facts.get(info.name)!, options, liveness, now))
+      const decisions = swept.map((info) => decideGc(info.name, table[info.name], facts.get(info.name)!, options, inUpdate, now))
       if (dryRun) return { names: [], result: { decisions, forgotten: [] as string[] } }
       const names = announceGcDeletes(table, decisions, actor, now)
-      const forgotten = forgetVanished(table, { names: listed, startedAt: listingStartedAt }, liveness, now)
+      const forgotten = forgetVanished(table, { names: listed, startedAt: listingStartedAt }, inUpdate, now)
       return { names, result: { decisions, forgotten } }
     },
   )

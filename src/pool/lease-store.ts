@@ -1,5 +1,5 @@
 import { z } from 'zod'
-import type { LeaseOwner } from './owner-liveness.js'
+import type { LeaseOwner, OwnerLiveness } from './owner-liveness.js'
 import type { VmRecord } from '../providers/vm-provider.js'
 
 /**
@@ -38,10 +38,30 @@ export interface LeaseEntry {
   expiresAt?: string
   /** Set when the entry was rebuilt after a corrupt lease file (the owner was lost). */
   recoveredAt?: string
+  /**
+   * Fencing token: set on every claim (reserve, adopt) by stores that issue them (`LeaseUpdateContext.nextToken`),
+   * larger than any token the store issued before. A holder whose copy carries another token lost the VM.
+   */
+  token?: number
 }
 
 /** The lease table: VM name → entry. Mutated in place inside `LeaseStore.update`, by the functions of lease-table.ts. */
 export type LeaseTable = Record<string, LeaseEntry>
+
+/**
+ * What a store tells the mutator of an update, read inside that update: the table's clock and how to judge
+ * owners on other hosts. A store shared between hosts (PostgreSQL) gives its database's clock and a judge
+ * built from the heartbeats it loaded in the same transaction; a store on one host gives `Date.now()` and
+ * counts remote owners alive (it cannot tell).
+ */
+export interface LeaseUpdateContext {
+  /** Unix ms on the table's clock: the database's for a shared store, never one host's against another's. */
+  now: number
+  /** Judges owners whose `host` is not this host's (owners on this host are judged by pid, at once). */
+  remoteLiveness: OwnerLiveness
+  /** A fencing token larger than any issued before on this table; absent for stores without fencing. */
+  nextToken?: () => number
+}
 
 /**
  * The lease store role: a cross-process table of the VMs pools created, with short locked updates.
@@ -56,7 +76,15 @@ export interface LeaseStore {
    * Read-modify-write under the cross-process lock. `mutate` changes the table in place and
    * returns a result. Keep it short: never boot or delete a VM inside.
    */
-  update<T>(mutate: (table: LeaseTable) => T | Promise<T>): Promise<T>
+  update<T>(mutate: (table: LeaseTable, context: LeaseUpdateContext) => T | Promise<T>): Promise<T>
+  /**
+   * Stores that write heartbeats: how long ago (this process's monotonic clock) the last one was confirmed,
+   * whether one was missed by more than the TTL (the process was paused: its leases may be someone else's now),
+   * and the TTL. The pool re-checks its fencing tokens before using a VM when either says so.
+   */
+  readonly heartbeat?: { readonly ttlMs: number; sinceConfirmedMs(): number; lapsed(): boolean }
+  /** Release connections and timers. Idempotent. */
+  close?(): Promise<void>
 }
 
 const identitySchema = z.object({ pid: z.number().int(), host: z.string(), startTime: z.number().nullable() })
@@ -77,6 +105,7 @@ export const leaseEntrySchema = z.object({
   idleSince: z.string().optional(),
   expiresAt: z.string().optional(),
   recoveredAt: z.string().optional(),
+  token: z.number().int().optional(),
 })
 
 export const LEASE_FILE_VERSION = 1

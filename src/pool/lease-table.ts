@@ -3,6 +3,8 @@
  * functions over a `LeaseTable`. No I/O: the clock (`now`, Unix ms) and the owner liveness judge are passed
  * in, and the callers (the pool, `vm-pool gc`, the reaper) run these inside `LeaseStore.update`.
  * The picture is in docs/architecture.md ("The lease state machine") and docs/pool.md:
+ * Why this file is long: the whole safety-critical protocol is kept in one module on purpose, so every
+ * transition can be read (and tested, test/unit/lease-table.test.ts) side by side.
  *
  *   (none) ─reserveName→ booting ─markLeased→ leased ─markIdle→ idle ─adoptIdle→ leased
  *   booting | leased | idle ─markDeleting→ deleting ─dropIfStillOurs→ (none)
@@ -54,6 +56,7 @@ export function reserveName(
   request: { base: string; exactName: boolean; provider: string; specHash: string; kind: LeaseKind; key?: string },
   actor: LeaseActor,
   now: number,
+  token?: number,
 ): LeaseEntry | undefined {
   let name = request.base
   if (table[name]) {
@@ -63,6 +66,7 @@ export function reserveName(
   }
   const entry: LeaseEntry = { name, provider: request.provider, specHash: request.specHash, kind: request.kind, state: 'booting', owner: actor.owner, runId: actor.runId, createdAt: iso(now), updatedAt: iso(now) }
   if (request.key !== undefined) entry.key = request.key
+  if (token !== undefined) entry.token = token
   table[name] = entry
   return entry
 }
@@ -98,10 +102,11 @@ export function pickIdleToAdopt(table: LeaseTable, want: { provider: string; spe
   return best
 }
 
-/** idle → leased: claim the VM `pickIdleToAdopt` chose, before anyone execs in it. */
-export function adoptIdle(table: LeaseTable, want: { provider: string; specHash: string; key: string }, actor: LeaseActor, now: number): LeaseEntry | undefined {
+/** idle → leased: claim the VM `pickIdleToAdopt` chose, before anyone execs in it. `nextToken`: the store's fencing tokens, if it issues them. */
+export function adoptIdle(table: LeaseTable, want: { provider: string; specHash: string; key: string }, actor: LeaseActor, now: number, nextToken?: () => number): LeaseEntry | undefined {
   const entry = pickIdleToAdopt(table, want, now)
   if (!entry) return undefined
+  if (nextToken) entry.token = nextToken()
   entry.state = 'leased'
   entry.owner = actor.owner
   entry.runId = actor.runId
@@ -192,12 +197,32 @@ export function sweepUnheld(table: LeaseTable, provider: string, actor: LeaseAct
 export function restoreHeld(table: LeaseTable, held: Iterable<LeaseEntry>): string[] {
   const restored: string[] = []
   for (const mine of held) {
+    // A fenced entry lives in a store that does not lose its table: gone or changed means someone took it (`findLostHolds`).
+    if (mine.token !== undefined) continue
     const entry = table[mine.name]
     if (entry && entry.recoveredAt === undefined && Date.parse(entry.updatedAt) >= Date.parse(mine.updatedAt)) continue
     table[mine.name] = structuredClone(mine)
     restored.push(mine.name)
   }
   return restored
+}
+
+/**
+ * Fencing: the held entries (our copies) that carry a token and are no longer ours in the table — gone,
+ * another owner, or another token (we were judged dead, e.g. paused past our heartbeat TTL, and the VM was
+ * reclaimed, maybe claimed again). Their holder must stop using them. Entries without a token are left to
+ * `restoreHeld`.
+ */
+export function findLostHolds(table: LeaseTable, held: Iterable<LeaseEntry>, actor: LeaseActor): { name: string; reason: string }[] {
+  const lost: { name: string; reason: string }[] = []
+  for (const mine of held) {
+    if (mine.token === undefined) continue
+    const entry = table[mine.name]
+    if (!entry) lost.push({ name: mine.name, reason: 'its lease is gone (reclaimed and deleted)' })
+    else if (entry.token !== mine.token) lost.push({ name: mine.name, reason: `its fencing token is ${entry.token ?? 'none'} now, ours is ${mine.token}` })
+    else if (!isSameOwner(entry.owner, actor.owner)) lost.push({ name: mine.name, reason: `it is ${entry.state} by ${entry.owner ? `pid ${entry.owner.pid} on ${entry.owner.host}` : 'nobody'} now` })
+  }
+  return lost
 }
 
 /**

@@ -1,4 +1,4 @@
-import { getHostName, isProcessAlive, type ProcessIdentity } from '../util/process-info.js'
+import { getCurrentProcessIdentity, getHostName, isProcessAlive, type ProcessIdentity } from '../util/process-info.js'
 
 /**
  * Who holds a lease. Today always a process on a host (pid + the kernel's start time of that pid, so a
@@ -37,6 +37,18 @@ export function assumeDeadHosts(inner: OwnerLiveness, hosts: readonly string[]):
   if (hosts.length === 0) return inner
   const dead = new Set(hosts)
   return { isAlive: (owner, now) => !dead.has(owner.host) && inner.isAlive(owner, now) }
+}
+
+/** For stores on one host: an owner elsewhere cannot be judged, so it counts as alive. */
+export const remoteOwnersAlive: OwnerLiveness = { isAlive: () => true }
+
+/**
+ * Owners on this host (`VM_POOL_HOST_ID`, else the host name) by `local` (pid + start time: at once);
+ * owners on other hosts by `remote` (a store's heartbeats and TTL, on the store's clock).
+ */
+export function hostAwareLiveness(local: OwnerLiveness, remote: OwnerLiveness): OwnerLiveness {
+  const here = getCurrentProcessIdentity().host
+  return { isAlive: (owner, now) => (owner.host === here ? local.isAlive(owner, now) : remote.isAlive(owner, now)) }
 }
 
 export function isSameOwner(a: LeaseOwner | null, b: LeaseOwner | null): boolean {

@@ -3,9 +3,10 @@ import { createDebug } from '../util/debug.js'
 import { getCurrentProcessIdentity } from '../util/process-info.js'
 import { deleteAnnounced } from './announced-delete.js'
 import type { HeldVms } from './held-vms.js'
+import { VmPoolError } from '../errors.js'
 import type { LeaseStore, LeaseTable } from './lease-store.js'
-import { announceDelete, restoreHeld, sweepUnheld, type LeaseActor } from './lease-table.js'
-import type { OwnerLiveness } from './owner-liveness.js'
+import { announceDelete, findLostHolds, restoreHeld, sweepUnheld, type LeaseActor } from './lease-table.js'
+import { hostAwareLiveness, type OwnerLiveness } from './owner-liveness.js'
 
 const debug = createDebug('vm-pool:pool')
 
@@ -44,6 +45,10 @@ export class PoolLeases {
   readonly #liveness: OwnerLiveness
   readonly #warn: (message: string) => void
   readonly #background = new Set<Promise<unknown>>()
+  /** VMs we held and lost to fencing (we were judged dead, e.g. paused past our heartbeat TTL): name → why. */
+  readonly #lost = new Map<string, string>()
+  /** The store's heartbeat lapses already checked by a fencing update. */
+  #checkedLapses = 0
 
   constructor(options: { store: LeaseStore; provider: VmProvider; runId: string; held: HeldVms; ledger: PoolLedger; liveness: OwnerLiveness; warn: (message: string) => void }) {
     this.actor = { owner: getCurrentProcessIdentity(), runId: options.runId }
@@ -55,12 +60,21 @@ export class PoolLeases {
     this.#warn = options.warn
   }
 
-  async update<T>(mutate: (table: LeaseTable, now: number) => T): Promise<T> {
-    const { result, evict } = await this.#store.update((table) => {
-      const now = Date.now()
+  /**
+   * One lease update with the housekeeping. `now` is the store's clock; `nextToken` issues fencing tokens when
+   * the store has them. Fencing runs first: held VMs that are no longer ours are forgotten and remembered as lost.
+   */
+  async update<T>(mutate: (table: LeaseTable, now: number, nextToken?: () => number) => T): Promise<T> {
+    const { result, evict } = await this.#store.update((table, context) => {
+      const { now } = context
+      for (const { name, reason } of findLostHolds(table, this.#held.entries(), this.actor)) {
+        this.#lost.set(name, reason)
+        this.#held.forget(name)
+      }
       restoreHeld(table, this.#held.entries())
-      const evict = sweepUnheld(table, this.#provider.name, this.actor, this.#liveness, now)
-      return { result: mutate(table, now), evict }
+      const liveness = hostAwareLiveness(this.#liveness, context.remoteLiveness)
+      const evict = sweepUnheld(table, this.#provider.name, this.actor, liveness, now)
+      return { result: mutate(table, now, context.nextToken), evict }
     })
     for (const name of evict) {
       debug('evicting %s (idle past its ttl, or its holder died)', name)
@@ -69,15 +83,48 @@ export class PoolLeases {
     return result
   }
 
+  /**
+   * Fencing before a VM is used: throws VMPOOL_LEASE_LOST when `name` was taken from us. With a heartbeat
+   * store, a lapsed heartbeat (we were paused) or a heartbeat older than half its TTL first re-checks the
+   * tokens in one lease update; otherwise this is a map lookup.
+   */
+  async assertHeld(name: string): Promise<void> {
+    const beat = this.#store.heartbeat
+    if (beat) {
+      const lapses = (this.#store as { lapses?: number }).lapses ?? 0
+      if (lapses > this.#checkedLapses || beat.sinceConfirmedMs() > beat.ttlMs / 2) {
+        await this.update(() => undefined)
+        this.#checkedLapses = lapses
+      }
+    }
+    this.throwIfLost(name)
+  }
+
+  throwIfLost(name: string): void {
+    const reason = this.#lost.get(name)
+    if (reason === undefined) return
+    throw new VmPoolError({
+      code: 'VMPOOL_LEASE_LOST',
+      provider: this.#provider.name,
+      operation: 'fencing',
+      vm: name,
+      message: `this process no longer holds ${name}: ${reason}. Another process judged this one dead (its heartbeat was older than its TTL, e.g. while it was paused) and reclaimed the VM`,
+      hint: 'do not use this VM any more; acquire a new one. Long pauses (SIGSTOP, a suspended CI runner) longer than the heartbeat TTL lose leases by design',
+    })
+  }
+
   /** Announce, delete, drop (`deleteAnnounced`), counted in the stats. Rejects when the delete failed: the entry stays `deleting`, counted as leaked. */
   async deleteByName(name: string, count = true): Promise<void> {
     const { failed } = await deleteAnnounced(
       { update: (mutate) => this.update(mutate), provider: this.#provider, actor: this.actor, onDropped: (dropped) => this.#held.forget(dropped) },
       (table, now) => {
+        // Fenced: the entry is someone else's now; deleting it would take their VM.
+        if (this.#lost.has(name)) return { names: [], result: undefined }
         announceDelete(table, name, this.actor, now)
         return { names: [name], result: undefined }
       },
     )
+    this.throwIfLost(name)
     const { counters, drainLog } = this.#ledger
     if (failed.length > 0) {
       counters.leaked++

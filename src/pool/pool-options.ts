@@ -6,6 +6,7 @@ import { getProviderNames } from '../providers/provider-registry.js'
 import type { JsonValue, VmProvider } from '../providers/vm-provider.js'
 import { getStateDir } from '../util/state-dir.js'
 import { generateRunId, getFreshPrefix, validatePrefix, validateRunId, WORKER_PREFIX } from '../util/vm-name.js'
+import type { LeaseStore } from './lease-store.js'
 import { getSpecHash, type PoolVmSpec } from './spec-hash.js'
 
 /** `keepWarm.reset` value that restores the VM to the provider's snapshot (`provider.reset`) instead of running a shell line. */
@@ -57,6 +58,12 @@ export const poolOptionsSchema = z
     runId: z.string().optional(),
     spec: vmSpecSchema.default({}),
     warn: z.custom<(message: string) => void>((value) => typeof value === 'function', { error: 'expected a function' }).optional(),
+    leaseStore: z
+      .union([
+        z.string().min(1),
+        z.custom<LeaseStore>((value) => typeof value === 'object' && value !== null && typeof (value as LeaseStore).update === 'function' && typeof (value as LeaseStore).read === 'function', { error: 'expected a LeaseStore (read, update)' }),
+      ])
+      .optional(),
   })
   .strict()
 
@@ -91,6 +98,13 @@ export interface PoolOptions {
   spec?: PoolVmSpec
   /** Where warnings go (a corrupt lease file, an idle VM that failed its check). @default a line on stderr */
   warn?: (message: string) => void
+  /**
+   * Where the lease table lives: a `LeaseStore` (e.g. `postgresLeaseStore(...)`), `'file'`, or a
+   * `postgres://` connection string (shared by hosts: see docs/pool.md, "Stores"). A store passed in is not
+   * closed by `drain()`; one opened from a string is.
+   * @default `VM_POOL_LEASE_STORE`, else `'file'`
+   */
+  leaseStore?: LeaseStore | string
 }
 
 export interface ResolvedPoolOptions {

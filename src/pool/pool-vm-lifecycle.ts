@@ -53,8 +53,8 @@ export class PoolVmLifecycle {
     await this.#held.ensureReaper()
     const want = { provider: this.#config.provider.name, specHash: this.#config.specHash, key }
     for (;;) {
-      const entry = await this.#leases.update((table, now) => {
-        const claimed = adoptIdle(table, want, this.#leases.actor, now)
+      const entry = await this.#leases.update((table, now, nextToken) => {
+        const claimed = adoptIdle(table, want, this.#leases.actor, now, nextToken)
         return claimed && structuredClone(claimed)
       })
       if (!entry) break
@@ -87,8 +87,8 @@ export class PoolVmLifecycle {
     await this.#held.ensureReaper()
     const provider = this.#config.provider
     const request = { base, exactName, provider: provider.name, specHash: getSpecHash(spec, provider), kind, ...(key !== undefined ? { key } : {}) }
-    const reserved = await this.#leases.update((table, now) => {
-      const entry = reserveName(table, request, this.#leases.actor, now)
+    const reserved = await this.#leases.update((table, now, nextToken) => {
+      const entry = reserveName(table, request, this.#leases.actor, now, nextToken?.())
       if (!entry) throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: provider.name, operation: kind, vm: base, message: `a VM named ${base} is already leased`, hint: NAME_TAKEN_HINT })
       return structuredClone(entry)
     })
@@ -142,6 +142,15 @@ export class PoolVmLifecycle {
 
   /** The last holder released: idle again (keepWarm, after `reset`) or deleted. */
   async giveBack(held: Held, discard: boolean): Promise<void> {
+    // Fencing: a VM another process reclaimed from us is not ours to reset, keep warm or delete.
+    try {
+      await this.#leases.assertHeld(held.name)
+    } catch (error) {
+      if (!isVmPoolError(error, 'VMPOOL_LEASE_LOST')) throw error
+      await held.vm.close?.().catch(() => {})
+      this.#warn(`${error.shortMessage}; releasing nothing`)
+      return
+    }
     const keepWarm = this.#config.keepWarm
     if (!keepWarm || discard || keepWarm.max === 0) return this.deleteHeld(held)
     let record: VmRecord | undefined

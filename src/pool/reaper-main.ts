@@ -3,7 +3,7 @@
  * `VM_POOL_REAPER_CONFIG`; it has no stdio, so it logs to `<stateDir>/reapers/<runId>-<pid>.log`.
  */
 import { createProvider } from '../providers/provider-registry.js'
-import { FileLeaseStore } from './file-lease-store.js'
+import { openLeaseStore } from './lease-store-selection.js'
 import { REAPER_CONFIG_ENV, makeReaperLog, reaperConfigSchema, runReaper } from './reaper.js'
 
 function readConfig(): unknown {
@@ -26,7 +26,8 @@ if (!parsed.success) {
   try {
     await runReaper(config, {
       provider: () => createProvider(config.providerName, config.providerOptions),
-      store: (provider) => new FileLeaseStore({ provider, stateDir: config.stateDir, warn: (message) => log(`warning: ${message}`) }),
+      // VM_POOL_LEASE_STORE in our environment (set by the pool) names the owner's store; else its lease file.
+      store: (provider) => openLeaseStore(undefined, { provider, stateDir: config.stateDir, warn: (message) => log(`warning: ${message}`) }).store,
       log,
     })
   } catch (error) {

@@ -138,7 +138,7 @@ export async function reapOwner(options: { provider: VmProvider; store: LeaseSto
   const actor = { owner: getCurrentProcessIdentity(), runId: options.runId }
   const { deleted, failed } = await deleteAnnounced(
     {
-      update: (mutate) => options.store.update((table) => mutate(table, Date.now())),
+      update: (mutate) => options.store.update((table, context) => mutate(table, context.now)),
       provider: options.provider,
       actor,
       timeout: { name: 'REAPER_DELETE_TIMEOUT_MS', ms: scaleTimeout(REAPER_DELETE_TIMEOUT_MS) },

@@ -1,7 +1,7 @@
 import type { VmProvider, VmRecord, VmState } from '../providers/vm-provider.js'
-import { FileLeaseStore } from './file-lease-store.js'
-import type { LeaseState } from './lease-store.js'
-import { isOnOtherHost, localProcessLiveness } from './owner-liveness.js'
+import type { LeaseState, LeaseStore } from './lease-store.js'
+import { openLeaseStore } from './lease-store-selection.js'
+import { hostAwareLiveness, isOnOtherHost, localProcessLiveness } from './owner-liveness.js'
 
 export interface VmListingRow {
   name: string
@@ -33,10 +33,13 @@ export interface VmConnection {
 }
 
 /** `vm-pool ls`: every VM the provider sees joined with the lease table, plus leases whose VM is not listed. */
-export async function listVms(options: { provider: VmProvider; stateDir?: string }): Promise<VmListingRow[]> {
+export async function listVms(options: { provider: VmProvider; stateDir?: string; leaseStore?: LeaseStore | string }): Promise<VmListingRow[]> {
   const infos = await options.provider.list()
-  const table = await new FileLeaseStore({ provider: options.provider, stateDir: options.stateDir }).read()
-  const now = Date.now()
+  const { store, owned } = openLeaseStore(options.leaseStore, { provider: options.provider, ...(options.stateDir ? { stateDir: options.stateDir } : {}) })
+  // A no-op update: the table with the store's clock and its judge of owners on other hosts (heartbeats).
+  const { table, now, liveness } = await store
+    .update((current, context) => ({ table: structuredClone(current), now: context.now, liveness: hostAwareLiveness(localProcessLiveness, context.remoteLiveness) }))
+    .finally(() => (owned ? store.close?.() : undefined))
   const names = new Set([...infos.map((info) => info.name), ...Object.keys(table)])
   const byName = new Map(infos.map((info) => [info.name, info]))
   return [...names].sort().map((name) => {
@@ -47,7 +50,7 @@ export async function listVms(options: { provider: VmProvider; stateDir?: string
       name,
       vmState: info?.state ?? 'missing',
       lease: entry?.state ?? null,
-      owner: entry?.owner ? { pid: entry.owner.pid, host: entry.owner.host, alive: localProcessLiveness.isAlive(entry.owner, now), otherHost: isOnOtherHost(entry.owner) } : null,
+      owner: entry?.owner ? { pid: entry.owner.pid, host: entry.owner.host, alive: liveness.isAlive(entry.owner, now), otherHost: isOnOtherHost(entry.owner) } : null,
       runId: entry?.runId ?? null,
       key: entry?.key ?? null,
       ageMs: Number.isFinite(created) ? now - created : null,

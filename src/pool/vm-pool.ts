@@ -4,11 +4,13 @@ import { vmSpecSchema } from '../config/vm-spec-schema.js'
 import { delegateVmOperations } from '../providers/delegate-vm.js'
 import type { Vm, VmProvider } from '../providers/vm-provider.js'
 import { makeVmName, normalizeLeaseKey, validateExplicitName, validateVmName } from '../util/vm-name.js'
-import { FileLeaseStore } from './file-lease-store.js'
+import { fenceVm } from './fenced-vm.js'
 import { HeldVms } from './held-vms.js'
 import type { LeaseStore } from './lease-store.js'
 import { releaseOwnership } from './lease-table.js'
+import { openLeaseStore } from './lease-store-selection.js'
 import { localProcessLiveness, rememberingLiveness } from './owner-liveness.js'
+import { PostgresLeaseStore } from './postgres-lease-store.js'
 import { resolvePoolOptions, type PoolOptions, type ResolvedPoolOptions } from './pool-options.js'
 import { PoolLeases, type PoolLedger, type PoolStats } from './pool-leases.js'
 import { PoolVmLifecycle, type Held } from './pool-vm-lifecycle.js'
@@ -96,8 +98,14 @@ interface Slot {
  * protocol is lease-table.ts, the VM steps pool-vm-lifecycle.ts, the lease updates pool-leases.ts.
  */
 export function createPool(options: PoolOptions): VmPool {
-  const { config, warn } = resolvePoolOptions(options)
-  return new LeasedVmPool(config, new FileLeaseStore({ provider: config.provider, stateDir: config.stateDir, warn }), warn)
+  const { config: resolved, warn } = resolvePoolOptions(options)
+  const { store, owned } = openLeaseStore(options.leaseStore, { provider: resolved.provider, stateDir: resolved.stateDir, warn })
+  let config = resolved
+  // The watchdog must reap from the same store: it opens it from its environment (VM_POOL_LEASE_STORE).
+  if (store instanceof PostgresLeaseStore && resolved.reaper) {
+    config = Object.freeze({ ...resolved, reaper: Object.freeze({ ...resolved.reaper, env: { ...resolved.reaper.env, ...store.childEnv() } }) })
+  }
+  return new LeasedVmPool(config, store, warn, owned)
 }
 
 class LeasedVmPool implements VmPool {
@@ -113,11 +121,14 @@ class LeasedVmPool implements VmPool {
   readonly #slots = new Map<string, Slot>()
   readonly #fresh = new Map<string, Held>()
   readonly #pending = new Set<Promise<unknown>>()
+  readonly #fencedVms = new WeakMap<Vm, Vm>()
   #freshCount = 0
   #closed = false
   #draining: Promise<DrainResult> | undefined
+  readonly #ownsStore: boolean
 
-  constructor(options: ResolvedPoolOptions, store: LeaseStore, warn: (message: string) => void) {
+  constructor(options: ResolvedPoolOptions, store: LeaseStore, warn: (message: string) => void, ownsStore: boolean) {
+    this.#ownsStore = ownsStore
     this.options = options
     this.runId = options.runId
     this.store = store
@@ -153,6 +164,8 @@ class LeasedVmPool implements VmPool {
     const held = await slot.promise
     // drain() started while we booted: it hands this VM back; the caller must not use it.
     if (this.#closed) throw this.#closedError('acquire')
+    // Fencing: never hand out a VM another process reclaimed from us.
+    await this.#leases.assertHeld(held.name)
     return this.#makeLease(k, slot, held)
   }
 
@@ -194,6 +207,7 @@ class LeasedVmPool implements VmPool {
     await this.#leases.settleBackground()
     await this.#held.stopReaperIfEmpty()
     await this.#provider.close?.().catch(() => {})
+    if (this.#ownsStore) await this.store.close?.()
     const { drainLog } = this.#ledger
     const result = { keptWarm: [...drainLog.keptWarm], deleted: [...drainLog.deleted], leaked: [...drainLog.leaked] }
     if (result.leaked.length > 0) {
@@ -210,6 +224,8 @@ class LeasedVmPool implements VmPool {
   }
 
   #makeLease(key: string, slot: Slot, held: Held): VmLease {
+    // The getter below runs with the lease as `this`; it needs the pool.
+    const self = this
     let released = false
     const release = async (options: ReleaseOptions = {}) => {
       if (released) return
@@ -220,9 +236,9 @@ class LeasedVmPool implements VmPool {
       await this.#vms.giveBack(held, options.discard === true)
     }
     return {
-      // A getter: reset() replaces the connection of every lease on this key.
+      // A getter: reset() replaces the connection of every lease on this key (the fenced Vm follows held.vm).
       get vm() {
-        return held.vm
+        return self.#fenced(held)
       },
       name: held.name,
       key,
@@ -237,7 +253,7 @@ class LeasedVmPool implements VmPool {
   }
 
   #makeFreshVm(held: Held): FreshVm {
-    const { vm } = held
+    const vm = this.#fenced(held)
     let done: Promise<void> | undefined
     const remove = () => {
       done ??= (async () => {
@@ -264,6 +280,17 @@ class LeasedVmPool implements VmPool {
       [Symbol.asyncDispose]: remove,
     }
     return fresh
+  }
+
+  /** One fenced Vm per connection: every lease of a key gets the same object until `reset()` replaces the connection. */
+  #fenced(held: Held): Vm {
+    const inner = held.vm
+    let vm = this.#fencedVms.get(inner)
+    if (!vm) {
+      vm = fenceVm(() => inner, () => this.#leases.assertHeld(held.name))
+      this.#fencedVms.set(inner, vm)
+    }
+    return vm
   }
 
   #track<T>(promise: Promise<T>): Promise<T> {

@@ -33,10 +33,16 @@ export function getProcessStartTime(pid: number): number | null {
   return parseStartTime(readStatFields(pid))
 }
 
+/** Overrides the host name in lease owners: containers often share one, and a shared lease store tells hosts apart by it. */
+export const HOST_ID_ENV = 'VM_POOL_HOST_ID'
+
 let hostName: string | undefined
-/** This host's name, read once: liveness checks run under the lease lock, and `hostname()` is a syscall. */
+/**
+ * This host's id (`VM_POOL_HOST_ID`, else the host name), read once: liveness checks run under the lease
+ * lock, and `hostname()` is a syscall.
+ */
 export function getHostName(): string {
-  hostName ??= hostname()
+  hostName ??= process.env[HOST_ID_ENV] || hostname()
   return hostName
 }
 

@@ -81,6 +81,7 @@ export class VitestVmPoolRun {
       spec: this.options.spec,
       keepWarm: this.options.keepWarm,
       stateDir: this.options.stateDir,
+      ...(this.options.leaseStore ? { leaseStore: this.options.leaseStore } : {}),
       reaper: { providerName: this.options.provider, providerOptions: { ...this.options.providerOptions } },
     })
     const freshVms = new FreshVmOwners(pool, provider, this.#report)

@@ -70,6 +70,12 @@ export const vmPoolOptionsSchema = z
     workers: z.enum(['forks', 'threads']).default('forks'),
     /** The spec of the worker VMs (the name is chosen by vm-pool). */
     spec: vmSpecSchema.default({}),
+    /**
+     * Where the pool's lease table lives: `'file'` or a `postgres://` connection string, so CI jobs on
+     * several machines share warm VMs (docs/pool.md, "Stores"). Only the Vitest main process opens it;
+     * workers never see it. @default `VM_POOL_LEASE_STORE`, else `'file'`
+     */
+    leaseStore: z.string().min(1).optional(),
   })
   .strict()
 
@@ -98,6 +104,7 @@ export interface ResolvedVmPoolOptions {
   readonly workers: 'forks' | 'threads'
   readonly keepOnFailure: boolean
   readonly spec: Readonly<Omit<VmSpec, 'name'>>
+  readonly leaseStore: string | undefined
 }
 
 export function resolveVmPoolOptions(options: unknown, providerNames: readonly string[]): ResolvedVmPoolOptions {
@@ -128,6 +135,7 @@ export function resolveVmPoolOptions(options: unknown, providerNames: readonly s
     workers: data.workers,
     keepOnFailure: data.keepOnFailure,
     spec: Object.freeze({ ...data.spec }),
+    leaseStore: data.leaseStore,
   })
 }
 

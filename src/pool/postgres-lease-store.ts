@@ -1,0 +1,346 @@
+/**
+ * The lease table in PostgreSQL, shared by processes on many hosts (CI matrix jobs on different machines).
+ * Why this file is long: one transaction protocol (lock, heartbeats, diff-write, retry rules) that only
+ * makes sense read in one piece; the schema is in postgres-schema.ts, the judge in heartbeat-liveness.ts.
+ *
+ * Every update is one short transaction: the namespace's row in `vm_pool_tables` is locked with
+ * SELECT ... FOR UPDATE (it also holds the fencing counter), the entries and the heartbeats are loaded in the
+ * same transaction, the mutator runs with the database's clock, and only changed rows are written. A
+ * transaction is retried only when it cannot have committed (the error came before COMMIT was sent): a
+ * PostgreSQL restart neither loses nor doubles a lease. See docs/pool.md ("Stores", "Owners on other hosts").
+ */
+import pg from 'pg'
+import { VmPoolError, invalidOptions } from '../errors.js'
+import { getCurrentProcessIdentity } from '../util/process-info.js'
+import { getConnectionPassword, redactConnectionString, redactSecrets } from '../util/redact.js'
+import { scaleTimeout, sleep } from '../util/timeouts.js'
+import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TTL_MS, heartbeatLiveness, type HeartbeatRow } from './heartbeat-liveness.js'
+import { leaseEntrySchema, type LeaseStore, type LeaseTable, type LeaseUpdateContext } from './lease-store.js'
+import { ensureSchema } from './postgres-schema.js'
+
+/** Connecting to PostgreSQL, per attempt. Scaled. */
+export const POSTGRES_CONNECT_TIMEOUT_MS = 10_000
+/** How long an update keeps retrying while the database is unreachable (a restart, a failover). Scaled. */
+export const POSTGRES_RECONNECT_TIMEOUT_MS = 30_000
+/** Waiting for another process's lease transaction (the row lock). Scaled. */
+export const POSTGRES_LOCK_TIMEOUT_MS = 30_000
+/** Pause between reconnect attempts. */
+const RECONNECT_PAUSE_MS = 250
+
+export interface PostgresLeaseStoreOptions {
+  /** `postgres://user:password@host:port/database`. Never printed: messages show it with the password masked. */
+  connectionString: string
+  /** One lease table per namespace: give each provider its own (the pool uses the provider's name). @default 'default' */
+  namespace?: string
+  /** @default HEARTBEAT_INTERVAL_MS (scaled) */
+  heartbeatIntervalMs?: number
+  /** How old this process's heartbeat may get before other hosts judge it dead. @default HEARTBEAT_TTL_MS (scaled) */
+  heartbeatTtlMs?: number
+  /** Where warnings go (a row that does not parse). @default a line on stderr */
+  warn?: (message: string) => void
+}
+
+/** Errors from the database that mean "not reachable right now" (SQLSTATE classes 08 and 57P, or a socket error). */
+function isTransient(error: unknown): boolean {
+  const code = (error as { code?: unknown }).code
+  if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return code.startsWith('08') || code.startsWith('57P')
+  // Socket errors (ECONNREFUSED, ECONNRESET, EPIPE, ENOENT on a unix socket) and pg's "Connection terminated".
+  return true
+}
+
+const HINTS: Record<string, string> = {
+  '28P01': 'the user or password is wrong: check VM_POOL_LEASE_STORE (or the connectionString you passed)',
+  '28000': 'PostgreSQL refused this user from this address: check pg_hba.conf',
+  '3D000': 'the database does not exist: create it (`createdb <name>`) or fix the name in the connection string',
+}
+
+/** The heartbeats and the database's clock, read after the row lock is held (so `now` is not from before a lock wait). */
+const HEARTBEATS_SQL = `WITH now AS (SELECT clock_timestamp() AS t)
+  SELECT (extract(epoch FROM now.t) * 1000)::float8 AS now_ms, h.host, h.pid, h.start_time, h.ttl_ms,
+         (extract(epoch FROM now.t - h.beat_at) * 1000)::float8 AS age_ms
+  FROM now LEFT JOIN vm_pool_heartbeats h ON true`
+
+interface HeartbeatQueryRow {
+  now_ms: number | string
+  host: string | null
+  pid: number
+  start_time: string
+  ttl_ms: number
+  age_ms: number | string
+}
+
+function parseHeartbeats(rows: readonly HeartbeatQueryRow[]): { now: number; rows: HeartbeatRow[] } {
+  const beats = rows.filter((row) => row.host !== null).map((row) => ({ host: row.host!, pid: Number(row.pid), startTime: Number(row.start_time), ttlMs: Number(row.ttl_ms), ageMs: Number(row.age_ms) }))
+  return { now: Math.round(Number(rows[0]!.now_ms)), rows: beats }
+}
+
+/** A PostgreSQL-backed `LeaseStore`: see the file comment, and docs/pool.md. */
+export class PostgresLeaseStore implements LeaseStore {
+  readonly location: string
+  readonly namespace: string
+  readonly heartbeat: { readonly ttlMs: number; sinceConfirmedMs(): number; lapsed(): boolean }
+  readonly #secrets: (string | undefined)[]
+  readonly #connectionString: string
+  readonly #pool: pg.Pool
+  readonly #intervalMs: number
+  readonly #ttlMs: number
+  readonly #warn: (message: string) => void
+  #schema: Promise<void> | undefined
+  #queue: Promise<unknown> = Promise.resolve()
+  #timer: NodeJS.Timeout | undefined
+  /** performance.now() of the last heartbeat the database confirmed (a beat, or an update that wrote one). */
+  #confirmedAt = Number.NEGATIVE_INFINITY
+  #lapses = 0
+  #closed = false
+
+  constructor(options: PostgresLeaseStoreOptions) {
+    if (typeof options?.connectionString !== 'string' || !/^postgres(ql)?:\/\//.test(options.connectionString)) {
+      const shown = typeof options?.connectionString === 'string' ? JSON.stringify(redactConnectionString(options.connectionString)) : String(options?.connectionString)
+      throw invalidOptions(`postgresLeaseStore: connectionString must be a postgres:// or postgresql:// URL, got ${shown}`)
+    }
+    const namespace = options.namespace ?? 'default'
+    if (typeof namespace !== 'string' || namespace.length === 0) throw invalidOptions('postgresLeaseStore: namespace must be a non-empty string')
+    for (const [name, value] of [['heartbeatIntervalMs', options.heartbeatIntervalMs], ['heartbeatTtlMs', options.heartbeatTtlMs]] as const) {
+      if (value !== undefined && (!Number.isInteger(value) || value <= 0)) throw invalidOptions(`postgresLeaseStore: ${name} must be a positive integer, got ${JSON.stringify(value)}`)
+    }
+    this.namespace = namespace
+    this.location = `${redactConnectionString(options.connectionString)} (namespace ${namespace})`
+    this.#secrets = [getConnectionPassword(options.connectionString)]
+    this.#connectionString = options.connectionString
+    this.#intervalMs = options.heartbeatIntervalMs ?? scaleTimeout(HEARTBEAT_INTERVAL_MS)
+    this.#ttlMs = options.heartbeatTtlMs ?? scaleTimeout(HEARTBEAT_TTL_MS)
+    this.#warn = options.warn ?? ((message) => process.stderr.write(`[vm-pool] warning: ${message}\n`))
+    this.#pool = new pg.Pool({
+      connectionString: options.connectionString,
+      max: 3,
+      idleTimeoutMillis: 10_000,
+      allowExitOnIdle: true,
+      connectionTimeoutMillis: scaleTimeout(POSTGRES_CONNECT_TIMEOUT_MS),
+      application_name: 'vm-pool',
+    })
+    // An idle connection dropped by a restarting server: the next checkout reconnects.
+    this.#pool.on('error', () => {})
+    const ttlMs = this.#ttlMs
+    this.heartbeat = {
+      ttlMs,
+      sinceConfirmedMs: () => performance.now() - this.#confirmedAt,
+      lapsed: () => this.#lapses > 0,
+    }
+  }
+
+  /**
+   * The environment a child process (the pool's watchdog) needs to open this store: passed in its environment,
+   * never argv, which every user on the host can read.
+   */
+  childEnv(): Record<string, string> {
+    return { VM_POOL_LEASE_STORE: this.#connectionString }
+  }
+
+  /** How many times a heartbeat came later than the TTL (this process was paused or cut off): the pool re-checks its tokens after one. */
+  get lapses(): number {
+    return this.#lapses
+  }
+
+  async read(): Promise<LeaseTable> {
+    return this.#withRetry('read', async (client) => this.#loadTable(client).then(({ table }) => table), () => true)
+  }
+
+  update<T>(mutate: (table: LeaseTable, context: LeaseUpdateContext) => T | Promise<T>): Promise<T> {
+    const run = this.#queue.then(() => this.#update(mutate))
+    this.#queue = run.catch(() => {})
+    return run
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    clearInterval(this.#timer)
+    // Our heartbeat goes with us: other hosts may judge what we still hold (nothing, after drain) at once.
+    const me = getCurrentProcessIdentity()
+    await this.#pool.query('DELETE FROM vm_pool_heartbeats WHERE host = $1 AND pid = $2 AND start_time = $3', [me.host, me.pid, me.startTime ?? -1]).catch(() => {})
+    await this.#pool.end().catch(() => {})
+  }
+
+  async #update<T>(mutate: (table: LeaseTable, context: LeaseUpdateContext) => T | Promise<T>): Promise<T> {
+    this.#startHeartbeat()
+    let mutatorError: { error: unknown } | undefined
+    let committing = false
+    const result = await this.#withRetry(
+      'update',
+      async (client) => {
+        committing = false
+        // Two round trips per update, so the row lock is held for one round trip plus the mutator: the first
+        // batch takes the lock and loads everything, the second writes and commits (simple-protocol batches,
+        // values as escaped literals).
+        const ns = client.escapeLiteral(this.namespace)
+        const beatNow = performance.now() - this.#confirmedAt > this.#intervalMs / 2
+        const results = (await client.query(
+          [
+            'BEGIN',
+            `SET LOCAL lock_timeout = ${Math.round(scaleTimeout(POSTGRES_LOCK_TIMEOUT_MS))}`,
+            `INSERT INTO vm_pool_tables (namespace) VALUES (${ns}) ON CONFLICT (namespace) DO NOTHING`,
+            `SELECT next_token FROM vm_pool_tables WHERE namespace = ${ns} FOR UPDATE`,
+            // A claim written in this transaction must never be judged ownerless: our heartbeat goes in it when due.
+            ...(beatNow ? [this.#beatSql(client)] : []),
+            HEARTBEATS_SQL,
+            `SELECT name, entry FROM vm_pool_leases WHERE namespace = ${ns}`,
+          ].join(';\n'),
+        )) as unknown as pg.QueryResult[]
+        const [head, beats, leases] = [results[3]!, results[results.length - 2]!, results[results.length - 1]!]
+        const firstToken = Number((head.rows[0] as { next_token: string }).next_token)
+        let nextToken = firstToken
+        const { now, rows } = parseHeartbeats(beats.rows as HeartbeatQueryRow[])
+        const { table, texts } = this.#parseTable(leases.rows as { name: string; entry: unknown }[])
+        const context: LeaseUpdateContext = { now, remoteLiveness: heartbeatLiveness(rows), nextToken: () => nextToken++ }
+        let value: T
+        try {
+          value = await mutate(table, context)
+        } catch (error) {
+          mutatorError = { error }
+          throw error
+        }
+        const writes = this.#writeSql(client, table, texts)
+        if (nextToken !== firstToken) writes.push(`UPDATE vm_pool_tables SET next_token = ${nextToken} WHERE namespace = ${ns}`)
+        committing = true
+        await client.query([...writes, 'COMMIT'].join(';\n'))
+        if (beatNow) this.#confirmBeat()
+        return value
+      },
+      // Retried only when it cannot have committed, and never a mutator's own error.
+      () => mutatorError === undefined && !committing,
+      (error) => (committing && isTransient(error) ? 'the connection broke while committing: the update may or may not have happened; the next pool operation sees which' : undefined),
+    ).catch((error: unknown) => {
+      if (mutatorError) throw mutatorError.error
+      throw error
+    })
+    return result
+  }
+
+  /** One checkout per attempt; transient errors retried until POSTGRES_RECONNECT_TIMEOUT_MS while `mayRetry()`. */
+  async #withRetry<T>(operation: string, work: (client: pg.PoolClient) => Promise<T>, mayRetry: () => boolean, extra: (error: unknown) => string | undefined = () => undefined): Promise<T> {
+    const deadline = performance.now() + scaleTimeout(POSTGRES_RECONNECT_TIMEOUT_MS)
+    for (;;) {
+      let client: pg.PoolClient | undefined
+      try {
+        client = await this.#pool.connect()
+        // A connection cut while checked out (a restart) is also emitted as an event: the failing query reports it.
+        if (client.listenerCount('error') === 0) client.on('error', () => {})
+        this.#schema ??= ensureSchema(client, this.location).catch((error: unknown) => {
+          this.#schema = undefined
+          throw error
+        })
+        await this.#schema
+        const value = await work(client)
+        client.release()
+        return value
+      } catch (error) {
+        if (client) {
+          // A broken or mid-transaction connection never goes back to the pool.
+          await client.query('ROLLBACK').catch(() => {})
+          client.release(true)
+        }
+        if (error instanceof VmPoolError) throw error
+        if (!mayRetry() || !isTransient(error) || performance.now() > deadline) throw this.#error(operation, error, extra(error))
+        await sleep(RECONNECT_PAUSE_MS)
+      }
+    }
+  }
+
+  async #loadTable(client: pg.PoolClient): Promise<{ table: LeaseTable; texts: Map<string, string> }> {
+    const { rows } = await client.query<{ name: string; entry: unknown }>('SELECT name, entry FROM vm_pool_leases WHERE namespace = $1', [this.namespace])
+    return this.#parseTable(rows)
+  }
+
+  #parseTable(rows: readonly { name: string; entry: unknown }[]): { table: LeaseTable; texts: Map<string, string> } {
+    const table: LeaseTable = {}
+    const texts = new Map<string, string>()
+    for (const row of rows) {
+      const parsed = leaseEntrySchema.safeParse(row.entry)
+      if (!parsed.success) {
+        this.#warn(`lease ${row.name} in ${this.location} does not parse; left alone`)
+        continue
+      }
+      table[row.name] = parsed.data
+      texts.set(row.name, JSON.stringify(parsed.data))
+    }
+    return { table, texts }
+  }
+
+  /** Only what changed: one upsert for new and changed entries, one DELETE for removed ones (SQL with escaped literals). */
+  #writeSql(client: pg.PoolClient, table: LeaseTable, before: Map<string, string>): string[] {
+    const names: string[] = []
+    const entries: string[] = []
+    for (const [name, entry] of Object.entries(table)) {
+      const text = JSON.stringify(leaseEntrySchema.parse(entry))
+      if (before.get(name) !== text) {
+        names.push(client.escapeLiteral(name))
+        entries.push(client.escapeLiteral(text))
+      }
+    }
+    const removed = [...before.keys()].filter((name) => !(name in table)).map((name) => client.escapeLiteral(name))
+    const ns = client.escapeLiteral(this.namespace)
+    const sql: string[] = []
+    if (names.length > 0) {
+      sql.push(
+        `INSERT INTO vm_pool_leases (namespace, name, entry) SELECT ${ns}, n, e::jsonb FROM unnest(ARRAY[${names.join(',')}]::text[], ARRAY[${entries.join(',')}]::text[]) AS t(n, e) ON CONFLICT (namespace, name) DO UPDATE SET entry = EXCLUDED.entry`,
+      )
+    }
+    if (removed.length > 0) sql.push(`DELETE FROM vm_pool_leases WHERE namespace = ${ns} AND name IN (${removed.join(',')})`)
+    return sql
+  }
+
+  #beatSql(client: pg.PoolClient): string {
+    const me = getCurrentProcessIdentity()
+    return `INSERT INTO vm_pool_heartbeats (host, pid, start_time, ttl_ms, beat_at) VALUES (${client.escapeLiteral(me.host)}, ${me.pid}, ${me.startTime ?? -1}, ${this.#ttlMs}, clock_timestamp())
+       ON CONFLICT (host, pid, start_time) DO UPDATE SET beat_at = clock_timestamp(), ttl_ms = EXCLUDED.ttl_ms`
+  }
+
+  async #beat(client: pg.ClientBase | pg.Pool): Promise<void> {
+    const me = getCurrentProcessIdentity()
+    await client.query(
+      `INSERT INTO vm_pool_heartbeats (host, pid, start_time, ttl_ms, beat_at) VALUES ($1, $2, $3, $4, clock_timestamp())
+       ON CONFLICT (host, pid, start_time) DO UPDATE SET beat_at = clock_timestamp(), ttl_ms = EXCLUDED.ttl_ms`,
+      [me.host, me.pid, me.startTime ?? -1, this.#ttlMs],
+    )
+  }
+
+  #confirmBeat(): void {
+    this.#confirmedAt = performance.now()
+  }
+
+  /** The timer: a beat every interval while the store is open; it never keeps the process alive. */
+  #startHeartbeat(): void {
+    if (this.#timer || this.#closed) return
+    this.#timer = setInterval(() => {
+      // Later than the TTL since the last confirmed beat: we were paused (SIGSTOP, a frozen VM) or cut off, and
+      // other hosts may have reclaimed what we hold. Counted before the beat, so no use of a VM slips in between.
+      if (Number.isFinite(this.#confirmedAt) && performance.now() - this.#confirmedAt > this.#ttlMs) this.#lapses++
+      this.#beat(this.#pool).then(
+        () => this.#confirmBeat(),
+        () => {},
+      )
+    }, this.#intervalMs)
+    this.#timer.unref()
+  }
+
+  /** A VmPoolError whose message, hint and cause never contain the password (pg's messages included). */
+  #error(operation: string, error: unknown, extra?: string): VmPoolError {
+    const raw = error instanceof Error ? error.message : String(error)
+    const code = (error as { code?: unknown }).code
+    const message = redactSecrets(raw || String(code ?? 'unknown error'), this.#secrets)
+    const cause = Object.assign(new Error(message), typeof code === 'string' ? { code } : {})
+    return new VmPoolError({
+      code: 'VMPOOL_LEASE_STORE',
+      operation,
+      message: `lease store ${this.location}: ${operation} failed: ${message}${extra ? ` (${extra})` : ''}`,
+      hint: (typeof code === 'string' && HINTS[code]) || (isTransient(error) ? `PostgreSQL was not reachable for ${scaleTimeout(POSTGRES_RECONNECT_TIMEOUT_MS)} ms (POSTGRES_RECONNECT_TIMEOUT_MS): is it running, and is the host and port right?` : undefined),
+      details: { ...(typeof code === 'string' ? { pgCode: code } : {}) },
+      cause,
+    })
+  }
+}
+
+/** The PostgreSQL lease store (see `PostgresLeaseStore`): pass it to `createPool({ leaseStore })`. */
+export function postgresLeaseStore(options: PostgresLeaseStoreOptions): PostgresLeaseStore {
+  return new PostgresLeaseStore(options)
+}
