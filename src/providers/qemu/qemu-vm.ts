@@ -5,6 +5,7 @@ import { scaleTimeout } from '../../util/timeouts.js'
 import { withExecLog } from '../exec-log.js'
 import type { VmPortForwards } from '../vm-port-forwards.js'
 import type { ExecBufferResult, ExecOptions, ExecResult, Vm, VmRecord } from '../vm-provider.js'
+import { GuestRawTransfer } from './guest-raw-transfer.js'
 import { addHostForward } from './qemu-hostfwd.js'
 
 /** One SSH attempt while the guest boots (the handshake runs on an emulated CPU). */
@@ -86,6 +87,7 @@ export interface QemuVmParts {
 
 export function createQemuVm({ record, transport, qmpSocket, forwards: registry }: QemuVmParts): QemuVm {
   const { forwards, release } = registry.open(record.name)
+  const raw = new GuestRawTransfer((command, options) => transport.exec(command, options), record.name)
   const close = async () => {
     await release()
     await transport.close()
@@ -96,8 +98,12 @@ export function createQemuVm({ record, transport, qmpSocket, forwards: registry 
     record,
     exec: (command: string | string[], options?: ExecOptions): Promise<ExecResult> => transport.exec(command, options),
     execBuffer: (command: string | string[], options?: ExecOptions) => transport.execBuffer(command, options),
-    putFile: (path: string, data: string | Buffer) => transport.putFile(path, data),
-    getFile: (path: string) => transport.getFile(path),
+    // Big files skip SSH's encryption when the guest can (guest-raw-transfer.ts); SSH otherwise.
+    async putFile(path: string, data: string | Buffer) {
+      const bytes = typeof data === 'string' ? Buffer.from(data) : data
+      if (!(await raw.put(path, bytes))) await transport.putFile(path, bytes)
+    },
+    getFile: async (path: string) => (await raw.get(path)) ?? transport.getFile(path),
     putDirectory: (localDir: string, guestDir: string) => transport.putDirectory(localDir, guestDir),
     getDirectory: (guestDir: string, localDir: string) => transport.getDirectory(guestDir, localDir),
     async forwardPort(guestPort, options = {}) {
