@@ -133,7 +133,6 @@ export async function runLeaseStoreBench(): Promise<LeaseBenchRow[]> {
     }
     const warmRow = `pool acquire+release of a warm VM, ${PROCESSES} processes`
     const leaseRow = `${warmRow}, exec answered in-process (lease protocol only)`
-    const postgresRows = await postgresBench()
     return [
       row('fake VM create+delete (provider, no pool)', direct),
       row('pool acquire+release, no keepWarm (fake create+delete), 1 process', coldSamples),
@@ -141,7 +140,6 @@ export async function runLeaseStoreBench(): Promise<LeaseBenchRow[]> {
       row(`${warmRow} (goal: p99 <= 50 ms)`, samples.warm),
       ...(before ? [row(`${leaseRow} [before]`, samples.leaseBefore)] : []),
       row(leaseRow, samples.lease),
-      ...postgresRows,
     ]
   } finally {
     rmSync(stateDir, { recursive: true, force: true })

@@ -3,7 +3,7 @@
  * Options: `--provider NAME` (or VM_POOL_PROVIDER; default qemu) runs only the sections for that
  * provider plus the provider-independent ones; `--short` (or BENCH_SHORT=1) takes fewer samples;
  * `--files N` / `--workers W` size the seed 003 suite (default 8 files, 4 with --short; 2 workers);
- * `--only a,b` runs only the named sections (seed-003, qemu-boot, inside-vm, protocol, lease-store, qemu-debian); `--debian`
+ * `--only a,b` runs only the named sections (seed-003, qemu-boot, inside-vm, protocol, lease-store, lease-store-postgres, qemu-debian); `--debian`
  * adds the opt-in qemu-debian section (the debian-12 image: minutes of Debian boots) to the others.
  * Add a section with one line in `sections`. Runs against dist/ (`npm run build` first).
  */
@@ -38,6 +38,7 @@ const sections: BenchSection[] = [
   { name: 'inside-vm', providers: ['qemu'], run: async (options) => (await import('./inside-vm.ts')).runInsideVmBench(options) },
   { name: 'protocol', run: async (options) => (await import('./protocol.ts')).runProtocolBench(options) },
   { name: 'lease-store', run: async () => (await (await import('./lease-store.ts')).runLeaseStoreBench()).map((row) => ({ benchmark: row.name, value: `p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms`, note: `${row.samples} samples` })) },
+  { name: 'lease-store-postgres', run: async () => (await (await import('./lease-store.ts')).postgresBench()).map((row) => ({ benchmark: row.name, value: `p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms`, note: `${row.samples} samples` })) },
 ]
 
 const { values } = parseArgs({ options: { provider: { type: 'string', short: 'p' }, short: { type: 'boolean' }, debian: { type: 'boolean' }, only: { type: 'string' }, files: { type: 'string' }, workers: { type: 'string' } }, strict: true })

@@ -36,6 +36,10 @@ test('a systemd unit installed by the test serves HTTP', async ({ workerVm }) =>
   const response = await workerVm.exec(`bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080 && printf "GET / HTTP/1.0\\r\\n\\r\\n" >&3 && cat <&3'`)
   expect(response.stdout).toMatch(/^HTTP\/1.0 200 OK\r\n/)
   expect(response.stdout).toContain(`hello from ${workerVm.name}\n`)
+  // And from this test process: a loopback port that reaches the guest's 8080.
+  await using forward = await workerVm.forwardPort(8080)
+  const page = await fetch(`http://${forward.host}:${forward.port}/`)
+  expect(await page.text()).toContain(`hello from ${workerVm.name}\n`)
 })
 
 test('useradd and sudo work as on any Debian machine', async ({ workerVm }) => {
