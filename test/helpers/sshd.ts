@@ -61,7 +61,9 @@ export async function startSshd(options: StartSshdOptions = {}): Promise<Started
     const candidate = await getFreePort()
     if (!ports.includes(candidate)) ports.push(candidate)
   }
-  const setEnv = Object.entries(options.setEnv ?? {}).map(([name, value]) => {
+  // SHLVL=1: Debian's bash sources ~/.bashrc for every command sshd runs (SSH_SOURCE_BASHRC) unless it is a
+  // nested shell; this machine's root .bashrc runs `pyenv init` (0.2 s idle, over 1 s under load) per exec.
+  const setEnv = Object.entries({ SHLVL: '1', ...options.setEnv }).map(([name, value]) => {
     if (/["\n]/.test(value)) throw new Error(`startSshd: SetEnv value of ${name} cannot contain quotes or newlines`)
     return `"${name}=${value}"`
   })
