@@ -66,7 +66,7 @@ export class GuestRawTransfer {
     if (!this.#available) return undefined
     const token = randomBytes(TOKEN_BYTES).toString('hex')
     const chunks: Buffer[] = []
-    let ended!: Promise<void>
+    let ended: Promise<void> | undefined
     const listener = await listenOnce(token, (socket, rest) => {
       chunks.push(rest)
       ended = new Promise((resolve) => {
@@ -84,7 +84,7 @@ export class GuestRawTransfer {
         'echo "$size"',
       ].join('\n')
       const result = await this.#exec(script, { timeoutMs: scaleTimeout(RAW_TRANSFER_TIMEOUT_MS) })
-      if (!this.#judge(result, 'getFile', path)) return undefined
+      if (!this.#judge(result, 'getFile', path) || ended === undefined) return undefined
       await ended
       const data = Buffer.concat(chunks)
       if (String(data.length) !== result.stdout.trim()) {
