@@ -115,8 +115,9 @@ describe.skipIf(Boolean(skipReason))('qemu provider with real VMs', () => {
 
 describe.skipIf(Boolean(skipReason))('qemu boots that cannot succeed', () => {
   const imageDir = mkdtempSync(join(tmpdir(), 'vmp-img-'))
-  // 12 s on a quiet machine; scaled like every boot wait, since a loaded machine's TCG kernel may not print a line in 12 s.
-  const bootTimeoutMs = scaleTimeout(12_000)
+  // Room for a kernel to reach its panic (or its last console line) on 2 busy cores: 12 s was not always enough.
+  // Room for a kernel to reach its panic (or its last console line) on 2 busy cores: 12 s was not always enough.
+  const bootTimeoutMs = scaleTimeout(30_000)
   let qemu: QemuTestProvider
 
   /** A copy of the built image's manifest and key, with the given initrd. */
