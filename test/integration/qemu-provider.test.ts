@@ -116,7 +116,6 @@ describe.skipIf(Boolean(skipReason))('qemu provider with real VMs', () => {
 describe.skipIf(Boolean(skipReason))('qemu boots that cannot succeed', () => {
   const imageDir = mkdtempSync(join(tmpdir(), 'vmp-img-'))
   // Room for a kernel to reach its panic (or its last console line) on 2 busy cores: 12 s was not always enough.
-  // Room for a kernel to reach its panic (or its last console line) on 2 busy cores: 12 s was not always enough.
   const bootTimeoutMs = scaleTimeout(30_000)
   let qemu: QemuTestProvider
 
