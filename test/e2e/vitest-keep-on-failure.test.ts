@@ -11,7 +11,7 @@ import { getVitestBinaries, runFixture, type FixtureRun } from '../helpers/vites
  * it and how to delete it; the passing test's fresh VM and the worker VM are deleted as usual.
  */
 for (const vitest of getVitestBinaries()) {
-  describe.skipIf(vitest.missing && !process.env.CI)(`Vitest ${vitest.label}`, () => {
+  describe.skipIf(vitest.missing && !process.env.CI)(`Vitest ${vitest.label}${vitest.missing && !process.env.CI ? ` (skipped: ${vitest.missing})` : ''}`, () => {
     if (vitest.missing) {
       if (process.env.CI) throw new Error(vitest.missing)
       console.warn(`skipping the Vitest ${vitest.label} e2e runs: ${vitest.missing}`)

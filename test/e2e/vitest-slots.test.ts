@@ -8,7 +8,7 @@ import { getVitestBinaries, runFixture, type FixtureRun } from '../helpers/vites
 const binaries = getVitestBinaries()
 
 for (const vitest of binaries) {
-  describe.skipIf(vitest.missing && !process.env.CI)(`Vitest ${vitest.label}`, () => {
+  describe.skipIf(vitest.missing && !process.env.CI)(`Vitest ${vitest.label}${vitest.missing && !process.env.CI ? ` (skipped: ${vitest.missing})` : ''}`, () => {
     if (vitest.missing) {
       if (process.env.CI) throw new Error(vitest.missing)
       console.warn(`skipping the Vitest ${vitest.label} e2e runs: ${vitest.missing}`)
