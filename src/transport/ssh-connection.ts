@@ -84,32 +84,30 @@ export class SshConnection {
    * exit-status can arrive in the same read as the exec reply, before an `await` could listen.
    */
   async openChannel(script: string, onOpen?: (channel: ClientChannel) => void): Promise<ClientChannel> {
-    for (let attempt = 0; ; attempt++) {
-      const client = await this.getClient()
-      try {
-        return await new Promise<ClientChannel>((resolve, reject) => {
-          client.exec(script, (error, channel) => {
-            if (error) return reject(error)
-            onOpen?.(channel)
-            resolve(channel)
-          })
-        })
-      } catch (error) {
-        if (attempt === 0) {
-          debug('exec channel on %s failed (%s): reconnecting once', this.target, (error as Error).message)
-          this.#forget(client)
-          client.end()
-          continue
-        }
-        throw new VmPoolError({
-          code: 'VMPOOL_EXEC_FAILED',
-          provider: this.#config.provider,
-          vm: this.#config.vm,
-          operation: 'exec',
-          message: `could not start a command on ${this.target}: ${(error as Error).message}`,
-          cause: error,
-        })
-      }
+    try {
+      return await this.#onLiveClient(
+        'exec channel',
+        (client) =>
+          new Promise<ClientChannel>((resolve, reject) => {
+            client.exec(script, (error, channel) => {
+              if (error) return reject(error)
+              onOpen?.(channel)
+              resolve(channel)
+            })
+          }),
+        () => true,
+      )
+    } catch (error) {
+      // Connecting failed (auth, timeout, unreachable): that error says it best, as it is.
+      if (error instanceof VmPoolError) throw error
+      throw new VmPoolError({
+        code: 'VMPOOL_EXEC_FAILED',
+        provider: this.#config.provider,
+        vm: this.#config.vm,
+        operation: 'exec',
+        message: `could not start a command on ${this.target}: ${(error as Error).message}`,
+        cause: error,
+      })
     }
   }
 
@@ -118,30 +116,42 @@ export class SshConnection {
    * `openChannel`. The server refusing the connection (nothing listens) rejects with VMPOOL_EXEC_FAILED.
    */
   async openTcp(host: string, port: number): Promise<ClientChannel> {
+    try {
+      return await this.#onLiveClient(
+        'forward',
+        (client) =>
+          new Promise<ClientChannel>((resolve, reject) => {
+            client.forwardOut('127.0.0.1', 0, host, port, (error, channel) => (error ? reject(error) : resolve(channel)))
+          }),
+        // A refused forward (nothing listening) is an answer, not a dead connection.
+        (error) => (error as { reason?: unknown }).reason === undefined,
+      )
+    } catch (error) {
+      // Connecting failed (auth, timeout, unreachable): that error says it best, as it is.
+      if (error instanceof VmPoolError) throw error
+      throw new VmPoolError({
+        code: 'VMPOOL_EXEC_FAILED',
+        provider: this.#config.provider,
+        vm: this.#config.vm,
+        operation: 'forwardPort',
+        message: `could not reach ${host}:${port} through ${this.target}: ${(error as Error).message}`,
+        hint: 'is a server listening on that port in the VM?',
+        cause: error,
+      })
+    }
+  }
+
+  /** `open` on the connection; when it fails in a way `deadConnection` accepts, drop that connection and try once more on a new one. */
+  async #onLiveClient<T>(what: string, open: (client: SshClient) => Promise<T>, deadConnection: (error: unknown) => boolean): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       const client = await this.getClient()
       try {
-        return await new Promise<ClientChannel>((resolve, reject) => {
-          client.forwardOut('127.0.0.1', 0, host, port, (error, channel) => (error ? reject(error) : resolve(channel)))
-        })
+        return await open(client)
       } catch (error) {
-        // A refused forward (nothing listening) is an answer, not a dead connection.
-        const refused = (error as { reason?: unknown }).reason !== undefined
-        if (attempt === 0 && !refused) {
-          debug('forward on %s failed (%s): reconnecting once', this.target, (error as Error).message)
-          this.#forget(client)
-          client.end()
-          continue
-        }
-        throw new VmPoolError({
-          code: 'VMPOOL_EXEC_FAILED',
-          provider: this.#config.provider,
-          vm: this.#config.vm,
-          operation: 'forwardPort',
-          message: `could not reach ${host}:${port} through ${this.target}: ${(error as Error).message}`,
-          hint: 'is a server listening on that port in the VM?',
-          cause: error,
-        })
+        if (attempt > 0 || !deadConnection(error)) throw error
+        debug('%s on %s failed (%s): reconnecting once', what, this.target, (error as Error).message)
+        this.#forget(client)
+        client.end()
       }
     }
   }
