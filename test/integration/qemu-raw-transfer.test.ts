@@ -49,7 +49,7 @@ describe.skipIf(Boolean(skipReason))('raw file transfer to a QEMU guest', () => 
     return forward
   }
 
-  test('getFile through a hostfwd: the guest listens, the host sends the token, every byte arrives (also with no trailing newline)', async () => {
+  test('getFile through a hostfwd: the guest listens, the host sends the token, every byte arrives (also with no trailing newline, empty, small)', async () => {
     const data = Buffer.concat([randomBytes(RAW_GET_MIN_BYTES + 1000), Buffer.from('no newline at the end')])
     await vm.putFile('/tmp/fwd.bin', data)
     const opened: { host: string; port: number }[] = []
@@ -62,11 +62,14 @@ describe.skipIf(Boolean(skipReason))('raw file transfer to a QEMU guest', () => 
     expect(opened[0]!.host).toBe('127.0.0.1')
     // The rule is gone once the transfer is done: nothing answers on that port any more.
     await expect(new Promise((resolve, reject) => connect(opened[0]!.port, '127.0.0.1').on('connect', resolve).on('error', reject))).rejects.toMatchObject({ code: 'ECONNREFUSED' })
-    // Files under RAW_GET_MIN_BYTES (an empty one too) are SSH's: the raw path says no, the Vm still reads them.
+    // Files under RAW_GET_MIN_BYTES (an empty one too): the guest connects out instead of listening.
     await vm.putFile('/tmp/empty.bin', Buffer.alloc(0))
-    expect(await transfer.get('/tmp/empty.bin')).toBeUndefined()
-    expect((await vm.getFile('/tmp/empty.bin')).length).toBe(0)
-    expect(transfer.counts.gets).toBe(1)
+    await vm.putFile('/tmp/short.txt', 'no newline')
+    expect((await transfer.get('/tmp/empty.bin'))?.length).toBe(0)
+    expect((await transfer.get('/tmp/short.txt'))?.toString()).toBe('no newline')
+    expect(transfer.counts).toEqual({ puts: 0, gets: 3, forwardedGets: 1 })
+    expect((await vm.exec('wc -l < /tmp/nc-listen')).stdout.trim()).toBe('3')
+    expect((await vm.exec('grep -c "^-l " /tmp/nc-listen')).stdout.trim()).toBe('1')
   }, 300_000)
 
   test('getFile through a hostfwd: a local process that reaches the guest first gets nothing, and the Vm falls back to SSH', async () => {

@@ -11,10 +11,11 @@
  * is dropped and learns nothing.
  *
  * getFile: a guest-initiated connection carries guest → host bytes 4-5x slower than one QEMU accepted
- * on a hostfwd (slirp; measured 5.7 vs 23-30 MB/s for 50 MB), so the guest listens (`nc -l`) and QEMU
- * forwards a loopback port to it (`hostfwd_add`, one rule per transfer). Here the HOST sends the token
- * first: a local process that reaches QEMU's port first gets nothing and ends the guest's one-shot
- * listener, so the transfer falls back to SSH. Without a forwarder it uses the putFile direction.
+ * on a hostfwd (slirp; measured 5.7 vs 23-30 MB/s for 50 MB), so for a file from RAW_GET_MIN_BYTES the
+ * guest listens (`nc -l`) and QEMU forwards a loopback port to it (`hostfwd_add`, one rule per transfer).
+ * Here the HOST sends the token first: a local process that reaches QEMU's port first gets nothing and
+ * ends the guest's one-shot listener, so the transfer falls back to SSH. A smaller file (or no
+ * forwarder) goes the putFile direction: the guest connects out, no wait for its listener to come up.
  *
  * What arrives is checked by size both ways. A guest without `nc` (the debian-12 minbase image), or any
  * failure on this path, falls back to SSH: the result never depends on it.
@@ -28,8 +29,9 @@ import type { ExecOptions, ExecResult } from '../vm-provider.js'
 
 /** The host as a QEMU user-mode guest sees it. */
 export const GUEST_GATEWAY = '10.0.2.2'
-/** Smaller files go over SSH: one exec is quicker than starting `nc` and a listener (or a forward). */
+/** Smaller files go over SSH: one exec is quicker than starting `nc` and a listener. */
 export const RAW_PUT_MIN_BYTES = 256 * 1024
+/** getFile: from this size the guest listens behind a hostfwd; smaller files it sends out (no wait for a listener). */
 export const RAW_GET_MIN_BYTES = RAW_PUT_MIN_BYTES
 /** One transfer, start to end; scaled. */
 export const RAW_TRANSFER_TIMEOUT_MS = 600_000
@@ -39,8 +41,6 @@ export const RAW_GET_CONNECT_TIMEOUT_MS = 30_000
 const CONNECT_RETRY_MS = 50
 /** The guest command's exit code when it has no `nc`. */
 const NO_NC_EXIT = 97
-/** The guest command's exit code for a file under RAW_GET_MIN_BYTES (SSH reads it quicker). */
-const SMALL_FILE_EXIT = 98
 const TOKEN_BYTES = 16
 /** Guest ports a getFile listener picks from at random (a collision fails that transfer: SSH then). */
 const GUEST_PORT_MIN = 20_000
@@ -103,95 +103,74 @@ export class GuestRawTransfer {
   /** Read `path` from the guest; undefined when this path cannot do it (then use SSH, which also reports errors). */
   async get(path: string): Promise<Buffer | undefined> {
     if (!this.#available) return undefined
-    const data = this.#openForward ? await this.#getForwarded(path, this.#openForward) : await this.#getOutbound(path)
-    if (data) {
-      this.counts.gets++
-      if (this.#openForward) this.counts.forwardedGets++
-      debug('%s: getFile %s: %d bytes on the raw path%s', this.#vm, path, data.length, this.#openForward ? ' (hostfwd)' : '')
-    }
-    return data
-  }
-
-  /** The guest listens behind a hostfwd and sends once this host sent the token. */
-  async #getForwarded(path: string, openForward: OpenHostForward): Promise<Buffer | undefined> {
     const token = newToken()
     const guestPort = GUEST_PORT_MIN + Math.floor(Math.random() * GUEST_PORT_SPAN)
-    let forward: Awaited<ReturnType<OpenHostForward>>
-    try {
-      forward = await openForward(guestPort)
-    } catch (error) {
-      debug('%s: raw getFile %s: no hostfwd (%s): using SSH', this.#vm, path, (error as Error).message)
-      return undefined
-    }
+    const sent: { chunks: Buffer[]; ended?: Promise<void> } = { chunks: [] }
+    // Both ends ready before the one exec: the guest picks by size (a small file does not wait for a
+    // listener to come up; a big one is worth it).
+    const [listener, forward] = await Promise.all([
+      listenOnce(token, (socket, rest) => {
+        sent.chunks.push(rest)
+        sent.ended = new Promise((resolve) => {
+          socket.on('data', (chunk: Buffer) => sent.chunks.push(chunk))
+          socket.once('close', () => resolve())
+        })
+      }),
+      this.#openForward?.(guestPort).catch((error: unknown) => {
+        debug('%s: raw getFile %s: no hostfwd (%s): the guest connects out', this.#vm, path, (error as Error).message)
+        return undefined
+      }),
+    ])
     const stop = new AbortController()
     try {
       const file = quoteShellArg(path)
       const connectSeconds = Math.ceil(scaleTimeout(RAW_GET_CONNECT_TIMEOUT_MS) / 1000)
       // cat's stdout is the socket: busybox copies a file to it with sendfile().
-      const send = `read -r -t ${connectSeconds} t && [ "$t" = ${token} ] || exit 1; exec cat -- ${file}`
+      const sendOut = `nc ${GUEST_GATEWAY} ${listener.port} -e sh -c ${quoteShellArg(`printf %s ${token}; exec cat -- ${file}`)} || exit 1`
+      const sendListening = `nc -l -p ${guestPort} -e sh -c ${quoteShellArg(`read -r -t ${connectSeconds} t && [ "$t" = ${token} ] || exit 1; exec cat -- ${file}`)} || exit 1`
       const script = [
         `command -v nc >/dev/null 2>&1 || exit ${NO_NC_EXIT}`,
         `[ -f ${file} ] && [ -r ${file} ] || exit 1`,
         `size=$(${sizeOf(file)}) || exit 1`,
-        `[ "$size" -ge ${RAW_GET_MIN_BYTES} ] || exit ${SMALL_FILE_EXIT}`,
-        `nc -l -p ${guestPort} -e sh -c ${quoteShellArg(send)} || exit 1`,
+        forward ? `if [ "$size" -ge ${RAW_GET_MIN_BYTES} ]; then ${sendListening}; else ${sendOut}; fi` : sendOut,
         'echo "$size"',
       ].join('\n')
       let finished = false
       const running = this.#exec(script, { timeoutMs: scaleTimeout(RAW_TRANSFER_TIMEOUT_MS), signal: stop.signal }).then(
         (result) => result,
-        // Aborted below because nothing came: SSH then. Any other error is the caller's to see.
+        // Aborted below because nothing came through the forward: SSH then. Any other error is the caller's to see.
         (error: unknown) => {
           if (stop.signal.aborted) return undefined
           throw error
         },
       )
       void running.finally(() => (finished = true)).catch(() => {})
-      const received = receiveFromGuest(forward.port, token, () => finished, performance.now() + scaleTimeout(RAW_GET_CONNECT_TIMEOUT_MS))
-      const [result, data] = await Promise.all([running, received.then((bytes) => {
-        // Nothing came (no listener in time): end the guest's wait instead of letting it run out.
-        if (bytes === undefined) stop.abort()
-        return bytes
-      })])
-      if (result === undefined || result.exitCode === SMALL_FILE_EXIT) return undefined
-      if (!this.#judge(result, 'getFile', path) || data === undefined) return undefined
-      return this.#checkSize(path, data, result.stdout)
+      // Until the guest command ends: it may be listening behind the forward (a big file).
+      const forwarded = forward
+        ? receiveFromGuest(forward.port, token, () => finished || sent.ended !== undefined, performance.now() + scaleTimeout(RAW_GET_CONNECT_TIMEOUT_MS)).then((bytes) => {
+            // Neither path got anything in time: end the guest's wait instead of letting it run out.
+            if (bytes === undefined && sent.ended === undefined) stop.abort()
+            return bytes
+          })
+        : Promise.resolve(undefined)
+      const [result, viaForward] = await Promise.all([running, forwarded])
+      if (result === undefined || !this.#judge(result, 'getFile', path)) return undefined
+      let data = viaForward
+      if (data === undefined && sent.ended !== undefined) {
+        await sent.ended
+        data = Buffer.concat(sent.chunks)
+      }
+      const checked = data === undefined ? undefined : this.#checkSize(path, data, result.stdout)
+      if (checked) {
+        this.counts.gets++
+        if (viaForward) this.counts.forwardedGets++
+        debug('%s: getFile %s: %d bytes on the raw path (%s)', this.#vm, path, checked.length, viaForward ? 'the guest listened behind a hostfwd' : 'the guest connected out')
+      }
+      return checked
     } finally {
       stop.abort()
-      await forward.close()
-    }
-  }
-
-  /** The guest's nc connects to this host and sends the token, then the file. */
-  async #getOutbound(path: string): Promise<Buffer | undefined> {
-    const token = newToken()
-    const chunks: Buffer[] = []
-    let ended: Promise<void> | undefined
-    const listener = await listenOnce(token, (socket, rest) => {
-      chunks.push(rest)
-      ended = new Promise((resolve) => {
-        socket.on('data', (chunk: Buffer) => chunks.push(chunk))
-        socket.once('close', () => resolve())
-      })
-    })
-    try {
-      const file = quoteShellArg(path)
-      const send = `printf %s ${token}; exec cat -- ${file}`
-      const script = [
-        `command -v nc >/dev/null 2>&1 || exit ${NO_NC_EXIT}`,
-        `[ -f ${file} ] && [ -r ${file} ] || exit 1`,
-        `size=$(${sizeOf(file)}) || exit 1`,
-        `[ "$size" -ge ${RAW_GET_MIN_BYTES} ] || exit ${SMALL_FILE_EXIT}`,
-        `nc ${GUEST_GATEWAY} ${listener.port} -e sh -c ${quoteShellArg(send)} || exit 1`,
-        'echo "$size"',
-      ].join('\n')
-      const result = await this.#exec(script, { timeoutMs: scaleTimeout(RAW_TRANSFER_TIMEOUT_MS) })
-      if (result.exitCode === SMALL_FILE_EXIT) return undefined
-      if (!this.#judge(result, 'getFile', path) || ended === undefined) return undefined
-      await ended
-      return this.#checkSize(path, Buffer.concat(chunks), result.stdout)
-    } finally {
       listener.close()
+      await forward?.close()
     }
   }
 
