@@ -53,8 +53,8 @@ export function buildSshExecScript(command: string | readonly string[], options:
   // In a function: `set --` splits /proc/$$/stat (fields after the `(comm)`: $2 ppid, $3 pgrp, ${20} start
   // time) without touching the script's own arguments. Returns 1 when the shell must become a leader.
   const pidLine = [
-    `vm_pool_pid_line() { if ! read -r l 2>/dev/null </proc/$$/stat; then printf '${marker}%s\\n' "$$" >&2; return 0; fi`,
-    '  set -- ${l##*) }',
+    `vm_pool_pid_line() { if ! read -r vm_pool_stat 2>/dev/null </proc/$$/stat; then printf '${marker}%s\\n' "$$" >&2; return 0; fi`,
+    '  set -- ${vm_pool_stat##*) }',
     `  if [ "$3" = "$$" ]; then printf '${marker}%s\\n' "$$" >&2; return 0; fi`,
     `  if [ ${oneCommandPerConnection ? 1 : 0} = 1 ] && [ "$2" = "$3" ] && [ -n "\${20}" ]; then printf '${marker}%s %s %s\\n' "$$" "$3" "\${20}" >&2; return 0; fi`,
     `  printf '${marker}%s\\n' "$$" >&2; return 1; }`,
@@ -62,6 +62,8 @@ export function buildSshExecScript(command: string | readonly string[], options:
   return [
     pidLine,
     `vm_pool_pid_line || ! command -v setsid >/dev/null 2>&1 || exec setsid /bin/sh -c ${quoteShellArg(payload)}`,
+    // The user's command sees neither.
+    'unset vm_pool_stat; unset -f vm_pool_pid_line',
     payload,
   ].join('\n')
 }
