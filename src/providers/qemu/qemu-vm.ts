@@ -87,7 +87,7 @@ export interface QemuVmParts {
 
 export function createQemuVm({ record, transport, qmpSocket, forwards: registry }: QemuVmParts): QemuVm {
   const { forwards, release } = registry.open(record.name)
-  const raw = new GuestRawTransfer((command, options) => transport.exec(command, options), record.name)
+  const raw = new GuestRawTransfer((command, options) => transport.exec(command, options), record.name, (guestPort) => addHostForward(qmpSocket, guestPort, undefined, record.name))
   const close = async () => {
     await release()
     await transport.close()
