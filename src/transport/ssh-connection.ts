@@ -1,3 +1,4 @@
+import type { Duplex } from 'node:stream'
 import ssh2 from 'ssh2'
 import type { Client as SshClient, ClientChannel, ConnectConfig } from 'ssh2'
 import { z } from 'zod'
@@ -42,6 +43,11 @@ export interface SshConnectionConfig {
   hostKeyFingerprint: string | undefined
   /** Cipher preference, most wanted first; undefined = ssh2's default order. */
   ciphers?: string[] | undefined
+  /**
+   * Reach the server through this stream instead of a TCP connection to `host:port` (a channel of
+   * another SSH connection: a jump host). `host:port` then only names the server in messages.
+   */
+  tunnel?: (() => Promise<Duplex>) | undefined
   /** For error messages. */
   provider: string
   vm?: string | undefined
@@ -176,8 +182,17 @@ export class SshConnection {
     this.#connection = undefined
   }
 
-  #open(): Promise<SshClient> {
+  async #open(): Promise<SshClient> {
     const config = this.#config
+    let sock: Duplex | undefined
+    if (config.tunnel) {
+      try {
+        sock = await config.tunnel()
+      } catch (error) {
+        if (error instanceof VmPoolError) throw error
+        throw this.#connectError(error as Error, undefined)
+      }
+    }
     const client = new ssh2.Client()
     this.#client = client
     let hostKeyProblem: { got: string } | undefined
@@ -187,6 +202,7 @@ export class SshConnection {
       username: config.username,
       privateKey: config.privateKey,
       readyTimeout: config.readyTimeoutMs,
+      ...(sock ? { sock: sock as NonNullable<ConnectConfig['sock']> } : {}),
       keepaliveInterval: SSH_KEEPALIVE_INTERVAL_MS,
       keepaliveCountMax: 3,
       ...(config.ciphers ? { algorithms: { cipher: config.ciphers as NonNullable<ConnectConfig['algorithms']>['cipher'] } } : {}),
