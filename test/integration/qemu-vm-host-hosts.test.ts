@@ -1,0 +1,123 @@
+/**
+ * `qemuProvider({ host })` shared by runners on two "hosts" (processes with different VM_POOL_HOST_ID, one
+ * file lease store): runner A boots a VM on the VM host (a real sshd on loopback in front of this machine)
+ * and releases it warm; runner B adopts it through the same VM host and runs a command in it. B then dies
+ * holding it, and its watchdog — started with the same provider options (a key FILE, never key text) —
+ * deletes the VM over SSH; `vm-pool gc` deletes a leftover there. Last, nothing written along the way (records,
+ * leases, reaper markers and logs, DEBUG output, the CLI's output) holds the VM host's private key.
+ */
+import { readdirSync, readFileSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, test } from 'vitest'
+import type { QemuProvider } from '../../src/providers/qemu/qemu-provider.js'
+import { FileLeaseStore } from '../../src/pool/file-lease-store.js'
+import { isPidRunning, killFixtures, makeStateDir, runBin, spawnFixture, waitFor } from '../../fixtures/pool/harness.js'
+import { QEMU_TEST_CREATE_TIMEOUT_MS } from '../helpers/qemu.js'
+import { getVmHostSkipReason, startTestVmHost, useVmHostProvider, type TestVmHost } from '../helpers/vm-host.js'
+import { uniqueVmName } from '../contract/provider-contract.js'
+
+const skipReason = getVmHostSkipReason()
+
+/** Every regular file under `dir` (recursively), as text. */
+function readTree(dir: string, skip: (path: string) => boolean = () => false): { path: string; text: string }[] {
+  const files: { path: string; text: string }[] = []
+  for (const entry of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    const path = join(entry.parentPath, entry.name)
+    if (!entry.isFile() || skip(path) || statSync(path).size > 10_000_000) continue
+    files.push({ path, text: readFileSync(path, 'latin1') })
+  }
+  return files
+}
+
+describe.skipIf(Boolean(skipReason))(`qemu on a VM host shared by runners on two hosts${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
+  let vmHost: TestVmHost
+  let provider: QemuProvider
+  let cleanup: () => Promise<void>
+  const state = makeStateDir()
+  /** Everything printed by the processes of this file, checked for the private key at the end. */
+  const outputs: { what: string; text: string }[] = []
+  const watchdogs: number[] = []
+
+  beforeAll(async () => {
+    vmHost = await startTestVmHost()
+    ;({ provider, cleanup } = useVmHostProvider(vmHost))
+  }, 60_000)
+  afterAll(async () => {
+    killFixtures()
+    await waitFor(() => watchdogs.every((pid) => !isPidRunning(pid)), 'watchdogs to exit').catch(() => {})
+    await cleanup?.()
+    await vmHost?.stop()
+    state.dispose()
+  }, 120_000)
+
+  test('B adopts the warm VM A booted, through the same VM host; B dies holding it and its watchdog deletes it there', async () => {
+    const config = { provider: 'qemu', providerOptions: vmHost.options(), stateDir: state.dir, keepWarm: { ttlMs: 600_000, max: 1, reset: false } }
+    const env = (host: string) => ({ env: { VM_POOL_HOST_ID: host, DEBUG: 'vm-pool:*' } })
+    const a = spawnFixture('holder.mjs', { ...config, keys: ['a'] }, env('runner-a'))
+    const aReady = await a.message((m) => m.ready === true, 'A ready (a TCG boot on the VM host)', QEMU_TEST_CREATE_TIMEOUT_MS)
+    watchdogs.push(aReady.reaperPid as number)
+    const vmName = (aReady.leases as Record<string, string>).a!
+    expect(aReady.stats).toMatchObject({ created: 1 })
+    const write = 'echo from-a > handover.txt && cat /proc/sys/kernel/random/boot_id'
+    a.send({ cmd: 'exec', key: 'a', command: write })
+    const wrote = await a.message((m) => m.exec === write, 'A exec')
+    expect(wrote.exitCode, String(wrote.stderr)).toBe(0)
+    const bootId = String(wrote.stdout).trim()
+    a.send({ cmd: 'drain' })
+    const drained = await a.message((m) => m.drained === true, 'A drained', 60_000)
+    expect((drained.result as { keptWarm: string[] }).keptWarm).toEqual([vmName])
+    await a.exited
+    outputs.push({ what: 'runner A stderr', text: a.stderr() })
+
+    const store = new FileLeaseStore({ provider, stateDir: state.dir })
+    expect((await store.read())[vmName]).toMatchObject({ state: 'idle', owner: null })
+    // The VM runs on the VM host: its dir is in the host state dir, nothing of it in the runners' state dir.
+    expect(readdirSync(join(vmHost.hostStateDir, 'qemu'))).toContain(vmName)
+
+    const b = spawnFixture('holder.mjs', { ...config, keys: ['b'] }, env('runner-b'))
+    const bReady = await b.message((m) => m.ready === true, 'B ready', QEMU_TEST_CREATE_TIMEOUT_MS)
+    watchdogs.push(bReady.reaperPid as number)
+    expect(bReady.leases).toEqual({ b: vmName })
+    expect(bReady.adopted).toEqual({ b: true })
+    expect(bReady.stats).toMatchObject({ created: 0, reused: 1 })
+    const read = 'cat handover.txt /proc/sys/kernel/random/boot_id'
+    b.send({ cmd: 'exec', key: 'b', command: read })
+    const got = await b.message((m) => m.exec === read, 'B exec')
+    expect(String(got.stdout).trim().split('\n')).toEqual(['from-a', bootId])
+    expect((await store.read())[vmName]).toMatchObject({ state: 'leased', owner: { host: 'runner-b' } })
+
+    // B exits without draining: its watchdog recreates qemuProvider({ host, privateKeyFile }) and deletes the VM on the VM host.
+    b.send({ cmd: 'exit' })
+    await b.exited
+    outputs.push({ what: 'runner B stderr', text: b.stderr() })
+    await waitFor(async () => !(await provider.list()).some((info) => info.name === vmName), `B's watchdog to delete ${vmName} on the VM host`, 120_000)
+    expect(readdirSync(join(vmHost.hostStateDir, 'qemu'))).not.toContain(vmName)
+  }, 2 * QEMU_TEST_CREATE_TIMEOUT_MS + 180_000)
+
+  test('vm-pool gc --provider qemu, with the VM host in VM_POOL_PROVIDER_OPTIONS, deletes a VM no lease knows', async () => {
+    const name = uniqueVmName('test-vm-gc')
+    await provider.create({ name })
+    expect((await provider.list()).find((info) => info.name === name)).toMatchObject({ state: 'running' })
+    const gc = runBin(['gc', '--provider', 'qemu', '--json'], { VM_POOL_STATE_DIR: state.dir, VM_POOL_PROVIDER_OPTIONS: JSON.stringify(vmHost.options()), DEBUG: 'vm-pool:*' })
+    outputs.push({ what: 'gc stdout', text: gc.stdout }, { what: 'gc stderr', text: gc.stderr })
+    expect(gc.code, gc.stderr).toBe(0)
+    expect((JSON.parse(gc.stdout) as { deleted: { name: string }[] }).deleted.map((decision) => decision.name)).toContain(name)
+    expect((await provider.list()).some((info) => info.name === name)).toBe(false)
+  }, QEMU_TEST_CREATE_TIMEOUT_MS + 60_000)
+
+  test('no record, lease, reaper marker or log line holds the VM host private key', () => {
+    const key = vmHost.sshd.clientKey.privateKey
+    // Any line of the key's base64 body gives the key away; the header alone does not.
+    const bodyLines = key.split('\n').filter((line) => line.length >= 20 && !line.startsWith('-----'))
+    expect(bodyLines.length).toBeGreaterThan(0)
+    // The guest's own key lives in its VM dir (client_key) as it does for local VMs; everything else is checked.
+    const written = [...readTree(state.dir), ...readTree(vmHost.hostStateDir, (path) => path.endsWith('/client_key'))]
+    expect(written.some((file) => file.path.includes('leases'))).toBe(true)
+    expect(written.some((file) => file.path.includes('reaper'))).toBe(true)
+    expect(outputs.length).toBe(4)
+    expect(outputs.every((output) => output.text.length > 0)).toBe(true)
+    for (const { what, text } of [...written.map((file) => ({ what: file.path, text: file.text })), ...outputs]) {
+      for (const line of bodyLines) expect(text.includes(line), `${what} holds a line of the private key`).toBe(false)
+    }
+  })
+})
