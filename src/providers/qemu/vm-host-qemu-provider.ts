@@ -8,17 +8,17 @@
 import { posix } from 'node:path'
 import { formatZodError } from '../../config/zod-error.js'
 import { VmPoolError, invalidOptions, isVmPoolError } from '../../errors.js'
-import { quoteShellArg, toShellLine } from '../../transport/shell.js'
 import { SSH_READY_TIMEOUT_MS, type SshTransport } from '../../transport/ssh-transport.js'
 import { createDebug } from '../../util/debug.js'
 import { scaleTimeout } from '../../util/timeouts.js'
 import { VM_NAME_PATTERN, validateVmName } from '../../util/vm-name.js'
 import { VmPortForwards } from '../vm-port-forwards.js'
-import type { JsonValue, KeptVmHelp, ProviderProbe, VmInfo, VmRecord, VmSpec } from '../vm-provider.js'
+import type { JsonValue, ProviderProbe, VmInfo, VmRecord, VmSpec } from '../vm-provider.js'
 import { waitForBoot, type BootProbe } from './boot-wait.js'
 import { buildQemuArgs, type QemuMachine } from './qemu-command.js'
 import { DELETE_GRACE_MS, KILL_WAIT_MS, QEMU_START_TIMEOUT_MS } from './qemu-process.js'
 import type { QemuProvider } from './qemu-provider.js'
+import { describeQemuVm, getQemuShellCommand, type VmHostRef } from './kept-vm-help.js'
 import { getQemuFingerprint, type QemuConfig, type VmHostConfig } from './qemu-provider-options.js'
 import { MAX_UNIX_SOCKET_PATH_BYTES, VM_DIR_FILES, qemuRecordDataSchema } from './qemu-vm-dir.js'
 import { createQemuVm, makeGuestTransport, type QemuVm } from './qemu-vm.js'
@@ -36,14 +36,6 @@ const PORT_ATTEMPTS = 5
 const PORT_RANGE = { from: 20_000, to: 60_000 }
 
 const debug = createDebug('vm-pool:qemu')
-
-/** Where a record says the VM lives: what another runner needs to reach it through the same VM host (no secret). */
-export interface VmHostRef {
-  host: string
-  port: number
-  user: string
-  hostKey: string
-}
 
 export function vmHostQemuProvider(config: QemuConfig, vmHostConfig: VmHostConfig): QemuProvider {
   const host = new SshVmHost(vmHostConfig)
@@ -228,9 +220,8 @@ export function vmHostQemuProvider(config: QemuConfig, vmHostConfig: VmHostConfi
       }
     },
 
-    describe: (record) => describeVmHostVm(record),
-    // A person's `ssh` would need the guest's key on this machine: `vm-pool ssh` runs commands through exec instead.
-    shell: () => undefined,
+    describe: describeQemuVm,
+    shell: getQemuShellCommand,
     fingerprint: (spec) => getQemuFingerprint(config, spec),
 
     async close(): Promise<void> {
@@ -242,24 +233,4 @@ export function vmHostQemuProvider(config: QemuConfig, vmHostConfig: VmHostConfi
     },
   }
   return provider
-}
-
-/**
- * How a person reaches a kept VM on a VM host: copy the guest's key from its dir there (umask 077), then
- * `ssh -J` through the VM host to the guest's port on the host's loopback; `remove` stops its QEMU by
- * the pid QEMU wrote (only if that pid's command line names the VM's pid file) and removes its dir.
- * The VM host is reached with the person's own key for it; no key is ever printed.
- */
-export function describeVmHostVm(record: VmRecord): KeptVmHelp {
-  const parsed = qemuRecordDataSchema.safeParse(record.data)
-  if (!parsed.success) throw invalidOptions(`not a qemu VM record: ${formatZodError(parsed.error, record.data)}`, { provider: PROVIDER, vm: record.name })
-  const data = parsed.data
-  const vmHost = data.vmHost as VmHostRef
-  const hostSsh = ['ssh', '-p', String(vmHost.port), `${vmHost.user}@${vmHost.host}`]
-  const keyFile = `vm-key-${record.name}`
-  const copyKey = `(umask 077; ${toShellLine([...hostSsh, toShellLine(['cat', '--', data.keyPath])])} > ${quoteShellArg(keyFile)})`
-  const jump = toShellLine(['ssh', '-i', keyFile, '-J', `${vmHost.user}@${vmHost.host}:${vmHost.port}`, '-p', String(data.port), '-o', 'IdentitiesOnly=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', `${data.username}@127.0.0.1`])
-  const pidFile = quoteShellArg(posix.join(data.vmDir, VM_DIR_FILES.pid))
-  const removeOnHost = `pid=$(cat ${pidFile} 2>/dev/null) && grep -qF -- ${pidFile} "/proc/$pid/cmdline" 2>/dev/null && kill "$pid"; rm -rf -- ${quoteShellArg(data.vmDir)}`
-  return { reach: `${copyKey} && ${jump}`, remove: toShellLine([...hostSsh, removeOnHost]) }
 }
