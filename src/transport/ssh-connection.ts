@@ -184,6 +184,8 @@ export class SshConnection {
 
   async #open(): Promise<SshClient> {
     const config = this.#config
+    const client = new ssh2.Client()
+    this.#client = client
     let sock: Duplex | undefined
     if (config.tunnel) {
       try {
@@ -192,9 +194,12 @@ export class SshConnection {
         if (error instanceof VmPoolError) throw error
         throw this.#connectError(error as Error, undefined)
       }
+      // Closed while the tunnel opened: this connection is no longer wanted.
+      if (this.#client !== client) {
+        sock.destroy()
+        throw new Error('the connection was closed while its tunnel opened')
+      }
     }
-    const client = new ssh2.Client()
-    this.#client = client
     let hostKeyProblem: { got: string } | undefined
     const connectConfig: ConnectConfig = {
       host: config.host,

@@ -29,7 +29,8 @@ export interface TestVmHost {
 }
 
 export async function startTestVmHost(): Promise<TestVmHost> {
-  const sshd = await startSshd()
+  // DEBUG1: sshd logs the target of each direct-tcpip channel, which shows a guest was reached through it.
+  const sshd = await startSshd({ logLevel: 'DEBUG1' })
   const hostStateDir = mkdtempSync(join(tmpdir(), 'vmp-host-'))
   const keyDir = mkdtempSync(join(tmpdir(), 'vmp-hostkey-'))
   const privateKeyFile = join(keyDir, 'vm-host-key')

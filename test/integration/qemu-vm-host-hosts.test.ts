@@ -58,6 +58,8 @@ describe.skipIf(Boolean(skipReason))(`qemu on a VM host shared by runners on two
     watchdogs.push(aReady.reaperPid as number)
     const vmName = (aReady.leases as Record<string, string>).a!
     expect(aReady.stats).toMatchObject({ created: 1 })
+    const guestPort = (await provider.list()).find((info) => info.name === vmName)?.record?.data.port
+    expect(guestPort).toBeTypeOf('number')
     const write = 'echo from-a > handover.txt && cat /proc/sys/kernel/random/boot_id'
     a.send({ cmd: 'exec', key: 'a', command: write })
     const wrote = await a.message((m) => m.exec === write, 'A exec')
@@ -84,6 +86,8 @@ describe.skipIf(Boolean(skipReason))(`qemu on a VM host shared by runners on two
     b.send({ cmd: 'exec', key: 'b', command: read })
     const got = await b.message((m) => m.exec === read, 'B exec')
     expect(String(got.stdout).trim().split('\n')).toEqual(['from-a', bootId])
+    // The guest's SSH was reached through the VM host's sshd (a direct-tcpip channel to its loopback port).
+    expect(vmHost.sshd.log()).toContain(`target 127.0.0.1 port ${guestPort}`)
     expect((await store.read())[vmName]).toMatchObject({ state: 'leased', owner: { host: 'runner-b' } })
 
     // B exits without draining: its watchdog recreates qemuProvider({ host, privateKeyFile }) and deletes the VM on the VM host.

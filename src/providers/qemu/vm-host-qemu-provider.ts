@@ -52,7 +52,7 @@ export function vmHostQemuProvider(config: QemuConfig, vmHostConfig: VmHostConfi
     bootTransports.delete(name)
     await transport?.close()
   }
-  const removeVmDir = (dir: string, graceMs: number) => host.runOk('deleting a VM', DELETE_VM_SCRIPT, [dir, String(Math.ceil(graceMs / 100))], { timeoutMs: scaleTimeout(graceMs + KILL_WAIT_MS) + scriptTimeout() })
+  const removeVmDir = (dir: string, graceMs: number) => host.runOk('deleting a VM', DELETE_VM_SCRIPT, [dir, String(Math.ceil(scaleTimeout(graceMs) / 100))], { timeoutMs: scaleTimeout(graceMs + KILL_WAIT_MS) + scriptTimeout() })
 
   /** Start QEMU on the host (a random loopback port, another one when it was taken); returns pid and port. */
   async function launch(name: string, dir: string, machine: QemuMachine): Promise<{ pid: number; port: number }> {
@@ -152,7 +152,8 @@ export function vmHostQemuProvider(config: QemuConfig, vmHostConfig: VmHostConfi
         const where = recorded ? `VM host ${recorded.user}@${recorded.host}:${recorded.port}` : 'this machine (a local QEMU VM)'
         throw invalidOptions(`VM ${name} runs on ${where}, but this provider reaches VM host ${host.id}`, { provider: PROVIDER, vm: name, hint: 'connect with a qemuProvider whose host, port and user are the ones that created the VM' })
       }
-      if (posix.basename(data.vmDir) !== name) throw invalidOptions(`the record of ${name} names another VM's dir (${data.vmDir})`, { provider: PROVIDER, vm: name })
+      // The key is read from the VM's own dir only: a record naming another file is not one this provider wrote.
+      if (posix.basename(data.vmDir) !== name || data.keyPath !== posix.join(data.vmDir, VM_DIR_FILES.clientKey)) throw invalidOptions(`the record of ${name} names another VM's dir or key (${data.vmDir}, ${data.keyPath})`, { provider: PROVIDER, vm: name })
       let transport = bootTransports.get(name)
       bootTransports.delete(name)
       transport?.setReadyTimeout(scaleTimeout(SSH_READY_TIMEOUT_MS))

@@ -78,7 +78,6 @@ rm -rf -- "$1"`
  * under root while its dir is gone.
  */
 export const LIST_VMS_SCRIPT = `${QEMU_PIDS}
-[ -d "$1" ] || exit 0
 for d in "$1"/*/; do
   [ -d "$d" ] || continue
   n=\${d%/}; n=\${n##*/}
