@@ -3,20 +3,24 @@
  * file lease store): runner A boots a VM on the VM host (a real sshd on loopback in front of this machine)
  * and releases it warm; runner B adopts it through the same VM host and runs a command in it. B then dies
  * holding it, and its watchdog — started with the same provider options (a key FILE, never key text) —
- * deletes the VM over SSH; `vm-pool gc` deletes a leftover there. Last, nothing written along the way (records,
- * leases, reaper markers and logs, DEBUG output, the CLI's output) holds the VM host's private key.
+ * deletes the VM over SSH; `vm-pool gc` deletes a leftover there. The adoption runs again through a PostgreSQL
+ * lease store (skipped outside CI when PostgreSQL is missing). Last, nothing written along the way (records,
+ * leases in either store, reaper markers and logs, DEBUG output, the CLI's output) holds the VM host's private key.
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import type { QemuProvider } from '../../src/providers/qemu/qemu-provider.js'
 import { FileLeaseStore } from '../../src/pool/file-lease-store.js'
+import { PostgresLeaseStore } from '../../src/pool/postgres-lease-store.js'
+import { getPostgresSkipReason, startPostgres, type StartedPostgres } from '../helpers/postgres.js'
 import { isPidRunning, killFixtures, makeStateDir, runBin, spawnFixture, waitFor } from '../../fixtures/pool/harness.js'
 import { QEMU_TEST_CREATE_TIMEOUT_MS } from '../helpers/qemu.js'
 import { getVmHostSkipReason, startTestVmHost, useVmHostProvider, type TestVmHost } from '../helpers/vm-host.js'
 import { uniqueVmName } from '../contract/provider-contract.js'
 
 const skipReason = getVmHostSkipReason()
+const postgresSkipReason = skipReason ? undefined : getPostgresSkipReason()
 
 /** Every regular file under `dir` (recursively), as text. */
 function readTree(dir: string, skip: (path: string) => boolean = () => false): { path: string; text: string }[] {
@@ -36,6 +40,9 @@ describe.skipIf(Boolean(skipReason))(`qemu on a VM host shared by runners on two
   const state = makeStateDir()
   /** Everything printed by the processes of this file, checked for the private key at the end. */
   const outputs: { what: string; text: string }[] = []
+  /** The lease tables as read back from each store, checked too. */
+  const leaseDumps: { what: string; text: string }[] = []
+  let postgres: StartedPostgres | undefined
   const watchdogs: number[] = []
 
   beforeAll(async () => {
@@ -47,11 +54,16 @@ describe.skipIf(Boolean(skipReason))(`qemu on a VM host shared by runners on two
     await waitFor(() => watchdogs.every((pid) => !isPidRunning(pid)), 'watchdogs to exit').catch(() => {})
     await cleanup?.()
     await vmHost?.stop()
+    postgres?.stop()
     state.dispose()
   }, 120_000)
 
-  test('B adopts the warm VM A booted, through the same VM host; B dies holding it and its watchdog deletes it there', async () => {
-    const config = { provider: 'qemu', providerOptions: vmHost.options(), stateDir: state.dir, keepWarm: { ttlMs: 600_000, max: 1, reset: false } }
+  /**
+   * Runner A (host runner-a) boots a VM on the VM host, writes a file in it and drains, keeping it warm; runner B
+   * (host runner-b) adopts it — the same running guest, no boot — and reads A's file. Returns B, still holding it.
+   */
+  async function shareWarmVm(leaseStore: Record<string, unknown> | undefined, tag: string) {
+    const config = { provider: 'qemu', providerOptions: vmHost.options(), stateDir: state.dir, keepWarm: { ttlMs: 600_000, max: 1, reset: false }, ...(leaseStore ? { leaseStore } : {}) }
     const env = (host: string) => ({ env: { VM_POOL_HOST_ID: host, DEBUG: 'vm-pool:*' } })
     const a = spawnFixture('holder.mjs', { ...config, keys: ['a'] }, env('runner-a'))
     const aReady = await a.message((m) => m.ready === true, 'A ready (a TCG boot on the VM host)', QEMU_TEST_CREATE_TIMEOUT_MS)
@@ -69,11 +81,8 @@ describe.skipIf(Boolean(skipReason))(`qemu on a VM host shared by runners on two
     const drained = await a.message((m) => m.drained === true, 'A drained', 60_000)
     expect((drained.result as { keptWarm: string[] }).keptWarm).toEqual([vmName])
     await a.exited
-    outputs.push({ what: 'runner A stderr', text: a.stderr() })
-
-    const store = new FileLeaseStore({ provider, stateDir: state.dir })
-    expect((await store.read())[vmName]).toMatchObject({ state: 'idle', owner: null })
-    // The VM runs on the VM host: its dir is in the host state dir, nothing of it in the runners' state dir.
+    outputs.push({ what: `runner A stderr (${tag})`, text: a.stderr() })
+    // The VM runs on the VM host: its dir is in the host state dir.
     expect(readdirSync(join(vmHost.hostStateDir, 'qemu'))).toContain(vmName)
 
     const b = spawnFixture('holder.mjs', { ...config, keys: ['b'] }, env('runner-b'))
@@ -88,17 +97,46 @@ describe.skipIf(Boolean(skipReason))(`qemu on a VM host shared by runners on two
     expect(String(got.stdout).trim().split('\n')).toEqual(['from-a', bootId])
     // The guest's SSH was reached through the VM host's sshd (a direct-tcpip channel to its loopback port).
     expect(vmHost.sshd.log()).toContain(`target 127.0.0.1 port ${guestPort}`)
+    return { b, vmName }
+  }
+
+  test('B adopts the warm VM A booted, through the same VM host; B dies holding it and its watchdog deletes it there', async () => {
+    const { b, vmName } = await shareWarmVm(undefined, 'file store')
+    const store = new FileLeaseStore({ provider, stateDir: state.dir })
     expect((await store.read())[vmName]).toMatchObject({ state: 'leased', owner: { host: 'runner-b' } })
+    leaseDumps.push({ what: 'file lease store', text: JSON.stringify(await store.read()) })
 
     // B exits without draining: its watchdog recreates qemuProvider({ host, privateKeyFile }) and deletes the VM on the VM host.
     b.send({ cmd: 'exit' })
     await b.exited
-    outputs.push({ what: 'runner B stderr', text: b.stderr() })
+    outputs.push({ what: 'runner B stderr (file store)', text: b.stderr() })
     await waitFor(async () => !(await provider.list()).some((info) => info.name === vmName), `B's watchdog to delete ${vmName} on the VM host`, 120_000)
     expect(readdirSync(join(vmHost.hostStateDir, 'qemu'))).not.toContain(vmName)
   }, 2 * QEMU_TEST_CREATE_TIMEOUT_MS + 180_000)
 
+  test.skipIf(Boolean(postgresSkipReason))(`the same through a PostgreSQL lease store${postgresSkipReason ? ` (skipped: ${postgresSkipReason})` : ''}`, async () => {
+    postgres = await startPostgres()
+    const connectionString = await postgres.createDatabase('vm_host_hosts')
+    const { b, vmName } = await shareWarmVm({ kind: 'postgres', connectionString, namespace: 'qemu' }, 'postgres')
+    const store = new PostgresLeaseStore({ connectionString, namespace: 'qemu' })
+    try {
+      const table = await store.read()
+      expect(table[vmName]).toMatchObject({ state: 'leased', owner: { host: 'runner-b' } })
+      leaseDumps.push({ what: 'postgres lease store', text: JSON.stringify(table) })
+    } finally {
+      await store.close()
+    }
+    b.send({ cmd: 'drain' })
+    await b.message((m) => m.drained === true, 'B drained', 60_000)
+    outputs.push({ what: 'runner B stderr (postgres)', text: b.stderr() })
+    await provider.delete(vmName)
+  }, 2 * QEMU_TEST_CREATE_TIMEOUT_MS + 180_000)
+
   test('vm-pool gc --provider qemu, with the VM host in VM_POOL_PROVIDER_OPTIONS, deletes a VM no lease knows', async () => {
+    // What `vm-pool doctor` shows: the VM host, its image and accelerator (KVM only if a test boot there proves it).
+    const probe = await provider.probe()
+    expect(probe, probe.reason).toMatchObject({ usable: true, details: { vmHost: `${vmHost.sshd.user}@127.0.0.1:${vmHost.sshd.port}`, stateDir: join(vmHost.hostStateDir, 'qemu') } })
+    expect(['kvm', 'tcg']).toContain(probe.details?.accel)
     const name = uniqueVmName('test-vm-gc')
     await provider.create({ name })
     expect((await provider.list()).find((info) => info.name === name)).toMatchObject({ state: 'running' })
@@ -118,9 +156,10 @@ describe.skipIf(Boolean(skipReason))(`qemu on a VM host shared by runners on two
     const written = [...readTree(state.dir), ...readTree(vmHost.hostStateDir, (path) => path.endsWith('/client_key'))]
     expect(written.some((file) => file.path.includes('leases'))).toBe(true)
     expect(written.some((file) => file.path.includes('reaper'))).toBe(true)
-    expect(outputs.length).toBe(4)
+    expect(outputs.length).toBeGreaterThanOrEqual(4)
     expect(outputs.every((output) => output.text.length > 0)).toBe(true)
-    for (const { what, text } of [...written.map((file) => ({ what: file.path, text: file.text })), ...outputs]) {
+    expect(leaseDumps.length).toBeGreaterThanOrEqual(1)
+    for (const { what, text } of [...written.map((file) => ({ what: file.path, text: file.text })), ...outputs, ...leaseDumps]) {
       for (const line of bodyLines) expect(text.includes(line), `${what} holds a line of the private key`).toBe(false)
     }
   })
