@@ -24,9 +24,13 @@ export class VmHostMachineResolver {
   readonly #host: SshVmHost
   readonly #accel = new Map<string, Promise<{ accel: QemuAccel; reason: string }>>()
 
-  constructor(config: QemuConfig, host: SshVmHost) {
+  readonly #root: () => Promise<string>
+
+  /** `root`: `<hostStateDir>/qemu` on the host, where the KVM verdict is cached. */
+  constructor(config: QemuConfig, host: SshVmHost, root: () => Promise<string>) {
     this.#config = config
     this.#host = host
+    this.#root = root
   }
 
   /** The QEMU binary as named on the host (looked up on its PATH there). */
@@ -70,9 +74,12 @@ export class VmHostMachineResolver {
     if (!image.kernel) return Promise.resolve({ accel: 'tcg', reason: 'no kernel to test-boot KVM with on the VM host: using TCG emulation' })
     let probed = this.#accel.get(image.kernel)
     if (!probed) {
-      probed = this.#host.run(PROBE_KVM_SCRIPT, [this.binary, image.kernel], { timeoutMs: scaleTimeout(KVM_PROBE_TIMEOUT_MS) }).then((result) =>
-        result.stdout.trim() === 'kvm' ? { accel: 'kvm' as const, reason: 'KVM works on the VM host (a test boot reached the guest kernel)' } : { accel: 'tcg' as const, reason: `KVM on the VM host: ${result.timedOut ? 'a test guest hung' : result.stdout.trim() || 'not usable'}: using TCG emulation` },
-      )
+      const probeMs = scaleTimeout(KVM_PROBE_TIMEOUT_MS)
+      probed = this.#root()
+        .then((root) => this.#host.run(PROBE_KVM_SCRIPT, [this.binary, image.kernel!, posix.join(root, 'accel-probe.txt'), String(Math.ceil(probeMs / 1000))], { timeoutMs: probeMs + scaleTimeout(READ_IMAGE_TIMEOUT_MS) }))
+        .then((result) =>
+          result.stdout.trim() === 'kvm' ? { accel: 'kvm' as const, reason: 'KVM works on the VM host (a test boot reached the guest kernel)' } : { accel: 'tcg' as const, reason: `KVM on the VM host: ${result.timedOut ? 'the probe timed out' : result.stdout.trim() || 'not usable'}: using TCG emulation` },
+        )
       this.#accel.set(image.kernel, probed)
       probed.catch(() => this.#accel.delete(image.kernel!))
     }

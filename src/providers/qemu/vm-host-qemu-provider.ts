@@ -39,9 +39,9 @@ const debug = createDebug('vm-pool:qemu')
 
 export function vmHostQemuProvider(config: QemuConfig, vmHostConfig: VmHostConfig): QemuProvider {
   const host = new SshVmHost(vmHostConfig)
-  const machines = new VmHostMachineResolver(config, host)
   const ref: VmHostRef = { host: vmHostConfig.host, port: vmHostConfig.port, user: vmHostConfig.user, hostKey: vmHostConfig.hostKey }
   const root = async () => posix.join(await host.resolvePath(vmHostConfig.stateDir ?? '~/.cache/vm-pool'), 'qemu')
+  const machines = new VmHostMachineResolver(config, host, root)
   const scriptTimeout = () => scaleTimeout(VM_HOST_SCRIPT_TIMEOUT_MS)
   const bootTransports = new Map<string, SshTransport>()
   const forwards = new VmPortForwards()

@@ -98,8 +98,15 @@ export const READ_IMAGE_SCRIPT = `command -v "$2" >/dev/null 2>&1 || exit 4
 cat -- "$1/manifest.json"`
 
 /**
- * `$1` QEMU binary, `$2` kernel: is KVM usable there? A test boot with no root file system reaches the
- * kernel's panic within a second under a working KVM (accel-probe.ts does the same here). Prints the verdict.
+ * `$1` QEMU binary, `$2` kernel, `$3` cache file, `$4` seconds a test boot may take: is KVM usable there?
+ * A test boot with no root file system reaches the kernel's panic within a second under a working KVM
+ * (accel-probe.ts does the same here); coreutils `timeout` ends a hung one. Prints the verdict, cached in
+ * `$3` until the host reboots (its boot id), so each runner does not pay a hung test boot again.
  */
-export const PROBE_KVM_SCRIPT = `[ -r /dev/kvm ] && [ -w /dev/kvm ] || { echo 'no /dev/kvm'; exit 0; }
-"$1" -accel kvm -cpu host -m 128 -nodefaults -display none -no-reboot -kernel "$2" -append 'console=ttyS0 panic=-1 loglevel=1' -serial stdio 2>&1 | grep -q 'Kernel panic' && echo kvm || echo 'KVM unusable'`
+export const PROBE_KVM_SCRIPT = `key="$(cat /proc/sys/kernel/random/boot_id 2>/dev/null) $1 $2"
+if [ -f "$3" ] && [ "$(head -n 1 "$3")" = "$key" ]; then tail -n 1 "$3"; exit 0; fi
+if ! [ -r /dev/kvm ] || ! [ -w /dev/kvm ]; then verdict='no usable /dev/kvm'
+elif timeout "$4" "$1" -accel kvm -cpu host -m 128 -nodefaults -display none -no-reboot -kernel "$2" -append 'console=ttyS0 panic=-1 loglevel=1' -serial stdio 2>&1 | grep -q 'Kernel panic'; then verdict=kvm
+else verdict='a KVM test boot failed or hung'; fi
+mkdir -p -m 700 -- "\${3%/*}" && printf '%s\\n%s\\n' "$key" "$verdict" > "$3.tmp.$$" && mv -f -- "$3.tmp.$$" "$3"
+echo "$verdict"`
