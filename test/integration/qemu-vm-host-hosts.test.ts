@@ -10,6 +10,7 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
+import { isVmPoolError } from '../../src/errors.js'
 import type { QemuProvider } from '../../src/providers/qemu/qemu-provider.js'
 import { FileLeaseStore } from '../../src/pool/file-lease-store.js'
 import { PostgresLeaseStore } from '../../src/pool/postgres-lease-store.js'
@@ -138,8 +139,12 @@ describe.skipIf(Boolean(skipReason))(`qemu on a VM host shared by runners on two
     expect(probe, probe.reason).toMatchObject({ usable: true, details: { vmHost: `${vmHost.sshd.user}@127.0.0.1:${vmHost.sshd.port}`, stateDir: join(vmHost.hostStateDir, 'qemu') } })
     expect(['kvm', 'tcg']).toContain(probe.details?.accel)
     const name = uniqueVmName('test-vm-gc')
-    await provider.create({ name })
+    const record = await provider.create({ name })
     expect((await provider.list()).find((info) => info.name === name)).toMatchObject({ state: 'running' })
+    // QEMU's own forward would listen on the VM host, not here: refused, with the SSH forward as the way.
+    const vm = await provider.connect(record)
+    await expect(vm.forwardPort(8080, { via: 'hostfwd' })).rejects.toSatisfy((error) => isVmPoolError(error, 'VMPOOL_UNSUPPORTED') && /leave out `via`/.test(error.hint ?? ''))
+    await vm.close()
     const gc = runBin(['gc', '--provider', 'qemu', '--json'], { VM_POOL_STATE_DIR: state.dir, VM_POOL_PROVIDER_OPTIONS: JSON.stringify(vmHost.options()), DEBUG: 'vm-pool:*' })
     outputs.push({ what: 'gc stdout', text: gc.stdout }, { what: 'gc stderr', text: gc.stderr })
     expect(gc.code, gc.stderr).toBe(0)

@@ -136,7 +136,7 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
         }
         transport = makeGuestTransport({ vm: name, host: data.host, port: data.port, username: data.username, hostKey: data.hostKey, privateKey, maxChannels: data.sshMaxSessions })
       }
-      return createQemuVm({ record, transport, qmpSocket: new QemuVmDir(data.vmDir, name).path('qmp'), forwards })
+      return createQemuVm({ record, transport, qemu: { on: 'local', qmpSocket: new QemuVmDir(data.vmDir, name).path('qmp') }, forwards })
     },
 
     async delete(name: string): Promise<void> {

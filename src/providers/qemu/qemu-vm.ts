@@ -85,18 +85,18 @@ export interface QemuVmParts {
   record: VmRecord
   transport: SshTransport
   /**
-   * The VM's QEMU monitor socket, for `hostfwd` forwards; undefined when QEMU runs on a VM host (its
-   * hostfwd would listen there, not here): `via: 'hostfwd'` is then refused.
+   * Where QEMU runs. `local`: its monitor socket, for `hostfwd` forwards. `vm-host`: on a VM host, where
+   * QEMU's hostfwd would listen (`via: 'hostfwd'` is refused) and the guest's gateway is that host, not
+   * this one (no raw file path: files go over SSH).
    */
-  qmpSocket: string | undefined
+  qemu: { on: 'local'; qmpSocket: string } | { on: 'vm-host' }
   /** The provider's registry: `delete(name)` closes this Vm's forwards too. */
   forwards: VmPortForwards
 }
 
-export function createQemuVm({ record, transport, qmpSocket, forwards: registry }: QemuVmParts): QemuVm {
+export function createQemuVm({ record, transport, qemu, forwards: registry }: QemuVmParts): QemuVm {
   const { forwards, release } = registry.open(record.name)
-  // On a VM host the guest's gateway is that host, not this one: no raw path, files go over SSH.
-  const raw = qmpSocket === undefined ? undefined : new GuestRawTransfer((command, options) => transport.exec(command, options), record.name)
+  const raw = qemu.on === 'local' ? new GuestRawTransfer((command, options) => transport.exec(command, options), record.name) : undefined
   const close = async () => {
     await release()
     await transport.close()
@@ -117,10 +117,10 @@ export function createQemuVm({ record, transport, qmpSocket, forwards: registry 
     getDirectory: (guestDir: string, localDir: string) => transport.getDirectory(guestDir, localDir),
     async forwardPort(guestPort, options = {}) {
       validateForwardPorts(guestPort, options, { provider: 'qemu', vm: record.name })
-      if (options.via === 'hostfwd' && qmpSocket === undefined) {
+      if (options.via === 'hostfwd' && qemu.on === 'vm-host') {
         throw new VmPoolError({ code: 'VMPOOL_UNSUPPORTED', provider: 'qemu', vm: record.name, operation: 'forwardPort', message: `forwardPort(${guestPort}, { via: 'hostfwd' }): QEMU runs on a VM host, where its hostfwd would listen`, hint: "leave out `via` (the default 'ssh' forward goes through the VM host's SSH connection)" })
       }
-      const forward = options.via === 'hostfwd' && qmpSocket !== undefined ? await addHostForward(qmpSocket, guestPort, options.hostPort, record.name) : await transport.forwardPort(guestPort, options.hostPort === undefined ? {} : { hostPort: options.hostPort })
+      const forward = options.via === 'hostfwd' && qemu.on === 'local' ? await addHostForward(qemu.qmpSocket, guestPort, options.hostPort, record.name) : await transport.forwardPort(guestPort, options.hostPort === undefined ? {} : { hostPort: options.hostPort })
       return forwards.track(forward)
     },
     close,

@@ -164,7 +164,7 @@ export function vmHostQemuProvider(config: QemuConfig, vmHostConfig: VmHostConfi
         throw notFound(name, 'connect', read.exitCode === 3 ? `no ${posix.join(data.vmDir, VM_DIR_FILES.record)}: deleted` : `its key ${data.keyPath} cannot be read: ${read.stderr.trim()}`)
       }
       transport ??= guestTransport(name, data.port, data, Buffer.from(read.stdout), false)
-      return createQemuVm({ record, transport, qmpSocket: undefined, forwards })
+      return createQemuVm({ record, transport, qemu: { on: 'vm-host' }, forwards })
     },
 
     async delete(name: string): Promise<void> {
