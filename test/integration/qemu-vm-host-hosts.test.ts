@@ -3,10 +3,12 @@
  * file lease store): runner A boots a VM on the VM host (a real sshd on loopback in front of this machine)
  * and releases it warm; runner B adopts it through the same VM host and runs a command in it. B then dies
  * holding it, and its watchdog — started with the same provider options (a key FILE, never key text) —
- * deletes the VM over SSH; `vm-pool gc` deletes a leftover there. The adoption runs again through a PostgreSQL
+ * deletes the VM over SSH. The CLI (`warm`, `ls`, `gc --all`) works against the VM host with the key in
+ * VM_POOL_VM_HOST_PRIVATE_KEY. The adoption runs again through a PostgreSQL
  * lease store (skipped outside CI when PostgreSQL is missing). Last, nothing written along the way (records,
  * leases in either store, reaper markers and logs, DEBUG output, the CLI's output) holds the VM host's private key.
  */
+import { execFile } from 'node:child_process'
 import { readdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
@@ -15,13 +17,25 @@ import type { QemuProvider } from '../../src/providers/qemu/qemu-provider.js'
 import { FileLeaseStore } from '../../src/pool/file-lease-store.js'
 import { PostgresLeaseStore } from '../../src/pool/postgres-lease-store.js'
 import { getPostgresSkipReason, startPostgres, type StartedPostgres } from '../helpers/postgres.js'
-import { isPidRunning, killFixtures, makeStateDir, runBin, spawnFixture, waitFor } from '../../fixtures/pool/harness.js'
+import { BIN, isPidRunning, killFixtures, makeStateDir, spawnFixture, waitFor } from '../../fixtures/pool/harness.js'
 import { QEMU_TEST_CREATE_TIMEOUT_MS } from '../helpers/qemu.js'
 import { getVmHostSkipReason, startTestVmHost, useVmHostProvider, type TestVmHost } from '../helpers/vm-host.js'
 import { uniqueVmName } from '../contract/provider-contract.js'
 
 const skipReason = getVmHostSkipReason()
 const postgresSkipReason = skipReason ? undefined : getPostgresSkipReason()
+
+/**
+ * The built CLI, run without blocking this process: the sshd playing the VM host logs into a pipe this
+ * process reads, and a blocked reader (spawnSync) stalls that sshd once the pipe is full.
+ */
+function runCli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [BIN, ...args], { env: { ...process.env, NODE_OPTIONS: '', ...env }, maxBuffer: 64 * 1024 * 1024 }, (error, stdout, stderr) => {
+      resolve({ code: error ? (typeof error.code === 'number' ? error.code : 1) : 0, stdout, stderr })
+    })
+  })
+}
 
 /** Every regular file under `dir` (recursively), as text. */
 function readTree(dir: string, skip: (path: string) => boolean = () => false): { path: string; text: string }[] {
@@ -133,24 +147,38 @@ describe.skipIf(Boolean(skipReason))(`qemu on a VM host shared by runners on two
     await provider.delete(vmName)
   }, 2 * QEMU_TEST_CREATE_TIMEOUT_MS + 180_000)
 
-  test('vm-pool gc --provider qemu, with the VM host in VM_POOL_PROVIDER_OPTIONS, deletes a VM no lease knows', async () => {
+  test('the CLI against the VM host, key from VM_POOL_VM_HOST_PRIVATE_KEY: warm boots there, ls lists it, gc --all deletes it and a VM no lease knows', async () => {
     // What `vm-pool doctor` shows: the VM host, its image and accelerator (KVM only if a test boot there proves it).
     const probe = await provider.probe()
     expect(probe, probe.reason).toMatchObject({ usable: true, details: { vmHost: `${vmHost.sshd.user}@127.0.0.1:${vmHost.sshd.port}`, stateDir: join(vmHost.hostStateDir, 'qemu') } })
     expect(['kvm', 'tcg']).toContain(probe.details?.accel)
-    const name = uniqueVmName('test-vm-gc')
-    const record = await provider.create({ name })
-    expect((await provider.list()).find((info) => info.name === name)).toMatchObject({ state: 'running' })
+    // As docs/github-actions.md has it: the options name the host without its key; the key is in the environment.
+    const { privateKeyFile: _file, ...withoutKey } = vmHost.options()
+    const env = { VM_POOL_STATE_DIR: state.dir, VM_POOL_PROVIDER_OPTIONS: JSON.stringify(withoutKey), VM_POOL_VM_HOST_PRIVATE_KEY: vmHost.sshd.clientKey.privateKey, DEBUG: 'vm-pool:*' }
+    const warm = await runCli(['warm', '--provider', 'qemu', '--count', '1', '--json'], env)
+    outputs.push({ what: 'warm stdout', text: warm.stdout }, { what: 'warm stderr', text: warm.stderr })
+    expect(warm.code, warm.stderr).toBe(0)
+    const ls = await runCli(['ls', '--provider', 'qemu', '--json'], env)
+    outputs.push({ what: 'ls stdout', text: ls.stdout })
+    expect(ls.code, ls.stderr).toBe(0)
+    const warmed = (await provider.list()).filter((info) => info.name.startsWith('vitest-worker-'))
+    expect(warmed).toHaveLength(1)
+    expect(ls.stdout).toContain(warmed[0]!.name)
+
     // QEMU's own forward would listen on the VM host, not here: refused, with the SSH forward as the way.
-    const vm = await provider.connect(record)
+    const vm = await provider.connect(warmed[0]!.record!)
+    expect((await vm.exec('echo warm')).stdout).toBe('warm\n')
     await expect(vm.forwardPort(8080, { via: 'hostfwd' })).rejects.toSatisfy((error) => isVmPoolError(error, 'VMPOOL_UNSUPPORTED') && /leave out `via`/.test(error.hint ?? ''))
     await vm.close()
-    const gc = runBin(['gc', '--provider', 'qemu', '--json'], { VM_POOL_STATE_DIR: state.dir, VM_POOL_PROVIDER_OPTIONS: JSON.stringify(vmHost.options()), DEBUG: 'vm-pool:*' })
+
+    const stray = uniqueVmName('test-vm-gc')
+    await provider.create({ name: stray })
+    const gc = await runCli(['gc', '--provider', 'qemu', '--all', '--json'], env)
     outputs.push({ what: 'gc stdout', text: gc.stdout }, { what: 'gc stderr', text: gc.stderr })
     expect(gc.code, gc.stderr).toBe(0)
-    expect((JSON.parse(gc.stdout) as { deleted: { name: string }[] }).deleted.map((decision) => decision.name)).toContain(name)
-    expect((await provider.list()).some((info) => info.name === name)).toBe(false)
-  }, QEMU_TEST_CREATE_TIMEOUT_MS + 60_000)
+    expect((JSON.parse(gc.stdout) as { deleted: { name: string }[] }).deleted.map((decision) => decision.name).sort()).toEqual([stray, warmed[0]!.name].sort())
+    expect((await provider.list()).map((info) => info.name)).toEqual([])
+  }, 2 * QEMU_TEST_CREATE_TIMEOUT_MS + 60_000)
 
   test('no record, lease, reaper marker or log line holds the VM host private key', () => {
     const key = vmHost.sshd.clientKey.privateKey
@@ -161,7 +189,7 @@ describe.skipIf(Boolean(skipReason))(`qemu on a VM host shared by runners on two
     const written = [...readTree(state.dir), ...readTree(vmHost.hostStateDir, (path) => path.endsWith('/client_key'))]
     expect(written.some((file) => file.path.includes('leases'))).toBe(true)
     expect(written.some((file) => file.path.includes('reaper'))).toBe(true)
-    expect(outputs.length).toBeGreaterThanOrEqual(4)
+    expect(outputs.length).toBeGreaterThanOrEqual(6)
     expect(outputs.every((output) => output.text.length > 0)).toBe(true)
     expect(leaseDumps.length).toBeGreaterThanOrEqual(1)
     for (const { what, text } of [...written.map((file) => ({ what: file.path, text: file.text })), ...outputs, ...leaseDumps]) {
