@@ -44,7 +44,7 @@ export { SNAPSHOT_LOCK_WAIT_MS, SNAPSHOT_SAVE_TIMEOUT_MS } from './providers/qem
 export type { QemuProvider } from './providers/qemu/qemu-provider.js'
 export type { QemuProviderOptions } from './providers/qemu/qemu-provider-options.js'
 export { VM_HOST_PRIVATE_KEY_ENV } from './providers/qemu/qemu-provider-options.js'
-export { VM_HOST_SCRIPT_TIMEOUT_MS } from './providers/qemu/vm-host-qemu-provider.js'
+export { VM_HOST_SCRIPT_TIMEOUT_MS } from './providers/qemu/vm-host-launcher.js'
 export type { VmHostRef } from './providers/qemu/kept-vm-help.js'
 export type { QemuVm, QemuForwardVia } from './providers/qemu/qemu-vm.js'
 export { GUEST_MAX_CONNECTIONS } from './providers/qemu/qemu-vm.js'

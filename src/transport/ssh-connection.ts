@@ -147,6 +147,23 @@ export class SshConnection {
     }
   }
 
+  /** A channel to the unix socket `path` on the server (OpenSSH's streamlocal forwarding); reconnects once like `openTcp`. */
+  async openUnix(path: string): Promise<ClientChannel> {
+    try {
+      return await this.#onLiveClient(
+        'unix socket forward',
+        (client) =>
+          new Promise<ClientChannel>((resolve, reject) => {
+            client.openssh_forwardOutStreamLocal(path, (error, channel) => (error ? reject(error) : resolve(channel)))
+          }),
+        (error) => (error as { reason?: unknown }).reason === undefined,
+      )
+    } catch (error) {
+      if (error instanceof VmPoolError) throw error
+      throw new VmPoolError({ code: 'VMPOOL_EXEC_FAILED', provider: this.#config.provider, vm: this.#config.vm, operation: 'forward', message: `could not reach the unix socket ${path} through ${this.target}: ${(error as Error).message}`, hint: 'the server must allow streamlocal forwarding (OpenSSH: AllowStreamLocalForwarding, on by default)', cause: error })
+    }
+  }
+
   /** `open` on the connection; when it fails in a way `deadConnection` accepts, drop that connection and try once more on a new one. */
   async #onLiveClient<T>(what: string, open: (client: SshClient) => Promise<T>, deadConnection: (error: unknown) => boolean): Promise<T> {
     for (let attempt = 0; ; attempt++) {

@@ -195,6 +195,11 @@ export class SshTransport {
     return (await this.#pool.anyConnection()).openTcp(host, port)
   }
 
+  /** A channel to the unix socket `path` on the host (OpenSSH streamlocal forwarding). */
+  async openUnix(path: string): Promise<ClientChannel> {
+    return (await this.#pool.anyConnection()).openUnix(path)
+  }
+
   /** Close the connections. The transport can still be used afterwards: the next exec reconnects. */
   async close(): Promise<void> {
     await this.#pool.close()

@@ -59,17 +59,17 @@ describe('qemuProvider({ host }) options', () => {
     expect(refusal({ privateKey })).toMatch(/privateKey: .*not shown/)
   })
 
-  test("snapshot: 'auto', stateDir and snapshotDir are refused with host; snapshots are off there", () => {
-    expect(refusal({ ...base, snapshot: 'auto' })).toMatch(/snapshot: 'auto' is not supported on a VM host/)
+  test('stateDir and snapshotDir are refused with host; snapshots are on by default there, as locally', () => {
     expect(refusal({ ...base, stateDir: '/tmp/x' })).toMatch(/stateDir: .*use hostStateDir/)
-    expect(refusal({ ...base, snapshotDir: '/tmp/x' })).toMatch(/snapshotDir: snapshots are not used on a VM host/)
-    expect(resolveQemuConfig(base).options.snapshot).toBe(false)
-    expect(qemuProvider(base).reset).toBeUndefined()
+    expect(refusal({ ...base, snapshotDir: '/tmp/x' })).toMatch(/snapshotDir: snapshots on a VM host live in <hostStateDir>\/qemu-snapshots/)
+    expect(resolveQemuConfig(base).options.snapshot).toBe('auto')
+    expect(qemuProvider(base).reset).toBeTypeOf('function')
+    expect(qemuProvider({ ...base, snapshot: false }).reset).toBeUndefined()
   })
 
   test('the fingerprint names the VM host and its image folder there, never the key; a local one is unchanged', () => {
     const remote = getQemuFingerprint(resolveQemuConfig({ ...base, port: 2222 }), {})
-    expect(remote).toMatchObject({ vmHost: 'ci@10.0.0.5:2222', image: '~/.cache/vm-pool/images/minimal', snapshot: false })
+    expect(remote).toMatchObject({ vmHost: 'ci@10.0.0.5:2222', image: '~/.cache/vm-pool/images/minimal', snapshot: 'auto' })
     expect(JSON.stringify(remote)).not.toContain(privateKey.split('\n')[1]!)
     expect(getQemuFingerprint(resolveQemuConfig({ ...base, imageDir: '/srv/images' }), { image: 'debian-12' }).image).toBe('/srv/images/debian-12')
     expect(Object.keys(getQemuFingerprint(resolveQemuConfig({}), {}))).toEqual(['image', 'cpus', 'memoryMiB', 'accel', 'snapshot', 'qemuBinary'])

@@ -66,7 +66,7 @@ export const qemuProviderOptionsSchema = z
     if (options.hostKey === undefined) context.addIssue({ code: 'custom', path: ['hostKey'], message: 'a VM host needs its pinned host key (`ssh-keyscan -t ed25519 HOST` prints it)' })
     if (options.privateKey !== undefined && options.privateKeyFile !== undefined) context.addIssue({ code: 'custom', path: ['privateKeyFile'], message: 'give privateKey or privateKeyFile, not both' })
     if (options.stateDir !== undefined) context.addIssue({ code: 'custom', path: ['stateDir'], message: 'with a VM host the VM dirs live on that host: use hostStateDir' })
-    if (options.snapshotDir !== undefined) context.addIssue({ code: 'custom', path: ['snapshotDir'], message: 'snapshots are not used on a VM host (every VM boots)' })
+    if (options.snapshotDir !== undefined) context.addIssue({ code: 'custom', path: ['snapshotDir'], message: 'snapshots on a VM host live in <hostStateDir>/qemu-snapshots there' })
   })
 
 export type QemuProviderOptions = z.input<typeof qemuProviderOptionsSchema>
@@ -109,10 +109,7 @@ export interface QemuConfig {
 export function resolveQemuConfig(raw: QemuProviderOptions): QemuConfig {
   const parsed = qemuProviderOptionsSchema.safeParse(raw)
   if (!parsed.success) throw invalidOptions(`invalid qemuProvider options: ${formatZodError(parsed.error, raw)}`, { provider: 'qemu' })
-  if (parsed.data.host !== undefined && raw.snapshot === 'auto') {
-    throw invalidOptions("invalid qemuProvider options: snapshot: 'auto' is not supported on a VM host (every VM there boots)", { provider: 'qemu', hint: 'leave `snapshot` out (it is off with `host`) or set snapshot: false' })
-  }
-  const options = Object.freeze(parsed.data.host === undefined ? parsed.data : { ...parsed.data, snapshot: false as const })
+  const options = Object.freeze(parsed.data)
   const imageDir = () => getImageDir(options.imageDir)
   return Object.freeze({
     vmHost: options.host === undefined ? undefined : resolveVmHost(options),

@@ -67,6 +67,11 @@ export class SshVmHost {
     return (await this.#getTransport()).openTcp('127.0.0.1', port)
   }
 
+  /** A stream to the unix socket `path` on the host (a QEMU monitor): OpenSSH's streamlocal forwarding. */
+  async openUnix(path: string): Promise<Duplex> {
+    return (await this.#getTransport()).openUnix(path)
+  }
+
   async close(): Promise<void> {
     const transport = this.#transport
     this.#transport = undefined

@@ -3,7 +3,8 @@
  * host"). Everything that touches the host goes through `SshVmHost` (one ssh2 transport): the VM dirs
  * and QEMU processes live there, laid out as the local provider lays them out (qemu-vm-dir.ts), and each
  * guest's SSH is reached through a direct-tcpip channel to its hostfwd port on the host's 127.0.0.1.
- * Every VM cold-boots (no snapshots); records hold how to reach the host, never a private key.
+ * A VM starts by a cold boot (vm-host-launcher.ts) or a snapshot restore (vm-host-snapshot.ts); records
+ * hold how to reach the host, never a private key.
  */
 import { posix } from 'node:path'
 import { formatZodError } from '../../config/zod-error.js'
@@ -14,80 +15,59 @@ import { scaleTimeout } from '../../util/timeouts.js'
 import { VM_NAME_PATTERN, validateVmName } from '../../util/vm-name.js'
 import { VmPortForwards } from '../vm-port-forwards.js'
 import type { JsonValue, ProviderProbe, VmInfo, VmRecord, VmSpec } from '../vm-provider.js'
-import { waitForBoot, type BootProbe } from './boot-wait.js'
-import { buildQemuArgs, type QemuMachine } from './qemu-command.js'
-import { DELETE_GRACE_MS, KILL_WAIT_MS, QEMU_START_TIMEOUT_MS } from './qemu-process.js'
+import type { QemuMachine } from './qemu-command.js'
+import { DELETE_GRACE_MS } from './qemu-process.js'
 import type { QemuProvider } from './qemu-provider.js'
 import { describeQemuVm, getQemuShellCommand, type VmHostRef } from './kept-vm-help.js'
 import { getQemuFingerprint, type QemuConfig, type VmHostConfig } from './qemu-provider-options.js'
-import { MAX_UNIX_SOCKET_PATH_BYTES, VM_DIR_FILES, qemuRecordDataSchema } from './qemu-vm-dir.js'
-import { createQemuVm, makeGuestTransport, type QemuVm } from './qemu-vm.js'
+import { VM_DIR_FILES, qemuRecordDataSchema } from './qemu-vm-dir.js'
+import { createQemuVm, type QemuVm } from './qemu-vm.js'
 import { identityCommand } from './start-strategy.js'
 import { SshVmHost } from './ssh-vm-host.js'
+import { VmHostLauncher } from './vm-host-launcher.js'
 import { VmHostMachineResolver } from './vm-host-machine.js'
-import { DELETE_VM_SCRIPT, HAS_LINE_SCRIPT, IS_ALIVE_SCRIPT, LAUNCH_SCRIPT, LIST_VMS_SCRIPT, PREPARE_VM_DIR_SCRIPT, TAIL_SCRIPT, WRITE_FILE_SCRIPT } from './vm-host-scripts.js'
+import { VmHostSnapshots } from './vm-host-snapshot.js'
+import { LIST_VMS_SCRIPT, PREPARE_VM_DIR_SCRIPT, WRITE_FILE_SCRIPT } from './vm-host-scripts.js'
 
 const PROVIDER = 'qemu'
-/** One short script on the VM host (prepare a dir, read a key, write a record, list). Scaled. */
-export const VM_HOST_SCRIPT_TIMEOUT_MS = 30_000
-/** New ports tried when QEMU on the host could not bind the chosen one. */
-const PORT_ATTEMPTS = 5
-/** Guest SSH ports are picked at random from this range of the host's loopback (the host has no free-port helper). */
-const PORT_RANGE = { from: 20_000, to: 60_000 }
 
 const debug = createDebug('vm-pool:qemu')
 
 export function vmHostQemuProvider(config: QemuConfig, vmHostConfig: VmHostConfig): QemuProvider {
   const host = new SshVmHost(vmHostConfig)
   const ref: VmHostRef = { host: vmHostConfig.host, port: vmHostConfig.port, user: vmHostConfig.user, hostKey: vmHostConfig.hostKey }
-  const root = async () => posix.join(await host.resolvePath(vmHostConfig.stateDir ?? '~/.cache/vm-pool'), 'qemu')
+  const stateDir = () => host.resolvePath(vmHostConfig.stateDir ?? '~/.cache/vm-pool')
+  const root = async () => posix.join(await stateDir(), 'qemu')
   const machines = new VmHostMachineResolver(config, host, root)
-  const scriptTimeout = () => scaleTimeout(VM_HOST_SCRIPT_TIMEOUT_MS)
+  const launcher = new VmHostLauncher(host, machines, config)
+  const snapshots = new VmHostSnapshots({ config, host, launcher, machines, dir: async () => posix.join(await stateDir(), 'qemu-snapshots') })
+  const scriptTimeout = () => launcher.scriptTimeoutMs()
   const bootTransports = new Map<string, SshTransport>()
   const forwards = new VmPortForwards()
-  const guestTransport = (vm: string, port: number, machine: { username: string; hostKey: string; sshMaxSessions?: number | undefined }, privateKey: Buffer, booting: boolean) =>
-    makeGuestTransport({ vm, port, username: machine.username, hostKey: machine.hostKey, privateKey, maxChannels: machine.sshMaxSessions, booting, tunnel: () => host.openTcp(port) })
+  const adoptBootTransport = (name: string, transport: SshTransport) => {
+    void bootTransports.get(name)?.close()
+    bootTransports.set(name, transport)
+  }
   const dropBootTransport = async (name: string) => {
     const transport = bootTransports.get(name)
     bootTransports.delete(name)
     await transport?.close()
   }
-  const removeVmDir = (dir: string, graceMs: number) => host.runOk('deleting a VM', DELETE_VM_SCRIPT, [dir, String(Math.ceil(scaleTimeout(graceMs) / 100))], { timeoutMs: scaleTimeout(graceMs + KILL_WAIT_MS) + scriptTimeout() })
 
-  /** Start QEMU on the host (a random loopback port, another one when it was taken); returns pid and port. */
-  async function launch(name: string, dir: string, machine: QemuMachine): Promise<{ pid: number; port: number }> {
-    const file = (key: keyof typeof VM_DIR_FILES) => posix.join(dir, VM_DIR_FILES[key])
-    if (Buffer.byteLength(file('qmp')) > MAX_UNIX_SOCKET_PATH_BYTES) throw invalidOptions(`the path of QEMU's monitor socket on the VM host is too long (${file('qmp')})`, { provider: PROVIDER, vm: name, hint: 'use a shorter hostStateDir' })
-    const disk = machine.image.disk ? file('disk') : undefined
-    if (machine.image.disk) {
-      const overlay = ['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', machine.image.diskFormat, '-b', machine.image.disk, file('disk'), ...(machine.diskBytes === undefined ? [] : [String(machine.diskBytes)])]
-      await host.runOk('creating the disk overlay', '"$@"', overlay, { timeoutMs: scriptTimeout(), vm: name })
-    }
-    for (let attempt = 1; ; attempt++) {
-      const port = PORT_RANGE.from + Math.floor(Math.random() * (PORT_RANGE.to - PORT_RANGE.from))
-      const args = buildQemuArgs(machine, { name, sshPort: port, pidFile: file('pid'), serialLog: file('serial'), qmpSocket: file('qmp'), daemonize: true, disk })
-      debug('starting %s on %s: %s %s', name, host.id, machines.binary, args.join(' '))
-      const started = await host.run(LAUNCH_SCRIPT, [file('pid'), machines.binary, ...args], { timeoutMs: scaleTimeout(QEMU_START_TIMEOUT_MS) })
-      const pid = Number(started.stdout.trim())
-      if (started.exitCode === 0 && Number.isInteger(pid) && pid > 0) return { pid, port }
-      if (/host forwarding|Address already in use/i.test(started.stderr) && attempt < PORT_ATTEMPTS) continue
-      throw new VmPoolError({ code: 'VMPOOL_CREATE_FAILED', provider: PROVIDER, operation: 'create', vm: name, message: `QEMU failed to start on VM host ${host.id} (exit code ${started.exitCode}${started.timedOut ? ', QEMU_START_TIMEOUT_MS ran out' : ''}): ${started.stderr.trim() || 'no error output'}`, details: { accel: machine.accel, image: machine.image.dir } })
-    }
+  /** Start the VM in `dir`: a snapshot restore where the machine allows it, a cold boot otherwise. */
+  async function start(name: string, dir: string, machine: QemuMachine, privateKey: Buffer, preferredPort?: number): Promise<{ pid: number; port: number; transport: SshTransport; bootMs: number; restoredFrom?: string }> {
+    if (snapshots.canSnapshot(machine)) return snapshots.restore({ vm: name, dir, machine, privateKey, ...(preferredPort === undefined ? {} : { preferredPort }) })
+    return launcher.coldBoot({ vm: name, instance: name, dir, machine, privateKey, readyCommand: identityCommand(name, false), context: ` (on VM host ${host.id})`, ...(preferredPort === undefined ? {} : { preferredPort }) })
   }
 
-  function bootProbe(pid: number, dir: string): BootProbe {
-    const serial = posix.join(dir, VM_DIR_FILES.serial)
-    return {
-      isAlive: async () => (await host.run(IS_ALIVE_SCRIPT, [String(pid), posix.join(dir, VM_DIR_FILES.pid)], { timeoutMs: scriptTimeout() })).exitCode === 0,
-      hasConsoleLine: async (marker) => (await host.run(HAS_LINE_SCRIPT, [serial, marker], { timeoutMs: scriptTimeout() })).exitCode === 0,
-      consoleTail: async () => {
-        const tail = await host.run(TAIL_SCRIPT, [serial, '25'], { timeoutMs: scriptTimeout() }).catch(() => undefined)
-        if (!tail || tail.exitCode === 3) return '  (no console log)'
-        const lines = tail.stdout.split('\n').filter((line) => line.trim() !== '')
-        return lines.length === 0 ? '  (no console output)' : lines.map((line) => `  | ${line}`).join('\n')
-      },
-    }
+  const makeRecordData = (started: { pid: number; port: number; bootMs: number; restoredFrom?: string }, dir: string, machine: QemuMachine): Record<string, JsonValue> => {
+    const { image } = machine
+    const data: Record<string, JsonValue> = { host: '127.0.0.1', port: started.port, username: image.username, hostKey: image.hostKey, keyPath: posix.join(dir, VM_DIR_FILES.clientKey), vmDir: dir, pid: started.pid, accel: machine.accel, image: image.dir, bootMs: started.bootMs, vmHost: { ...ref } }
+    if (image.sshMaxSessions !== undefined) data.sshMaxSessions = image.sshMaxSessions
+    if (started.restoredFrom !== undefined) data.restoredFrom = started.restoredFrom
+    return data
   }
+  const writeRecord = (record: VmRecord) => host.runOk('writing the VM record', WRITE_FILE_SCRIPT, [posix.join(String(record.data.vmDir), VM_DIR_FILES.record)], { input: JSON.stringify(record, null, 2), timeoutMs: scriptTimeout(), vm: record.name })
 
   const notFound = (name: string, operation: string, why: string, cause?: unknown) => new VmPoolError({ code: 'VMPOOL_VM_NOT_FOUND', provider: PROVIDER, operation, vm: name, message: `VM ${name} does not exist on VM host ${host.id} (${why})`, cause })
 
@@ -108,36 +88,18 @@ export function vmHostQemuProvider(config: QemuConfig, vmHostConfig: VmHostConfi
       const privateKey = Buffer.from(prepared.stdout)
       let transport: SshTransport | undefined
       try {
-        const startedAt = performance.now()
-        const { pid, port } = await launch(name, dir, machine)
-        transport = guestTransport(name, port, image, privateKey, true)
-        await waitForBoot({
-          vm: name,
-          transport,
-          identity: { pid, host: host.id, startTime: null, port, accel: machine.accel },
-          serialLog: posix.join(dir, VM_DIR_FILES.serial),
-          timeoutName: 'BOOT_TIMEOUT_MS',
-          timeoutMs: config.bootTimeoutMs(),
-          startedAt,
-          bootMarker: image.bootMarker,
-          readyCommand: () => identityCommand(name, false),
-          context: ` (on VM host ${host.id})`,
-          probe: bootProbe(pid, dir),
-        })
-        const bootMs = Math.round(performance.now() - startedAt)
-        const data: Record<string, JsonValue> = { host: '127.0.0.1', port, username: image.username, hostKey: image.hostKey, keyPath: posix.join(dir, VM_DIR_FILES.clientKey), vmDir: dir, pid, accel: machine.accel, image: image.dir, bootMs, vmHost: { ...ref } }
-        if (image.sshMaxSessions !== undefined) data.sshMaxSessions = image.sshMaxSessions
-        const record: VmRecord = { name, provider: PROVIDER, createdAt: new Date().toISOString(), spec: { ...spec, labels: spec.labels ? { ...spec.labels } : undefined }, data }
+        const started = await start(name, dir, machine, privateKey)
+        transport = started.transport
+        const record: VmRecord = { name, provider: PROVIDER, createdAt: new Date().toISOString(), spec: { ...spec, labels: spec.labels ? { ...spec.labels } : undefined }, data: makeRecordData(started, dir, machine) }
         if (record.spec.labels === undefined) delete record.spec.labels
-        await host.runOk('writing the VM record', WRITE_FILE_SCRIPT, [posix.join(dir, VM_DIR_FILES.record)], { input: JSON.stringify(record, null, 2), timeoutMs: scriptTimeout(), vm: name })
-        void bootTransports.get(name)?.close()
-        bootTransports.set(name, transport)
-        debug('%s is up on %s, guest port %d (%s, cold boot, %d ms)', name, host.id, port, machine.accel, bootMs)
+        await writeRecord(record)
+        adoptBootTransport(name, transport)
+        debug('%s is up on %s, guest port %d (%s, %s, %d ms)', name, host.id, started.port, machine.accel, started.restoredFrom ? `restored from snapshot ${started.restoredFrom}` : 'cold boot', started.bootMs)
         return record
       } catch (error) {
         // Nothing half-made survives a failed create: kill QEMU, remove the VM dir on the host.
         await transport?.close()
-        await removeVmDir(dir, 0).catch((cleanup: unknown) => debug('%s: cleanup after a failed create: %s', name, (cleanup as Error).message))
+        await launcher.stop(dir, 0, 'dir').catch((cleanup: unknown) => debug('%s: cleanup after a failed create: %s', name, (cleanup as Error).message))
         throw error
       }
     },
@@ -163,7 +125,7 @@ export function vmHostQemuProvider(config: QemuConfig, vmHostConfig: VmHostConfi
         await transport?.close()
         throw notFound(name, 'connect', read.exitCode === 3 ? `no ${posix.join(data.vmDir, VM_DIR_FILES.record)}: deleted` : `its key ${data.keyPath} cannot be read: ${read.stderr.trim()}`)
       }
-      transport ??= guestTransport(name, data.port, data, Buffer.from(read.stdout), false)
+      transport ??= launcher.guestTransport(name, data.port, data, Buffer.from(read.stdout), false)
       return createQemuVm({ record, transport, qemu: { on: 'vm-host' }, forwards })
     },
 
@@ -172,7 +134,7 @@ export function vmHostQemuProvider(config: QemuConfig, vmHostConfig: VmHostConfi
       await forwards.closeVm(name)
       await dropBootTransport(name)
       try {
-        await removeVmDir(posix.join(await root(), name), DELETE_GRACE_MS)
+        await launcher.stop(posix.join(await root(), name), DELETE_GRACE_MS, 'dir')
       } catch (error) {
         if (isVmPoolError(error, 'VMPOOL_EXEC_FAILED')) throw new VmPoolError({ code: 'VMPOOL_DELETE_FAILED', provider: PROVIDER, operation: 'delete', vm: name, message: error.shortMessage, cause: error })
         throw error
@@ -214,7 +176,8 @@ export function vmHostQemuProvider(config: QemuConfig, vmHostConfig: VmHostConfi
         const image = await machines.loadImage(config.options.image)
         details.image = image.dir
         const accel = await machines.resolveAccel(image)
-        Object.assign(details, { binary: machines.binary, accel: accel.accel, accelReason: accel.reason, snapshot: 'off on a VM host: every VM boots' })
+        const snapshot = config.options.snapshot === false ? 'off (snapshot: false): every VM boots' : image.kernel !== undefined && image.disk === undefined ? 'on: VMs restore a saved guest (built on the VM host by the first create of a shape)' : 'not used: a disk image; every VM boots'
+        Object.assign(details, { binary: machines.binary, accel: accel.accel, accelReason: accel.reason, snapshot })
         return { usable: true, reason: `QEMU on VM host ${host.id} with ${accel.accel.toUpperCase()}, image ${config.options.image} present`, details }
       } catch (error) {
         return { usable: false, reason: isVmPoolError(error) ? error.shortMessage : String(error), details, hint: isVmPoolError(error) ? error.hint : undefined }
@@ -232,6 +195,35 @@ export function vmHostQemuProvider(config: QemuConfig, vmHostConfig: VmHostConfi
       await Promise.all(transports.map((transport) => transport.close()))
       await host.close()
     },
+  }
+  if (config.options.snapshot === 'auto') {
+    provider.reset = async (name: string): Promise<VmRecord> => {
+      validateVmName(name, PROVIDER)
+      const dir = posix.join(await root(), name)
+      const read = await host.run('[ -f "$1/record.json" ] || exit 3; cat -- "$1/record.json"; printf "\\0"; cat -- "$1/client_key"', [dir], { timeoutMs: scriptTimeout() })
+      if (read.exitCode !== 0) throw notFound(name, 'reset', read.exitCode === 3 ? `no ${posix.join(dir, VM_DIR_FILES.record)}` : read.stderr.trim())
+      const [recordText = '', key = ''] = read.stdout.split('\0')
+      const record = JSON.parse(recordText) as VmRecord
+      const machine = await machines.resolve(record.spec)
+      if (!snapshots.canSnapshot(machine)) {
+        throw new VmPoolError({ code: 'VMPOOL_SNAPSHOT_INVALID', provider: PROVIDER, operation: 'reset', vm: name, message: `VM ${name} cannot be reset to a snapshot on VM host ${host.id}: its image ${machine.image.dir} is not an initramfs image (disk images cold-boot there)` })
+      }
+      // The guest is replaced: forwards into the old one end with it.
+      await forwards.closeVm(name)
+      await dropBootTransport(name)
+      await launcher.stop(dir, 0, 'instance')
+      try {
+        const started = await snapshots.restore({ vm: name, dir, machine, privateKey: Buffer.from(key), preferredPort: typeof record.data.port === 'number' ? record.data.port : undefined })
+        const next: VmRecord = { ...record, data: makeRecordData(started, dir, machine) }
+        await writeRecord(next)
+        adoptBootTransport(name, started.transport)
+        return next
+      } catch (error) {
+        // A VM that could not be reset is not half-kept: it is gone, as a failed create leaves nothing.
+        await launcher.stop(dir, 0, 'dir').catch(() => {})
+        throw error
+      }
+    }
   }
   return provider
 }

@@ -5,7 +5,7 @@
  * A QEMU of a VM dir is known by its command line: `-pidfile <dir>/qemu.pid` (qemu-command.ts), as the
  * local provider's scan does (qemu-process-scan.ts).
  */
-import { VM_DIR_FILES } from './qemu-vm-dir.js'
+import { INSTANCE_FILES, VM_DIR_FILES } from './qemu-vm-dir.js'
 
 const PID = VM_DIR_FILES.pid
 const RECORD = VM_DIR_FILES.record
@@ -35,10 +35,32 @@ cp -- "$key" "$dir/${VM_DIR_FILES.clientKey}"
 chmod 600 "$dir/${VM_DIR_FILES.clientKey}"
 cat -- "$dir/${VM_DIR_FILES.clientKey}"`
 
+/** Exit code of LAUNCH_SCRIPT when QEMU daemonized but its pid file is gone: it exited at once (a rejected restore). */
+export const LAUNCH_EXITED_AT_ONCE = 98
+
 /** `$1` pid file, then QEMU's argv: start it (it daemonizes) and print the pid it wrote. */
 export const LAUNCH_SCRIPT = `pidfile=$1; shift
 "$@" || exit $?
-cat -- "$pidfile"`
+cat -- "$pidfile" 2>/dev/null || exit ${LAUNCH_EXITED_AT_ONCE}`
+
+/**
+ * `$1` snapshot slot dir, `$2` seconds after which a lock is taken over: take the slot's build lock
+ * (`$1.lock`, a directory: mkdir is atomic); exit 75 while someone else holds it.
+ */
+export const LOCK_SLOT_SCRIPT = `mkdir -p -m 700 -- "$1"
+mkdir -- "$1.lock" 2>/dev/null && exit 0
+age=$(( $(date +%s) - $(stat -c %Y -- "$1.lock" 2>/dev/null || date +%s) ))
+if [ "$age" -gt "$2" ]; then rm -rf -- "$1.lock"; mkdir -- "$1.lock" 2>/dev/null && exit 0; fi
+exit 75`
+
+/** `$1` slot dir: its manifest, when its state file is there too (exit 3 otherwise). */
+export const READ_SNAPSHOT_SCRIPT = '[ -f "$1/state" ] && [ -f "$1/snapshot.json" ] || exit 3; cat -- "$1/snapshot.json"'
+
+/** `$1` slot dir, `$2` manifest JSON: the saved state becomes the slot's snapshot. */
+export const COMMIT_SNAPSHOT_SCRIPT = 'mv -f -- "$1/state.partial" "$1/state" && printf %s "$2" > "$1/snapshot.json.tmp" && mv -f -- "$1/snapshot.json.tmp" "$1/snapshot.json"'
+
+/** `$1` slot dir, `$2` snapshot id: forget that snapshot (only if it is still the slot's one). */
+export const INVALIDATE_SNAPSHOT_SCRIPT = 'grep -qF -- "\\"id\\":\\"$2\\"" "$1/snapshot.json" 2>/dev/null && rm -f -- "$1/snapshot.json"; exit 0'
 
 /** `$1` pid, `$2` pid file: exit 0 while that pid is the QEMU started with that pid file. */
 export const IS_ALIVE_SCRIPT = `[ -r "/proc/$1/cmdline" ] || exit 1
@@ -56,10 +78,12 @@ tail -c 16384 -- "$1" | tr -d '\\r' | grep -v '^[[:space:]]*$' | tail -n "$2"`
 export const WRITE_FILE_SCRIPT = 'cat > "$1.tmp.$$" && mv -f -- "$1.tmp.$$" "$1"'
 
 /**
- * `$1` VM dir, `$2` SIGTERM grace in tenths of a second: stop every QEMU of that dir (SIGTERM: QEMU
- * shuts the machine down; SIGKILL after the grace), then remove the dir. Exit 2 when one survives SIGKILL.
+ * `$1` VM dir, `$2` SIGTERM grace in tenths of a second, `$3` `dir` or `instance`: stop every QEMU of that
+ * dir (SIGTERM: QEMU shuts the machine down; SIGKILL after the grace), then remove the dir, or only what one
+ * QEMU run leaves in it (a reset or a second restore attempt keeps the key and the record). Exit 2 when one
+ * survives SIGKILL.
  */
-export const DELETE_VM_SCRIPT = `${QEMU_PIDS}
+export const STOP_QEMU_SCRIPT = `${QEMU_PIDS}
 pf="$1/${PID}"
 wait_gone() { i=0; while [ -n "$(qemu_pids "$pf")" ]; do [ $i -ge "$1" ] && return 1; sleep 0.1; i=$((i+1)); done; }
 pids=$(qemu_pids "$pf")
@@ -70,7 +94,7 @@ if [ -n "$pids" ]; then
     wait_gone 50 || { echo "QEMU $(qemu_pids "$pf" | tr '\\n' ' ')is still alive 5 s after SIGKILL" >&2; exit 2; }
   fi
 fi
-rm -rf -- "$1"`
+if [ "$3" = dir ]; then rm -rf -- "$1"; else rm -f -- ${INSTANCE_FILES.map((file) => `"$1/${VM_DIR_FILES[file]}"`).join(' ')}; fi`
 
 /**
  * `$1` root (`<hostStateDir>/qemu`): one line per VM dir, `vm<TAB>name<TAB>alive 0|1<TAB>record.json
