@@ -15,6 +15,7 @@ export class HeldVms {
   readonly #entries = new Map<string, LeaseEntry>()
   #reaper: Promise<ReaperHandle | undefined> | undefined
   #handle: ReaperHandle | undefined
+  #flush: NodeJS.Immediate | undefined
 
   constructor(config: ResolvedPoolOptions) {
     this.#config = config
@@ -48,8 +49,13 @@ export class HeldVms {
   }
 
   #tellWatchdog(): void {
-    // setHeld serializes the writes: the last list always lands last.
-    void this.#handle?.setHeld(this.#entries.keys()).catch((error: unknown) => debug('reaper marker write failed: %s', (error as Error).message))
+    // Once per turn of the event loop, after the lease update that changed the list has let go of the lock
+    // (`forget` runs inside it): changes in one turn make one write.
+    if (this.#flush || !this.#handle) return
+    this.#flush = setImmediate(() => {
+      this.#flush = undefined
+      void this.#handle?.setHeld(this.#entries.keys()).catch((error: unknown) => debug('reaper marker write failed: %s', (error as Error).message))
+    })
   }
 
   ensureReaper(): Promise<ReaperHandle | undefined> {

@@ -92,30 +92,43 @@ export function replaceRecord(table: LeaseTable, name: string, record: VmRecord,
   return entry
 }
 
-/** The idle VM to adopt: same provider and spec, unexpired, connectable; the most recently idle (furthest from its ttl). */
-export function pickIdleToAdopt(table: LeaseTable, want: { provider: string; specHash: string }, now: number): LeaseEntry | undefined {
+/**
+ * The idle VM to adopt: same provider and spec, unexpired, connectable; among those the highest `rank` (the
+ * pool ranks the VMs it still has a connection to first, see pool-vm-lifecycle.ts), then the most recently
+ * idle (furthest from its ttl).
+ */
+export function pickIdleToAdopt(table: LeaseTable, want: { provider: string; specHash: string }, now: number, rank?: (entry: LeaseEntry) => number): LeaseEntry | undefined {
   let best: LeaseEntry | undefined
+  let bestRank = 0
   for (const entry of Object.values(table)) {
     if (entry.state !== 'idle' || entry.provider !== want.provider || entry.specHash !== want.specHash || !entry.record || isExpired(entry, now)) continue
-    if (!best || (entry.idleSince ?? '') > (best.idleSince ?? '')) best = entry
+    const entryRank = rank?.(entry) ?? 0
+    if (!best || entryRank > bestRank || (entryRank === bestRank && (entry.idleSince ?? '') > (best.idleSince ?? ''))) {
+      best = entry
+      bestRank = entryRank
+    }
   }
   return best
 }
 
-/** idle → leased: claim the VM `pickIdleToAdopt` chose, before anyone execs in it. `nextToken`: the store's fencing tokens, if it issues them. */
-export function adoptIdle(table: LeaseTable, want: { provider: string; specHash: string; key: string }, actor: LeaseActor, now: number, nextToken?: () => number): LeaseEntry | undefined {
-  const entry = pickIdleToAdopt(table, want, now)
-  if (!entry) return undefined
+/** idle → leased: claim `entry` (chosen by `pickIdleToAdopt`) before anyone execs in it. `nextToken`: the store's fencing tokens, if it issues them. */
+export function claimIdle(entry: LeaseEntry, key: string, actor: LeaseActor, now: number, nextToken?: () => number): LeaseEntry {
   if (nextToken) entry.token = nextToken()
   entry.state = 'leased'
   entry.owner = actor.owner
   entry.runId = actor.runId
-  entry.key = want.key
+  entry.key = key
   entry.updatedAt = iso(now)
   delete entry.idleSince
   delete entry.expiresAt
   delete entry.recoveredAt
   return entry
+}
+
+/** `pickIdleToAdopt`, then `claimIdle`. */
+export function adoptIdle(table: LeaseTable, want: { provider: string; specHash: string; key: string }, actor: LeaseActor, now: number, nextToken?: () => number): LeaseEntry | undefined {
+  const entry = pickIdleToAdopt(table, want, now)
+  return entry && claimIdle(entry, want.key, actor, now, nextToken)
 }
 
 /**

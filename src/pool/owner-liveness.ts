@@ -1,4 +1,4 @@
-import { getCurrentProcessIdentity, getHostName, isProcessAlive, type ProcessIdentity } from '../util/process-info.js'
+import { getHostName, isProcessAlive, type ProcessIdentity } from '../util/process-info.js'
 
 /**
  * Who holds a lease. Today always a process on a host (pid + the kernel's start time of that pid, so a
@@ -47,7 +47,7 @@ export const remoteOwnersAlive: OwnerLiveness = { isAlive: () => true }
  * owners on other hosts by `remote` (a store's heartbeats and TTL, on the store's clock).
  */
 export function hostAwareLiveness(local: OwnerLiveness, remote: OwnerLiveness): OwnerLiveness {
-  const here = getCurrentProcessIdentity().host
+  const here = getHostName()
   return { isAlive: (owner, now) => (owner.host === here ? local.isAlive(owner, now) : remote.isAlive(owner, now)) }
 }
 

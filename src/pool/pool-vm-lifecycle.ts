@@ -5,16 +5,24 @@ import { scaleTimeout, withTimeout } from '../util/timeouts.js'
 import { makeVmName } from '../util/vm-name.js'
 import type { HeldVms } from './held-vms.js'
 import type { LeaseEntry, LeaseKind } from './lease-store.js'
-import { adoptIdle, evictOverMax, markIdle, markLeased, releaseOwnership, replaceRecord, reserveName } from './lease-table.js'
+import { claimIdle, evictOverMax, markIdle, markLeased, pickIdleToAdopt, releaseOwnership, replaceRecord, reserveName } from './lease-table.js'
 import { RESET_TO_SNAPSHOT, type ResolvedPoolOptions } from './pool-options.js'
 import type { PoolLeases, PoolLedger } from './pool-leases.js'
 import { getSpecHash, type PoolVmSpec } from './spec-hash.js'
-import { connectAndCheck } from './vm-health-check.js'
+import { checkConnected, connectAndCheck } from './vm-health-check.js'
 
 /** An idle VM must answer `true` within this before it is adopted; otherwise it is deleted and replaced. Scaled. */
 export const ADOPT_CHECK_TIMEOUT_MS = 15_000
 /** The `keepWarm.reset` command before a VM goes back to idle; a reset that fails or runs out deletes the VM instead. Scaled. */
 export const RESET_TIMEOUT_MS = 60_000
+/**
+ * A VM this process handed back warm keeps its connection this long (not scaled; a process that ends without
+ * `drain()` may wait this long for it to close). If this process adopts the
+ * same VM again within it and nobody held the VM in between, it gets the connection back without a new
+ * connect and health check (for QEMU: an SSH handshake and an exec, ~0.3 s under TCG). A VM that died in that
+ * window is then noticed by the caller's first exec instead of by the check.
+ */
+export const PARKED_CONNECTION_TTL_MS = 2_000
 
 const debug = createDebug('vm-pool:pool')
 
@@ -39,6 +47,8 @@ export class PoolVmLifecycle {
   readonly #held: HeldVms
   readonly #ledger: PoolLedger
   readonly #warn: (message: string) => void
+  /** Connections of VMs handed back warm, by name, with the `idleSince` our hand-back wrote. */
+  readonly #parked = new Map<string, { vm: Vm; idleSince: string; timer: NodeJS.Timeout }>()
 
   constructor(options: { config: ResolvedPoolOptions; leases: PoolLeases; held: HeldVms; ledger: PoolLedger; warn: (message: string) => void }) {
     this.#config = options.config
@@ -53,13 +63,23 @@ export class PoolVmLifecycle {
     await this.#held.ensureReaper()
     const want = { provider: this.#config.provider.name, specHash: this.#config.specHash, key }
     for (;;) {
-      const entry = await this.#leases.update((table, now, nextToken) => {
-        const claimed = adoptIdle(table, want, this.#leases.actor, now, nextToken)
-        return claimed && structuredClone(claimed)
+      const claim = await this.#leases.update((table, now, nextToken) => {
+        const entry = pickIdleToAdopt(table, want, now, (candidate) => this.#rankIdle(candidate, now))
+        if (!entry) return undefined
+        const idleSince = entry.idleSince
+        return { entry: structuredClone(claimIdle(entry, key, this.#leases.actor, now, nextToken)), idleSince }
       })
-      if (!entry) break
+      if (!claim) break
+      const { entry } = claim
       this.#held.note(entry)
-      const held = await this.#checkAdopted(entry)
+      const parked = this.#unpark(entry.name)
+      // Untouched since we handed it back (same hand-back stamp): our connection is still the VM's.
+      let held: Held | undefined
+      if (parked && parked.idleSince === claim.idleSince) held = await this.#checkKept(entry, parked.vm)
+      else {
+        await parked?.vm.close?.().catch(() => {})
+        held = await this.#checkAdopted(entry)
+      }
       if (held) {
         this.#ledger.counters.reused++
         return held
@@ -69,6 +89,23 @@ export class PoolVmLifecycle {
     return this.create('slot', makeVmName(this.#config.prefix, this.#config.runId, key), this.#config.spec, key, false)
   }
 
+  /**
+   * Our own VM back on the connection we kept: no new connect. The check is the provider's `isRunning` where
+   * it has one (no guest command), else `true` on the kept connection. A VM that fails it is deleted.
+   */
+  async #checkKept(entry: LeaseEntry, vm: Vm): Promise<Held | undefined> {
+    const provider = this.#config.provider
+    const check = provider.isRunning ? () => provider.isRunning!(entry.record!) : () => checkConnected(vm, provider.name, entry.name, { name: 'ADOPT_CHECK_TIMEOUT_MS', ms: scaleTimeout(ADOPT_CHECK_TIMEOUT_MS) })
+    try {
+      if (!(await check())) throw new Error('its provider says it no longer runs')
+      debug('adopted idle VM %s on its kept connection', entry.name)
+      return { name: entry.name, vm, kind: 'slot', adopted: true }
+    } catch (error) {
+      await vm.close?.().catch(() => {})
+      return this.#failedCheck(entry, error)
+    }
+  }
+
   /** A VM that fails the check is deleted (and the caller tries the next one). */
   async #checkAdopted(entry: LeaseEntry): Promise<Held | undefined> {
     try {
@@ -76,10 +113,14 @@ export class PoolVmLifecycle {
       debug('adopted idle VM %s', entry.name)
       return { name: entry.name, vm, kind: 'slot', adopted: true }
     } catch (error) {
-      this.#warn(`idle VM ${entry.name} failed its check before adoption (${(error as Error).message}); deleting it and trying another`)
-      await this.#leases.deleteByName(entry.name).catch(() => {})
-      return undefined
+      return this.#failedCheck(entry, error)
     }
+  }
+
+  async #failedCheck(entry: LeaseEntry, error: unknown): Promise<undefined> {
+    this.#warn(`idle VM ${entry.name} failed its check before adoption (${(error as Error).message}); deleting it and trying another`)
+    await this.#leases.deleteByName(entry.name).catch(() => {})
+    return undefined
   }
 
   /** Reserve the name (booting) under the lock, boot outside it, then mark it leased. */
@@ -174,19 +215,22 @@ export class PoolVmLifecycle {
         return this.deleteHeld(held)
       }
     }
-    await held.vm.close?.().catch(() => {})
-    const evicted = await this.#leases.update((table, now) => {
+    const outcome = await this.#leases.update((table, now) => {
       const idle = markIdle(table, held.name, this.#leases.actor, { ttlMs: keepWarm.ttlMs, ...(record ? { record } : {}) }, now)
       // Idle (nobody's) or reclaimed by someone else: either way no longer ours to put back.
       this.#held.forget(held.name)
       // Over `max`: the oldest idle VMs go (this one is the newest).
-      return idle ? evictOverMax(table, this.#config.provider.name, keepWarm.max, this.#leases.actor, now) : undefined
+      return idle && { idleSince: idle.idleSince!, evicted: evictOverMax(table, this.#config.provider.name, keepWarm.max, this.#leases.actor, now) }
     })
-    if (evicted === undefined) {
+    // After a snapshot reset the connection was closed above (the VM has a new record); an evicted VM is being deleted.
+    if (outcome && record === undefined && !outcome.evicted.includes(held.name)) this.#park(held.name, held.vm, outcome.idleSince)
+    else await held.vm.close?.().catch(() => {})
+    if (!outcome) {
       // Someone reclaimed it while we held it (e.g. the lease file was rebuilt and gc ran): it is not ours to keep.
       this.#warn(`lost the lease of ${held.name} while holding it; not keeping it warm`)
       return
     }
+    const { evicted } = outcome
     this.#ledger.counters.warmed++
     this.#ledger.drainLog.keptWarm.add(held.name)
     for (const name of evicted) await this.#leases.deleteByName(name).catch(() => {})
@@ -206,6 +250,41 @@ export class PoolVmLifecycle {
     })
     if (entry) this.#held.note(entry)
     held.vm = await provider.connect(record)
+  }
+
+  /**
+   * Which idle VM to adopt first (`pickIdleToAdopt` takes the highest rank, then the most recently idle):
+   * 2: ours on a kept connection, untouched since (no connect, no check);
+   * 1: any other, except those another pool handed back within PARKED_CONNECTION_TTL_MS, which it likely
+   *    still keeps a connection to and comes back for (taking one makes that pool take someone else's in turn);
+   * below 0: those, the longest idle first (its pool has likely found another VM meanwhile).
+   */
+  #rankIdle(entry: LeaseEntry, now: number): number {
+    if (this.#parked.get(entry.name)?.idleSince === entry.idleSince) return 2
+    const idleSince = entry.idleSince === undefined ? Number.NaN : Date.parse(entry.idleSince)
+    if (entry.runId === this.#config.runId || !(now - idleSince < PARKED_CONNECTION_TTL_MS)) return 1
+    return -1 + (now - idleSince) / PARKED_CONNECTION_TTL_MS
+  }
+
+  /** Close the kept connections (drain). */
+  async closeParked(): Promise<void> {
+    await Promise.allSettled([...this.#parked.keys()].map((name) => this.#unpark(name)?.vm.close?.()))
+  }
+
+  #park(name: string, vm: Vm, idleSince: string): void {
+    void this.#unpark(name)?.vm.close?.().catch(() => {})
+    const timer = setTimeout(() => void this.#unpark(name)?.vm.close?.().catch(() => {}), PARKED_CONNECTION_TTL_MS)
+    // A kept connection never keeps the process alive.
+    timer.unref()
+    this.#parked.set(name, { vm, idleSince, timer })
+  }
+
+  #unpark(name: string): { vm: Vm; idleSince: string } | undefined {
+    const parked = this.#parked.get(name)
+    if (!parked) return undefined
+    clearTimeout(parked.timer)
+    this.#parked.delete(name)
+    return parked
   }
 
   async deleteHeld(held: Held): Promise<void> {

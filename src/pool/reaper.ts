@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url'
 import { z } from 'zod'
 import { VmPoolError } from '../errors.js'
 import type { JsonValue, VmProvider } from '../providers/vm-provider.js'
-import { writeFileAtomic } from '../util/fs-atomic.js'
+import { writeFileAtomic, writeFileAtomicSync } from '../util/fs-atomic.js'
 import { getCurrentProcessIdentity } from '../util/process-info.js'
 import { scaleTimeout, sleep } from '../util/timeouts.js'
 import { deleteAnnounced } from './announced-delete.js'
@@ -62,7 +62,6 @@ export class ReaperHandle {
   readonly pid: number
   readonly markerPath: string
   readonly #marker: ReaperMarker
-  #writes: Promise<void> = Promise.resolve()
   #stopped = false
 
   private constructor(pid: number, markerPath: string, marker: ReaperMarker) {
@@ -103,22 +102,22 @@ export class ReaperHandle {
   }
 
   /**
-   * Record the VMs this owner holds now. Writes are serialized so an older list never lands last; a failed
-   * write rejects its own caller only, so the next one still lands (the chain is not left rejected).
+   * Record the VMs this owner holds now: written at once, synchronously (a small file; cheaper than four
+   * thread-pool round trips, and the last list always lands last). A failed write rejects its own caller only.
    */
   setHeld(names: Iterable<string>): Promise<void> {
-    const snapshot = [...names].sort()
-    this.#writes = this.#writes.catch(() => {}).then(async () => {
-      if (this.#stopped) return
-      this.#marker.names = snapshot
-      await writeFileAtomic(this.markerPath, JSON.stringify(this.#marker), 0o600)
-    })
-    return this.#writes
+    if (this.#stopped) return Promise.resolve()
+    this.#marker.names = [...names].sort()
+    try {
+      writeFileAtomicSync(this.markerPath, JSON.stringify(this.#marker), 0o600)
+      return Promise.resolve()
+    } catch (error) {
+      return Promise.reject(error as Error)
+    }
   }
 
   /** The owner drained: remove the marker; the watchdog sees it gone and exits. */
   async stop(): Promise<void> {
-    await this.#writes.catch(() => {})
     this.#stopped = true
     await rm(this.markerPath, { force: true })
   }

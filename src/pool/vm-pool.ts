@@ -205,6 +205,7 @@ class LeasedVmPool implements VmPool {
     this.#fresh.clear()
     await Promise.allSettled(work)
     await this.#leases.settleBackground()
+    await this.#vms.closeParked()
     await this.#held.stopReaperIfEmpty()
     await this.#provider.close?.().catch(() => {})
     if (this.#ownsStore) await this.store.close?.()

@@ -63,5 +63,6 @@ export function countingProvider(inner: VmProvider): CountingProvider {
   if (inner.describe) wrapper.describe = (record) => inner.describe!(record)
   if (inner.fingerprint) wrapper.fingerprint = (spec) => inner.fingerprint!(spec)
   if (inner.shell) wrapper.shell = (record, command) => inner.shell!(record, command)
+  if (inner.isRunning) wrapper.isRunning = (record) => inner.isRunning!(record)
   return wrapper
 }

@@ -87,6 +87,11 @@ export function fakeProvider(options: FakeProviderOptions = {}): VmProvider {
       return createFakeVm(record, vmDir(name), config.faults.exec, forwards)
     },
 
+    /** The sandbox is the VM: running while its record is there (what exec checks first). */
+    async isRunning(record: VmRecord): Promise<boolean> {
+      return exists(join(vmDir(validateVmName(record.name, PROVIDER)), 'record.json'))
+    },
+
     async delete(name: string): Promise<void> {
       validateVmName(name, PROVIDER)
       await forwards.closeVm(name)

@@ -134,6 +134,13 @@ export interface VmProvider {
    * contains secrets: a key is named by its path.
    */
   shell?(record: VmRecord, command?: string[]): LocalCommand | undefined
+  /**
+   * Optional: whether the VM behind `record` still runs, found out on this host without a guest command
+   * (the fake: its sandbox is there; qemu: its QEMU process runs). Cheap: a pool asks it before handing a
+   * connection it kept for a moment (`PARKED_CONNECTION_TTL_MS`) out again; without it, the pool runs `true`
+   * on that connection instead. It says nothing about the guest's health beyond that.
+   */
+  isRunning?(record: VmRecord): Promise<boolean>
 }
 
 /** What `VmProvider.shell` returns: a process to start on this host. */

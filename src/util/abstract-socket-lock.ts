@@ -2,14 +2,12 @@ import { createHash } from 'node:crypto'
 import { realpath } from 'node:fs/promises'
 import { createConnection, createServer, type Server, type Socket } from 'node:net'
 import { basename, dirname, join } from 'node:path'
+import { getLockQueue, type LockTurn } from './lock-queue.js'
 import { LockTimeoutError, type HeldLock } from './lock-timeout-error.js'
 
 /**
- * Waiters that are not first in line try the bind again after a random pause. Waking every waiter at each
- * release (all connected to the holder) was measured slower under contention: 8 processes on 2 busy cores
- * woke ~8 times per acquisition, a herd of failed binds and reconnects on a saturated CPU; short pauses
- * (1-4 ms) and pauses that shrink with the wait measured slower too (more wake-ups). The one waiter first in
- * line is woken at once, so the pause only decides who gets in line next.
+ * A waiter with its turn whose bind still failed, and that the holder turned away (someone else is first in
+ * line), tries the bind again after a random pause. Rare: normally only the waiter with the turn waits here.
  */
 const POLL_MIN_MS = 5
 const POLL_MAX_MS = 15
@@ -17,6 +15,12 @@ const POLL_MAX_MS = 15
 const FRONT_RETRY_MS = 30
 /** Even first in line, look again this often (a missed close, a holder that answers nothing). */
 const FRONT_SAFETY_MS = 1_000
+/**
+ * Waiting for a turn, try the bind anyway this often, whatever the queue says. The queue already gives up on
+ * a server that stops answering (lock-queue.ts); this is the last resort if the queue is wrong in a way not
+ * foreseen. Not shorter: a bind that lands between a release and the next turn jumps the queue.
+ */
+const QUEUE_SAFETY_MS = 5_000
 /** The byte a holder sends the one waiter it keeps: "you are first in line; I close this on release". */
 const QUEUED = 'q'
 /**
@@ -39,13 +43,16 @@ export async function getAbstractLockName(path: string): Promise<string> {
 
 /**
  * Bind is the lock: EADDRINUSE means someone holds it, and the kernel frees the name when the holder closes
- * it or dies. One waiter at a time stays connected to the holder and is woken the instant it releases
- * (the hand-off); the others poll with a jittered pause. Who gets the lock next is decided by the bind,
- * never by the queue, so a waiter that dies or a holder that lies changes nothing about exclusivity.
+ * it or dies. A waiter queues for a turn (lock-queue.ts) and sleeps until it is woken; with its turn it binds.
+ * When the bind still fails (someone took the lock without queuing: an older vm-pool, a waiter whose wait ran
+ * out), it waits first in line at the holder, woken the instant it releases. Who gets the lock is decided by
+ * the bind, never by the queue, so a waiter or queue server that dies or lies changes nothing about exclusivity.
  */
 export async function acquireAbstractSocketLock(path: string, timeoutMs: number): Promise<HeldLock> {
   const name = await getAbstractLockName(path)
   const deadline = Date.now() + timeoutMs
+  const queue = getLockQueue(name)
+  let turn: LockTurn | undefined
   let frontAfter = 0
   const last = handedOff.get(name)
   if (last !== undefined) {
@@ -53,17 +60,30 @@ export async function acquireAbstractSocketLock(path: string, timeoutMs: number)
     const pause = last + YIELD_AFTER_HAND_OFF_MS - Date.now()
     if (pause > 0) await new Promise((resolve) => setTimeout(resolve, pause))
   }
-  for (;;) {
-    const server = await tryListen(name)
-    if (server) return holdWith(server, name)
-    const left = deadline - Date.now()
-    if (left <= 0) throw new LockTimeoutError(`the process listening on the abstract unix socket @${name.slice(1)} (\`ss -xlp | grep ${name.slice(1, 30)}\` shows it)`, timeoutMs)
-    if (Date.now() >= frontAfter) {
-      const outcome = await waitFirstInLine(name, Math.min(left, FRONT_SAFETY_MS))
-      if (outcome !== 'turned-away') continue
-      frontAfter = Date.now() + FRONT_RETRY_MS
+  try {
+    for (;;) {
+      const server = await tryListen(name)
+      if (server) {
+        const held = holdWith(server, name, turn)
+        turn = undefined
+        return held
+      }
+      const left = deadline - Date.now()
+      if (left <= 0) throw new LockTimeoutError(`the process listening on the abstract unix socket @${name.slice(1)} (\`ss -xlp | grep ${name.slice(1, 30)}\` shows it)`, timeoutMs)
+      if (!turn) {
+        turn = await queue.waitTurn(Math.min(left, QUEUE_SAFETY_MS))
+        continue
+      }
+      if (Date.now() >= frontAfter) {
+        const outcome = await waitFirstInLine(name, Math.min(left, FRONT_SAFETY_MS))
+        if (outcome !== 'turned-away') continue
+        frontAfter = Date.now() + FRONT_RETRY_MS
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.min(left, POLL_MIN_MS + Math.random() * (POLL_MAX_MS - POLL_MIN_MS))))
     }
-    await new Promise((resolve) => setTimeout(resolve, Math.min(left, POLL_MIN_MS + Math.random() * (POLL_MAX_MS - POLL_MIN_MS))))
+  } finally {
+    // Timed out or failed holding a turn: the next in the queue must not wait for us.
+    turn?.done()
   }
 }
 
@@ -77,7 +97,7 @@ function tryListen(name: string): Promise<Server | undefined> {
 }
 
 /** The holder keeps the first waiter that connects, turns the others away, and closes the kept one on release. */
-function holdWith(server: Server, name: string): HeldLock {
+function holdWith(server: Server, name: string, turn: LockTurn | undefined): HeldLock {
   let front: Socket | undefined
   server.on('connection', (socket) => {
     socket.on('error', () => {})
@@ -102,6 +122,7 @@ function holdWith(server: Server, name: string): HeldLock {
           handedOff.set(name, Date.now())
           front.destroy()
         }
+        turn?.done()
       })
       return released
     },

@@ -46,8 +46,11 @@ export function getHostName(): string {
   return hostName
 }
 
+let selfStartTime: number | null | undefined
+/** Ours: the start time is read once (it never changes), the host as `getHostName`. A new object each call. */
 export function getCurrentProcessIdentity(): ProcessIdentity {
-  return { pid: process.pid, host: getHostName(), startTime: getProcessStartTime(process.pid) }
+  if (selfStartTime === undefined) selfStartTime = getProcessStartTime(process.pid)
+  return { pid: process.pid, host: getHostName(), startTime: selfStartTime }
 }
 
 /** Alive means running: a zombie (exited, not yet reaped — common where PID 1 does not reap) is dead. */

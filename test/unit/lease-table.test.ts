@@ -7,6 +7,7 @@ import { describe, expect, test } from 'vitest'
 import type { LeaseEntry, LeaseTable } from '../../src/pool/lease-store.js'
 import {
   adoptIdle,
+  claimIdle,
   announceDelete,
   announceGcDeletes,
   decideGc,
@@ -107,6 +108,21 @@ describe('transitions', () => {
     expect(adopted).not.toHaveProperty('expiresAt')
     expect(adoptIdle(table, { ...want, key: 'k2' }, B, T0 + 100)?.name).toBe('old')
     expect(adoptIdle(table, { ...want, key: 'k3' }, B, T0 + 100)).toBeUndefined()
+  })
+
+  test('pickIdleToAdopt with a rank: the highest rank first, then the most recently idle; claimIdle claims that one', () => {
+    const table = tableOf(idle('old', 0), idle('mine', 10), idle('newest', 20), idle('newer', 15))
+    const want = { provider: 'fake', specHash: 'spec1' }
+    const ranks: Record<string, number> = { mine: 2, old: -0.5, newest: -0.9, newer: 1 }
+    expect(pickIdleToAdopt(table, want, T0 + 100, (candidate) => ranks[candidate.name]!)?.name).toBe('mine')
+    delete ranks.mine
+    table.mine!.state = 'leased'
+    expect(pickIdleToAdopt(table, want, T0 + 100, (candidate) => ranks[candidate.name]!)?.name).toBe('newer')
+    // Equal ranks: the most recently idle, as without a rank.
+    expect(pickIdleToAdopt(table, want, T0 + 100, () => 0)?.name).toBe('newest')
+    const chosen = pickIdleToAdopt(table, want, T0 + 100, (candidate) => (candidate.name === 'old' ? 1 : 0))!
+    expect(claimIdle(chosen, 'k', B, T0 + 100, () => 7)).toMatchObject({ name: 'old', state: 'leased', owner: B.owner, key: 'k', token: 7 })
+    expect(table.old).not.toHaveProperty('idleSince')
   })
 
   test('a rebuilt entry (owner unknown) is never adopted: it is not idle', () => {

@@ -183,6 +183,12 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
 
     probe: () => probeQemu(config, machines),
 
+    /** Its QEMU process (pid + start time from process.json) still runs. */
+    async isRunning(record: VmRecord): Promise<boolean> {
+      const recorded = await vmDir(validateVmName(record.name, PROVIDER)).readProcess().catch(() => undefined)
+      return recorded !== undefined && isProcessAlive(recorded)
+    },
+
     describe: describeQemuVm,
     shell: getQemuShellCommand,
 
