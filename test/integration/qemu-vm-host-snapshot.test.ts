@@ -47,7 +47,10 @@ describe.skipIf(Boolean(skipReason))(`qemu on a VM host: snapshots${skipReason ?
     const after = await again.exec('test -e reset-marker && echo kept || echo gone; hostname')
     expect(after.stdout.split('\n').slice(0, 2)).toEqual(['gone', a.name])
     await again.close()
+    // isRunning asks the VM host whether the recorded QEMU still runs (the pool asks it before reusing a kept connection).
+    expect(await provider.isRunning!(next)).toBe(true)
     await provider.delete(a.name)
+    expect(await provider.isRunning!(next)).toBe(false)
     await provider.delete(b.name)
   }, 3 * QEMU_TEST_CREATE_TIMEOUT_MS)
 

@@ -27,7 +27,7 @@ import { SshVmHost } from './ssh-vm-host.js'
 import { VmHostLauncher } from './vm-host-launcher.js'
 import { VmHostMachineResolver } from './vm-host-machine.js'
 import { VmHostSnapshots } from './vm-host-snapshot.js'
-import { LIST_VMS_SCRIPT, PREPARE_VM_DIR_SCRIPT, WRITE_FILE_SCRIPT } from './vm-host-scripts.js'
+import { IS_ALIVE_SCRIPT, LIST_VMS_SCRIPT, PREPARE_VM_DIR_SCRIPT, WRITE_FILE_SCRIPT } from './vm-host-scripts.js'
 
 const PROVIDER = 'qemu'
 
@@ -182,6 +182,15 @@ export function vmHostQemuProvider(config: QemuConfig, vmHostConfig: VmHostConfi
       } catch (error) {
         return { usable: false, reason: isVmPoolError(error) ? error.shortMessage : String(error), details, hint: isVmPoolError(error) ? error.hint : undefined }
       }
+    },
+
+    /** Its QEMU still runs on the VM host (the recorded pid, its command line naming the VM's pid file): one script there. */
+    async isRunning(record: VmRecord): Promise<boolean> {
+      const name = validateVmName(record.name, PROVIDER)
+      const parsed = qemuRecordDataSchema.safeParse(record.data)
+      if (!parsed.success || posix.basename(parsed.data.vmDir) !== name) return false
+      const result = await host.run(IS_ALIVE_SCRIPT, [String(parsed.data.pid), posix.join(parsed.data.vmDir, VM_DIR_FILES.pid)], { timeoutMs: scriptTimeout() })
+      return result.exitCode === 0
     },
 
     describe: describeQemuVm,
