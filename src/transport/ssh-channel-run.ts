@@ -4,7 +4,7 @@ import type { ClientChannel } from 'ssh2'
 import { createDebug } from '../util/debug.js'
 import type { ExecOptions } from './exec-types.js'
 import { OutputCapture } from './output-capture.js'
-import { SshStderrParser } from './ssh-exec-protocol.js'
+import { SshStderrParser, type KillTarget } from './ssh-exec-protocol.js'
 
 /** After killing a timed-out or aborted command, how long its channel may take to close before we close it. */
 export const EXEC_KILL_GRACE_MS = 5_000
@@ -38,7 +38,7 @@ export interface CollectOptions {
   /** The command prints its pid line first (`buildSshExecScript(..., killable)`). */
   killable: boolean
   /** Kills the remote process group (a second channel); resolves when done or failed. */
-  killRemote(pid: number): Promise<void>
+  killRemote(target: KillTarget): Promise<void>
   /** Receives the function that kills the command (timeout, abort): the group, then the channel after EXEC_KILL_GRACE_MS. */
   armKill(kill: () => void): void
   /** For DEBUG lines. */
@@ -57,8 +57,8 @@ export function collectChannel(channel: ClientChannel, collect: CollectOptions):
     const stderr = new OutputCapture(collect.maxOutputBytes)
     const stdoutDecoder = new StringDecoder('utf8')
     let ioError: unknown
-    let pidKnown: (pid: number | undefined) => void = () => {}
-    const pid = new Promise<number | undefined>((resolvePid) => (pidKnown = resolvePid))
+    let pidKnown: (target: KillTarget | undefined) => void = () => {}
+    const pid = new Promise<KillTarget | undefined>((resolvePid) => (pidKnown = resolvePid))
     const stderrParser = new SshStderrParser(killable, (value) => pidKnown(value), (text) => {
       stderr.push(text)
       options.onStderr?.(text)

@@ -1,4 +1,7 @@
+import { createDebug } from '../util/debug.js'
 import { SshConnection, type SshConnectionConfig } from './ssh-connection.js'
+
+const debug = createDebug('vm-pool:ssh')
 
 export interface SshPoolLimits {
   /**
@@ -52,12 +55,21 @@ interface Waiter {
  * `maxChannels` commands running, kept when idle, at most `maxConnections` (execs wait in FIFO order
  * beyond that) and at most `maxConnecting` handshakes at a time. A connection that fails to connect is
  * forgotten; the exec that asked for it tries once more when another connection works, else gets the connect error.
+ *
+ * Spares: during a burst, execs that wait take whichever comes first, a connection that frees up or one
+ * that finished its handshake, so a burst of N ends with fewer than N connections and the next burst of
+ * N pays handshakes again (about 60 ms of an emulated guest's CPU each, on top of its commands). Once
+ * nothing waits, the pool opens spare connections in the background up to the most commands it has seen
+ * running and waiting at once (`maxConnecting` at a time, never beyond `maxConnections`). A spare that
+ * fails to connect stops that: the peak drops to the connections that exist.
  */
 export class SshConnectionPool {
   #config: SshConnectionConfig
   readonly #limits: SshPoolLimits
   #entries: Entry[] = []
   readonly #waiters: Waiter[] = []
+  /** Commands running and waiting at once, at most, since the pool opened or closed: spares are opened up to it. */
+  #peakDemand = 0
 
   constructor(config: SshConnectionConfig, limits: SshPoolLimits) {
     this.#config = config
@@ -101,7 +113,11 @@ export class SshConnectionPool {
   #assign(options: AcquireOptions): Promise<ChannelSlot & { connected: Promise<unknown> }> {
     if (options.signal?.aborted) return Promise.reject(options.onAborted())
     const slot = this.#tryAssign(options.urgent === true)
-    if (slot) return Promise.resolve(slot)
+    if (slot) {
+      this.#noteDemand(0)
+      return Promise.resolve(slot)
+    }
+    this.#noteDemand(1)
     options.onWait?.(this.#describeBusy())
     return new Promise((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined
@@ -149,6 +165,7 @@ export class SshConnectionPool {
   async close(): Promise<void> {
     const entries = this.#entries
     this.#entries = []
+    this.#peakDemand = 0
     await Promise.all(entries.map((entry) => entry.connection.close()))
   }
 
@@ -176,6 +193,8 @@ export class SshConnectionPool {
       () => {
         // The execs given slots on it get the connect error (acquire); later ones may try a new connection.
         this.#entries = this.#entries.filter((other) => other !== entry)
+        // No more spares than what connects (a VM that went away must not be called again and again).
+        this.#peakDemand = Math.min(this.#peakDemand, this.#entries.length * this.#limits.maxChannels)
         this.#pump()
       },
     )
@@ -197,13 +216,31 @@ export class SshConnectionPool {
     }
   }
 
-  /** Hand freed capacity to the waiters, oldest first. */
+  /** Hand freed capacity to the waiters, oldest first; with none left, open spares. */
   #pump(): void {
     while (this.#waiters.length > 0) {
       const slot = this.#tryAssign(this.#waiters[0]!.urgent)
       if (!slot) return
       this.#waiters.shift()!.resolve(slot)
     }
+    this.#openSpares()
+  }
+
+  /** `waiting`: the acquire being counted waits (it is not in `#waiters` yet). */
+  #noteDemand(waiting: number): void {
+    const demand = this.#entries.reduce((sum, entry) => sum + entry.active, 0) + this.#waiters.length + waiting
+    if (demand > this.#peakDemand) this.#peakDemand = demand
+  }
+
+  #openSpares(): void {
+    const { maxChannels, maxConnections, maxConnecting } = this.#limits
+    const wanted = Math.min(maxConnections, Math.ceil(this.#peakDemand / maxChannels))
+    let opened = 0
+    while (this.#entries.length < wanted && this.#entries.filter((entry) => !entry.ready).length < maxConnecting) {
+      this.#open()
+      opened++
+    }
+    if (opened > 0) debug('opening %d spare connection%s (%d running and waiting at once were seen; %d open)', opened, opened === 1 ? '' : 's', this.#peakDemand, this.#entries.length)
   }
 
   #describeBusy(): string {

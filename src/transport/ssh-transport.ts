@@ -14,7 +14,7 @@ import { abortedError, TIMED_OUT_EXIT_CODE } from './process-runner.js'
 import { collectChannel, EXEC_KILL_GRACE_MS, type ChannelIo } from './ssh-channel-run.js'
 import { SSH_READY_TIMEOUT_MS, sshEndpointFields } from './ssh-connection.js'
 import { SshConnectionPool, type ChannelSlot } from './ssh-connection-pool.js'
-import { buildSshExecScript, remoteKillCommand, signalNumber } from './ssh-exec-protocol.js'
+import { buildSshExecScript, remoteKillCommand, signalNumber, type KillTarget } from './ssh-exec-protocol.js'
 import { normalizeHostKeyPin } from './ssh-keys.js'
 import { packDirectory } from './tar/tar-writer.js'
 
@@ -217,11 +217,11 @@ export class SshTransport {
     return new VmPoolError({ code: 'VMPOOL_EXEC_FAILED', ...this.#context, operation, message: `${operation} ${JSON.stringify(path)} failed: ${stderr.trim() || 'no error output'}` })
   }
 
-  /** Kill the remote process group led by `pid`, over a channel of its own that never waits for a slot. */
-  async #killRemote(pid: number): Promise<void> {
+  /** Kill the remote command's process group (`KillTarget`), over a channel of its own that never waits for a slot. */
+  async #killRemote(target: KillTarget): Promise<void> {
     const slot = await this.#pool.acquire({ urgent: true, onTimeout: () => new Error('unreachable'), onAborted: () => new Error('unreachable') })
     try {
-      const channel = await slot.connection.openChannel(remoteKillCommand(pid))
+      const channel = await slot.connection.openChannel(remoteKillCommand(target))
       await new Promise<void>((resolve) => {
         channel.on('data', () => {})
         channel.stderr.on('data', () => {})
@@ -254,7 +254,7 @@ export class SshTransport {
     if (options.signal?.aborted) throw abortedError(context)
     const maxOutputBytes = normalizeMaxOutputBytes(options.maxOutputBytes)
     const killable = options.timeoutMs !== undefined || options.signal !== undefined
-    const script = buildSshExecScript(command, options, killable)
+    const script = buildSshExecScript(command, options, killable, this.#pool.limits.maxChannels === 1)
     const deadline = options.timeoutMs === undefined ? undefined : started + options.timeoutMs
 
     let slot: ChannelSlot
@@ -290,7 +290,7 @@ export class SshTransport {
         io,
         maxOutputBytes,
         killable,
-        killRemote: (pid) => this.#killRemote(pid).catch((error: unknown) => debug('kill on %s failed: %s', this.#target, (error as Error).message)),
+        killRemote: (target) => this.#killRemote(target).catch((error: unknown) => debug('kill on %s failed: %s', this.#target, (error as Error).message)),
         armKill: (kill) => {
           onStop = kill
           if (stopReason) kill()

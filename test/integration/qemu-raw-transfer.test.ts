@@ -1,14 +1,15 @@
 /**
- * Big files to and from a real QEMU guest on plain TCP (src/providers/qemu/guest-raw-transfer.ts): the
- * guest's nc connects to the user-mode gateway, the bytes skip SSH's encryption. Shown here: the raw path
- * is the one taken (a counting nc function in the guest), the bytes arrive intact,
- * a local process that connects to the listener first with a wrong token gets nothing, and a guest
- * without nc falls back to SSH with the same result.
+ * Big files to and from a real QEMU guest on plain TCP (src/providers/qemu/guest-raw-transfer.ts): for
+ * putFile the guest's nc connects to the user-mode gateway; for getFile the guest listens behind a QEMU
+ * hostfwd on 127.0.0.1. The bytes skip SSH's encryption. Shown here: the raw path is the one taken (a
+ * counting nc function in the guest, the transfer's counts), the bytes arrive intact, a local process
+ * that connects first with a wrong token gets nothing (either direction), a truncated stream is refused
+ * (SSH then), and a guest without nc falls back to SSH with the same result.
  */
 import { randomBytes } from 'node:crypto'
-import { connect } from 'node:net'
+import { connect, createServer, type AddressInfo } from 'node:net'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { GuestRawTransfer, RAW_PUT_MIN_BYTES } from '../../src/providers/qemu/guest-raw-transfer.js'
+import { GuestRawTransfer, RAW_GET_MIN_BYTES, RAW_PUT_MIN_BYTES, type OpenHostForward } from '../../src/providers/qemu/guest-raw-transfer.js'
 import type { QemuVm } from '../../src/providers/qemu/qemu-vm.js'
 import type { ExecOptions } from '../../src/providers/vm-provider.js'
 import { getQemuSkipReason, QEMU_TEST_CREATE_TIMEOUT_MS, useQemuTestProvider, type QemuTestProvider } from '../helpers/qemu.js'
@@ -39,6 +40,87 @@ describe.skipIf(Boolean(skipReason))('raw file transfer to a QEMU guest', () => 
     await vm.putFile('/tmp/big2.bin', data)
     expect((await vm.exec('cmp /tmp/big.bin /tmp/big2.bin && echo same')).stdout).toBe('same\n')
     expect((await vm.getFile('/tmp/big2.bin')).equals(data)).toBe(true)
+  }, 300_000)
+
+  /** QEMU's own forwards of this VM (the Vm's hostfwd), the ports they got recorded. */
+  const forwarder = (opened: { host: string; port: number }[]): OpenHostForward => async (guestPort) => {
+    const forward = await vm.forwardPort(guestPort, { via: 'hostfwd' })
+    opened.push({ host: forward.host, port: forward.port })
+    return forward
+  }
+
+  test('getFile through a hostfwd: the guest listens, the host sends the token, every byte arrives (also with no trailing newline, empty, small)', async () => {
+    const data = Buffer.concat([randomBytes(RAW_GET_MIN_BYTES + 1000), Buffer.from('no newline at the end')])
+    await vm.putFile('/tmp/fwd.bin', data)
+    const opened: { host: string; port: number }[] = []
+    const transfer = new GuestRawTransfer((command, options) => vm.exec(`nc() { echo "$*" >> /tmp/nc-listen; busybox nc "$@"; }\n${command}`, options), vm.name, forwarder(opened))
+    expect((await transfer.get('/tmp/fwd.bin'))?.equals(data)).toBe(true)
+    expect(transfer.counts).toEqual({ puts: 0, gets: 1, forwardedGets: 1 })
+    // The guest listened (nc -l), and QEMU's end of the forward was on loopback only.
+    expect((await vm.exec('cat /tmp/nc-listen')).stdout).toMatch(/^-l -p \d+ -e sh -c /)
+    expect(opened).toHaveLength(1)
+    expect(opened[0]!.host).toBe('127.0.0.1')
+    // The rule is gone once the transfer is done: nothing answers on that port any more.
+    await expect(new Promise((resolve, reject) => connect(opened[0]!.port, '127.0.0.1').on('connect', resolve).on('error', reject))).rejects.toMatchObject({ code: 'ECONNREFUSED' })
+    // Files under RAW_GET_MIN_BYTES (an empty one too): the guest connects out instead of listening.
+    await vm.putFile('/tmp/empty.bin', Buffer.alloc(0))
+    await vm.putFile('/tmp/short.txt', 'no newline')
+    expect((await transfer.get('/tmp/empty.bin'))?.length).toBe(0)
+    expect((await transfer.get('/tmp/short.txt'))?.toString()).toBe('no newline')
+    expect(transfer.counts).toEqual({ puts: 0, gets: 3, forwardedGets: 1 })
+    expect((await vm.exec('wc -l < /tmp/nc-listen')).stdout.trim()).toBe('3')
+    expect((await vm.exec('grep -c "^-l " /tmp/nc-listen')).stdout.trim()).toBe('1')
+  }, 300_000)
+
+  test('getFile through a hostfwd: a local process that reaches the guest first gets nothing, and the Vm falls back to SSH', async () => {
+    const data = randomBytes(RAW_GET_MIN_BYTES * 2)
+    await vm.putFile('/tmp/guarded-get.bin', data)
+    let stolen = 0
+    let guestDone = false
+    let intruding: Promise<void> | undefined
+    // The transfer is handed a port where nothing listens; the intruder knocks on QEMU's real one with
+    // a wrong token until the guest's one-shot listener has taken it (the guest command then ends).
+    const deadPort = await new Promise<number>((resolve) => {
+      const server = createServer().listen(0, '127.0.0.1', () => {
+        const { port } = server.address() as AddressInfo
+        server.close(() => resolve(port))
+      })
+    })
+    const transfer = new GuestRawTransfer(
+      (command, options) => vm.exec(command, options).finally(() => (guestDone = true)),
+      vm.name,
+      async (guestPort) => {
+        const forward = await vm.forwardPort(guestPort, { via: 'hostfwd' })
+        intruding = (async () => {
+          while (!guestDone) {
+            await new Promise<void>((resolve) => {
+              const intruder = connect(forward.port, '127.0.0.1', () => intruder.write(`${'0'.repeat(32)}\n`))
+              intruder.on('data', (chunk: Buffer) => (stolen += chunk.length))
+              intruder.on('error', () => resolve())
+              intruder.on('close', () => resolve())
+            })
+            await new Promise((resolve) => setTimeout(resolve, 20))
+          }
+        })()
+        return { port: deadPort, close: () => forward.close() }
+      },
+    )
+    expect(await transfer.get('/tmp/guarded-get.bin')).toBeUndefined()
+    await intruding
+    expect(stolen).toBe(0)
+    expect(transfer.counts.gets).toBe(0)
+    expect((await vm.getFile('/tmp/guarded-get.bin')).equals(data)).toBe(true)
+  }, 300_000)
+
+  test('a truncated stream is refused both ways: no file is written, no short buffer is returned', async () => {
+    const data = randomBytes(RAW_PUT_MIN_BYTES * 2)
+    // The guest's receiving/sending cat stops early (head -c), as a connection cut halfway would.
+    const cut = new GuestRawTransfer((command, options) => vm.exec(command.replace('exec cat > ', 'exec head -c 1000 > ').replace('exec cat -- ', 'exec head -c 1000 -- '), options), vm.name, forwarder([]))
+    expect(await cut.put('/tmp/cut.bin', data)).toBe(false)
+    expect((await vm.exec('ls /tmp/cut.bin* 2>/dev/null; true')).stdout).toBe('')
+    await vm.putFile('/tmp/whole.bin', data)
+    expect(await cut.get('/tmp/whole.bin')).toBeUndefined()
+    expect(cut.counts).toEqual({ puts: 0, gets: 0, forwardedGets: 0 })
   }, 300_000)
 
   test('a local process that connects first with a wrong token gets none of the bytes; the transfer still succeeds', async () => {

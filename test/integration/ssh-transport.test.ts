@@ -4,10 +4,10 @@
  */
 import { spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { afterAll, beforeAll, describe, expect, test } from 'vitest'
+import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
 import { generateSshKeyPair, getSshFingerprint } from '../../src/transport/ssh-keys.js'
 import { SshTransport } from '../../src/transport/ssh-transport.js'
@@ -96,6 +96,23 @@ describe.skipIf(Boolean(skipReason))('SshTransport against OpenSSH sshd on loopb
     expect((await busy).exitCode).toBe(0)
     expect(existsSync(marker)).toBe(false)
   })
+
+  test('after a burst, spare connections are opened up to the burst\'s size: the next burst of that size makes no new connection', async () => {
+    const ssh = make({ maxChannels: 1, maxConnections: 16 })
+    const before = acceptedConnections()
+    // 12 at once, MAX_CONNECTING handshakes at a time: waiters take connections that free up as well.
+    const first = await Promise.all(Array.from({ length: 12 }, (_, index) => ssh.exec(`echo ${index}`)))
+    first.forEach((result, index) => expect(result.stdout).toBe(`${index}\n`))
+    await vi.waitFor(() => expect(ssh.connectionCount).toBe(12), { timeout: 20_000, interval: 50 })
+    await vi.waitFor(() => expect(acceptedConnections() - before).toBe(12), { timeout: 20_000, interval: 50 })
+    // All 12 run at once on the kept ones (each waits for the others' marker files): no handshake more.
+    const barrier = join(work, 'spare-barrier')
+    mkdirSync(barrier)
+    const second = await Promise.all(Array.from({ length: 12 }, (_, index) => ssh.exec(`touch ${barrier}/${index}; while [ $(ls ${barrier} | wc -l) -lt 12 ]; do sleep 0.05; done; echo ok`, { timeoutMs: 20_000 })))
+    second.forEach((result) => expect(result).toMatchObject({ exitCode: 0, stdout: 'ok\n', timedOut: false }))
+    expect(acceptedConnections() - before).toBe(12)
+    expect(ssh.connectionCount).toBe(12)
+  }, 60_000)
 
   test('putFile / getFile / execBuffer are binary-safe', async () => {
     const ssh = make()

@@ -3,19 +3,19 @@
  * stream is fed whole and split at every byte, since SSH delivers stderr in arbitrary chunks.
  */
 import { describe, expect, test } from 'vitest'
-import { buildSshExecScript, remoteKillCommand, SshStderrParser } from '../../src/transport/ssh-exec-protocol.js'
+import { buildSshExecScript, remoteKillCommand, SshStderrParser, type KillTarget } from '../../src/transport/ssh-exec-protocol.js'
 
 const PID = '\u001evm-pool-pid '
 const EXIT = '\u001evm-pool-exit '
 
 function parse(stream: string, killable: boolean, splitAt?: number) {
-  const pids: Array<number | undefined> = []
+  const targets: Array<KillTarget | undefined> = []
   const text: string[] = []
-  const parser = new SshStderrParser(killable, (pid) => pids.push(pid), (chunk) => text.push(chunk))
+  const parser = new SshStderrParser(killable, (target) => targets.push(target), (chunk) => text.push(chunk))
   const bytes = Buffer.from(stream, 'utf8')
   for (const part of splitAt === undefined ? [bytes] : [bytes.subarray(0, splitAt), bytes.subarray(splitAt)]) parser.push(part)
   const exit = parser.end()
-  return { pids, stderr: text.join(''), exit }
+  return { pids: targets.map((target) => target?.pid), stderr: text.join(''), exit, targets }
 }
 
 const cases: Array<{ name: string; stream: string; killable: boolean; pids: Array<number | undefined>; stderr: string; exit: number | undefined }> = [
@@ -33,8 +33,30 @@ const cases: Array<{ name: string; stream: string; killable: boolean; pids: Arra
 describe('SshStderrParser', () => {
   test.each(cases)('$name', ({ stream, killable, pids, stderr, exit }) => {
     for (let at = 0; at <= Buffer.byteLength(stream); at++) {
-      expect(parse(stream, killable, at), `split at byte ${at}`).toEqual({ pids, stderr, exit })
+      expect(parse(stream, killable, at), `split at byte ${at}`).toMatchObject({ pids, stderr, exit })
     }
+  })
+})
+
+describe('the pid line of a command in a group its connection leads', () => {
+  test.each([
+    { stream: `${PID}50 49 1234\nboom\n${EXIT}0\n`, target: { pid: 50, group: { id: 49, since: 1234 } } },
+    { stream: `${PID}50 49 0\n${EXIT}0\n`, target: { pid: 50, group: { id: 49, since: 0 } } },
+    { stream: `${PID}50 49\n${EXIT}0\n`, target: undefined },
+    { stream: `${PID}50 0 7\n${EXIT}0\n`, target: undefined },
+    { stream: `${PID}50 x 7\n${EXIT}0\n`, target: undefined },
+  ])('$stream', ({ stream, target }) => {
+    for (let at = 0; at <= Buffer.byteLength(stream); at++) expect(parse(stream, true, at).targets, `split at byte ${at}`).toEqual([target])
+  })
+
+  test('the script offers it only for one command per connection; the kill spares the leader and older processes', () => {
+    expect(buildSshExecScript('sleep 1', {}, true, true)).toContain('[ 1 = 1 ] && [ "$2" = "$3" ]')
+    expect(buildSshExecScript('sleep 1', {}, true, false)).toContain('[ 0 = 1 ] && [ "$2" = "$3" ]')
+    const kill = remoteKillCommand({ pid: 50, group: { id: 49, since: 1234 } })
+    expect(kill.split('\n')[0]).toBe('g=49; t=1234')
+    expect(kill).toContain('[ "$3" = "$g" ] && [ "$p" != "$g" ] && [ "${20:-0}" -ge "$t" ] && kill -9 "$p"')
+    expect(() => remoteKillCommand({ pid: 50, group: { id: 0, since: 1 } })).toThrow(/not a group/)
+    expect(() => remoteKillCommand({ pid: 50, group: { id: 49, since: -1 } })).toThrow(/not a group/)
   })
 })
 

@@ -96,7 +96,8 @@ export interface QemuVmParts {
 
 export function createQemuVm({ record, transport, qemu, forwards: registry }: QemuVmParts): QemuVm {
   const { forwards, release } = registry.open(record.name)
-  const raw = qemu.on === 'local' ? new GuestRawTransfer((command, options) => transport.exec(command, options), record.name) : undefined
+  // On a VM host the guest's gateway and QEMU's hostfwd are that host, not this one: no raw path, files go over SSH.
+  const raw = qemu.on === 'local' ? new GuestRawTransfer((command, options) => transport.exec(command, options), record.name, (guestPort) => addHostForward(qemu.qmpSocket, guestPort, undefined, record.name)) : undefined
   const close = async () => {
     await release()
     await transport.close()
