@@ -1,3 +1,4 @@
+import type { Duplex } from 'node:stream'
 import ssh2 from 'ssh2'
 import type { Client as SshClient, ClientChannel, ConnectConfig } from 'ssh2'
 import { z } from 'zod'
@@ -42,6 +43,11 @@ export interface SshConnectionConfig {
   hostKeyFingerprint: string | undefined
   /** Cipher preference, most wanted first; undefined = ssh2's default order. */
   ciphers?: string[] | undefined
+  /**
+   * Reach the server through this stream instead of a TCP connection to `host:port` (a channel of
+   * another SSH connection: a jump host). `host:port` then only names the server in messages.
+   */
+  tunnel?: (() => Promise<Duplex>) | undefined
   /** For error messages. */
   provider: string
   vm?: string | undefined
@@ -141,6 +147,23 @@ export class SshConnection {
     }
   }
 
+  /** A channel to the unix socket `path` on the server (OpenSSH's streamlocal forwarding); reconnects once like `openTcp`. */
+  async openUnix(path: string): Promise<ClientChannel> {
+    try {
+      return await this.#onLiveClient(
+        'unix socket forward',
+        (client) =>
+          new Promise<ClientChannel>((resolve, reject) => {
+            client.openssh_forwardOutStreamLocal(path, (error, channel) => (error ? reject(error) : resolve(channel)))
+          }),
+        (error) => (error as { reason?: unknown }).reason === undefined,
+      )
+    } catch (error) {
+      if (error instanceof VmPoolError) throw error
+      throw new VmPoolError({ code: 'VMPOOL_EXEC_FAILED', provider: this.#config.provider, vm: this.#config.vm, operation: 'forward', message: `could not reach the unix socket ${path} through ${this.target}: ${(error as Error).message}`, hint: 'the server must allow streamlocal forwarding (OpenSSH: AllowStreamLocalForwarding, on by default)', cause: error })
+    }
+  }
+
   /** `open` on the connection; when it fails in a way `deadConnection` accepts, drop that connection and try once more on a new one. */
   async #onLiveClient<T>(what: string, open: (client: SshClient) => Promise<T>, deadConnection: (error: unknown) => boolean): Promise<T> {
     for (let attempt = 0; ; attempt++) {
@@ -176,10 +199,24 @@ export class SshConnection {
     this.#connection = undefined
   }
 
-  #open(): Promise<SshClient> {
+  async #open(): Promise<SshClient> {
     const config = this.#config
     const client = new ssh2.Client()
     this.#client = client
+    let sock: Duplex | undefined
+    if (config.tunnel) {
+      try {
+        sock = await config.tunnel()
+      } catch (error) {
+        if (error instanceof VmPoolError) throw error
+        throw this.#connectError(error as Error, undefined)
+      }
+      // Closed while the tunnel opened: this connection is no longer wanted.
+      if (this.#client !== client) {
+        sock.destroy()
+        throw new Error('the connection was closed while its tunnel opened')
+      }
+    }
     let hostKeyProblem: { got: string } | undefined
     const connectConfig: ConnectConfig = {
       host: config.host,
@@ -187,6 +224,7 @@ export class SshConnection {
       username: config.username,
       privateKey: config.privateKey,
       readyTimeout: config.readyTimeoutMs,
+      ...(sock ? { sock: sock as NonNullable<ConnectConfig['sock']> } : {}),
       keepaliveInterval: SSH_KEEPALIVE_INTERVAL_MS,
       keepaliveCountMax: 3,
       ...(config.ciphers ? { algorithms: { cipher: config.ciphers as NonNullable<ConnectConfig['algorithms']>['cipher'] } } : {}),

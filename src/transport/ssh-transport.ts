@@ -1,4 +1,5 @@
-import type { Readable } from 'node:stream'
+import type { Duplex, Readable } from 'node:stream'
+import type { ClientChannel } from 'ssh2'
 import ssh2 from 'ssh2'
 import { z } from 'zod'
 import { formatZodError } from '../config/zod-error.js'
@@ -49,6 +50,11 @@ export const sshTransportOptionsSchema = z
     maxConnections: z.number().int().min(1).max(64).default(DEFAULT_MAX_CONNECTIONS),
     /** Cipher preference, most wanted first (ssh2 names). @default ssh2's order (AES-GCM first where the CPU has AES) */
     ciphers: z.array(z.string().min(1)).min(1).optional(),
+    /**
+     * Reach the host through a stream this returns (e.g. a direct-tcpip channel of a connection to a
+     * jump host) instead of a TCP connection to `host:port`; called once per connection.
+     */
+    tunnel: z.custom<() => Promise<Duplex>>((value) => typeof value === 'function').optional(),
     /** For error messages: `[vm-pool] [<provider>]`. @default 'ssh' */
     provider: z.string().min(1).default('ssh'),
     /** For error messages. */
@@ -182,6 +188,16 @@ export class SshTransport {
       vm: this.#context.vm ?? this.#target,
       connect: async () => (await this.#pool.anyConnection()).openTcp('127.0.0.1', guestPort),
     })
+  }
+
+  /** A direct-tcpip channel to `host:port` as the host sees it (reconnects once like exec). */
+  async openTcp(host: string, port: number): Promise<ClientChannel> {
+    return (await this.#pool.anyConnection()).openTcp(host, port)
+  }
+
+  /** A channel to the unix socket `path` on the host (OpenSSH streamlocal forwarding). */
+  async openUnix(path: string): Promise<ClientChannel> {
+    return (await this.#pool.anyConnection()).openUnix(path)
   }
 
   /** Close the connections. The transport can still be used afterwards: the next exec reconnects. */

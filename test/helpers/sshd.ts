@@ -48,6 +48,8 @@ export interface StartSshdOptions {
   setEnv?: Record<string, string>
   /** Listen on this many ports. @default 1 */
   portCount?: number
+  /** sshd's LogLevel (`DEBUG1` also logs each forwarded channel's target). @default 'INFO' */
+  logLevel?: 'INFO' | 'VERBOSE' | 'DEBUG1'
 }
 
 export async function startSshd(options: StartSshdOptions = {}): Promise<StartedSshd> {
@@ -80,7 +82,7 @@ export async function startSshd(options: StartSshdOptions = {}): Promise<Started
       'PasswordAuthentication no',
       'KbdInteractiveAuthentication no',
       'PermitRootLogin prohibit-password',
-      'LogLevel INFO',
+      `LogLevel ${options.logLevel ?? 'INFO'}`,
       ...(setEnv.length > 0 ? [`SetEnv ${setEnv.join(' ')}`] : []),
     ].join('\n'),
   )

@@ -33,6 +33,26 @@ export interface WaitForBootOptions {
   readyCommand: () => string
   /** Appended to error messages, e.g. ` (the snapshot template in DIR)`. */
   context?: string
+  /** How QEMU and its console are watched when they are not on this machine (a VM host); default: `localBootProbe`. */
+  probe?: BootProbe
+}
+
+/** Where the boot wait looks: is QEMU alive, what did the console print. */
+export interface BootProbe {
+  isAlive(): Promise<boolean>
+  /** Whether the console printed `marker` yet. */
+  hasConsoleLine(marker: string): Promise<boolean>
+  /** The end of the console, indented for an error message (`readSerialTail`'s format). */
+  consoleTail(): Promise<string>
+}
+
+/** QEMU a process of this machine, its console a file here. */
+export function localBootProbe(identity: QemuProcessFile, serialLog: string): BootProbe {
+  return {
+    isAlive: async () => isProcessAlive(identity),
+    hasConsoleLine: async (marker) => (await readFile(serialLog, 'utf8').catch(() => '')).includes(marker),
+    consoleTail: () => readSerialTail(serialLog),
+  }
 }
 
 /**
@@ -45,19 +65,20 @@ export async function waitForBoot(options: WaitForBootOptions): Promise<void> {
   const deadline = options.startedAt + options.timeoutMs
   let lastError: unknown
   let markerSeen = options.bootMarker === undefined
+  const probe = options.probe ?? localBootProbe(identity, options.serialLog)
   while (performance.now() < deadline) {
-    if (!isProcessAlive(identity)) {
+    if (!(await probe.isAlive())) {
       throw new VmPoolError({
         code: 'VMPOOL_CREATE_FAILED',
         provider: 'qemu',
         operation: 'create',
         vm,
-        message: `QEMU exited while the guest was booting${options.context ?? ''}; the guest's console ended with:\n${await readSerialTail(options.serialLog)}`,
+        message: `QEMU exited while the guest was booting${options.context ?? ''}; the guest's console ended with:\n${await probe.consoleTail()}`,
         hint: 'a kernel panic or a broken image: rebuild it with `vm-pool image build --force`',
       })
     }
     if (!markerSeen) {
-      markerSeen = (await readFile(options.serialLog, 'utf8').catch(() => '')).includes(options.bootMarker!)
+      markerSeen = await probe.hasConsoleLine(options.bootMarker!)
       if (!markerSeen) {
         await sleep(BOOT_POLL_INTERVAL_MS)
         continue
@@ -90,7 +111,7 @@ export async function waitForBoot(options: WaitForBootOptions): Promise<void> {
     vm,
     timeoutName: options.timeoutName,
     timeoutMs: options.timeoutMs,
-    message: `timed out after ${options.timeoutMs} ms waiting for SSH on 127.0.0.1:${identity.port} (${options.timeoutName}, ${identity.accel})${options.context ?? ''}; last error: ${(lastError as Error | undefined)?.message ?? 'none'}; the guest's console ended with:\n${await readSerialTail(options.serialLog)}`,
+    message: `timed out after ${options.timeoutMs} ms waiting for SSH on 127.0.0.1:${identity.port} (${options.timeoutName}, ${identity.accel})${options.context ?? ''}; last error: ${(lastError as Error | undefined)?.message ?? 'none'}; the guest's console ended with:\n${await probe.consoleTail()}`,
     hint: 'on a slow or busy machine set VM_POOL_TIMEOUT_SCALE=2 (or higher); the VM was killed',
     cause: lastError,
   })

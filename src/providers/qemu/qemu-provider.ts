@@ -19,6 +19,7 @@ import { QemuVmDir, listVmDirNames, qemuRecordDataSchema } from './qemu-vm-dir.j
 import { createQemuVm, makeGuestTransport, type QemuVm } from './qemu-vm.js'
 import { VmPortForwards } from '../vm-port-forwards.js'
 import type { StartedQemu } from './start-strategy.js'
+import { vmHostQemuProvider } from './vm-host-qemu-provider.js'
 
 const PROVIDER = 'qemu'
 const debug = createDebug('vm-pool:qemu')
@@ -34,7 +35,8 @@ export interface QemuProvider extends VmProvider {
   close(): Promise<void>
   describe(record: VmRecord): KeptVmHelp
   fingerprint(spec: Omit<VmSpec, 'name'>): Record<string, unknown>
-  shell(record: VmRecord, command?: string[]): LocalCommand
+  /** `undefined` for a VM on a VM host (its key is there, not here): `vm-pool ssh` then runs commands through exec. */
+  shell(record: VmRecord, command?: string[]): LocalCommand | undefined
 }
 
 /**
@@ -43,9 +45,11 @@ export interface QemuProvider extends VmProvider {
  * process (VMs are shared between processes), found again through `<stateDir>/qemu/<name>/`
  * (qemu-vm-dir.ts) or, when that dir is gone, by its command line (qemu-process-scan.ts).
  * A VM starts by a cold boot or a snapshot restore (start-strategy.ts); docs/qemu.md has the details.
+ * With `host`, QEMU runs on that VM host over SSH instead (vm-host-qemu-provider.ts).
  */
 export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
   const config = resolveQemuConfig(options)
+  if (config.vmHost) return vmHostQemuProvider(config, config.vmHost)
   const machines = new QemuMachineResolver(config)
   const vmDir = (name: string) => QemuVmDir.of(config.root(), name)
   /** Transports that proved the boot, handed to the first `connect` in this process (saves a handshake). */
@@ -111,6 +115,7 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
       const parsedData = qemuRecordDataSchema.safeParse(record.data)
       if (!parsedData.success) throw invalidOptions(`not a qemu VM record: ${formatZodError(parsedData.error, record.data)}`, { provider: PROVIDER, vm: name })
       const data = parsedData.data
+      if (data.vmHost !== undefined) throw invalidOptions(`VM ${name} runs on a VM host (${JSON.stringify(data.vmHost)}), not on this machine`, { provider: PROVIDER, vm: name, hint: 'connect with qemuProvider({ host, user, port, privateKeyFile, hostKey }) for that VM host' })
       let transport = bootTransports.get(name)
       bootTransports.delete(name)
       // Its open connection is kept; the connections it opens from now on get the usual handshake time.
@@ -131,7 +136,7 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
         }
         transport = makeGuestTransport({ vm: name, host: data.host, port: data.port, username: data.username, hostKey: data.hostKey, privateKey, maxChannels: data.sshMaxSessions })
       }
-      return createQemuVm({ record, transport, qmpSocket: new QemuVmDir(data.vmDir, name).path('qmp'), forwards })
+      return createQemuVm({ record, transport, qemu: { on: 'local', qmpSocket: new QemuVmDir(data.vmDir, name).path('qmp') }, forwards })
     },
 
     async delete(name: string): Promise<void> {

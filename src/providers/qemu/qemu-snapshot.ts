@@ -13,7 +13,7 @@ import { scaleTimeout, sleep } from '../../util/timeouts.js'
 import { buildMachineArgs, type QemuMachine } from './qemu-command.js'
 import { IMAGE_MANIFEST_FILE } from './qemu-image.js'
 import type { JsonValue } from '../vm-provider.js'
-import { runQmpCommand } from './qmp-client.js'
+import { runQmpCommand, type QmpTarget } from './qmp-client.js'
 
 /**
  * Bump when what a snapshot contains changes (the machine options, how the template is prepared):
@@ -272,7 +272,7 @@ async function withSlotLock<T>(slot: SnapshotSlot, work: () => Promise<T>): Prom
  * Save the running guest to `file`: stop it (so the file holds one consistent state and nothing is
  * re-sent), then migrate to a `cat` writing the file. Returns once QEMU reports the migration completed.
  */
-export async function saveGuestState(qmpSocket: string, file: string): Promise<void> {
+export async function saveGuestState(qmpSocket: QmpTarget, file: string): Promise<void> {
   await runQmpCommand(qmpSocket, 'stop')
   await runQmpCommand(qmpSocket, 'migrate', { uri: `exec:cat > ${quoteShellArg(file)}` })
   const timeoutMs = scaleTimeout(SNAPSHOT_SAVE_TIMEOUT_MS)
@@ -297,10 +297,10 @@ export async function saveGuestState(qmpSocket: string, file: string): Promise<v
  * VMPOOL_SNAPSHOT_INVALID when QEMU exits (it rejected the state) or reports a wrong state, and
  * VMPOOL_BOOT_TIMEOUT (`timeoutName`) when `deadline` passes first: a slow load is no proof of a broken one.
  */
-export async function resumeRestoredGuest(options: { qmpSocket: string; identity: ProcessIdentity; deadline: number; timeoutName: string; timeoutMs: number; vm: string }): Promise<void> {
+export async function resumeRestoredGuest(options: { qmpSocket: QmpTarget; identity: ProcessIdentity; deadline: number; timeoutName: string; timeoutMs: number; vm: string; isAlive?: () => Promise<boolean> }): Promise<void> {
   let status = 'unknown'
   for (;;) {
-    if (!isProcessAlive(options.identity)) {
+    if (!(options.isAlive ? await options.isAlive() : isProcessAlive(options.identity))) {
       throw new VmPoolError({ code: 'VMPOOL_SNAPSHOT_INVALID', provider: 'qemu', operation: 'create', vm: options.vm, message: 'QEMU exited while loading the saved guest state (a corrupt or incompatible snapshot)' })
     }
     try {

@@ -40,7 +40,7 @@ export const VM_DIR_FILES = Object.freeze({
 export type VmDirFile = keyof typeof VM_DIR_FILES
 
 /** What one QEMU run leaves; a reset replaces these (the disk overlay too) and keeps the key, the record and known_hosts. */
-const INSTANCE_FILES: readonly VmDirFile[] = ['process', 'pid', 'qmp', 'serial', 'disk']
+export const INSTANCE_FILES: readonly VmDirFile[] = ['process', 'pid', 'qmp', 'serial', 'disk']
 
 /** sun_path is 108 bytes on Linux, the terminating NUL included. */
 export const MAX_UNIX_SOCKET_PATH_BYTES = 107

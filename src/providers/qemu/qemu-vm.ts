@@ -1,4 +1,6 @@
 /** A connected QEMU VM: commands, files and port forwards over a small pool of ssh2 connections to the guest. */
+import type { Duplex } from 'node:stream'
+import { VmPoolError } from '../../errors.js'
 import { validateForwardPorts, type ForwardPortOptions, type PortForward } from '../../transport/port-forward.js'
 import { SshTransport } from '../../transport/ssh-transport.js'
 import { scaleTimeout } from '../../util/timeouts.js'
@@ -57,6 +59,8 @@ export interface GuestAddress {
   maxChannels?: number | undefined
   /** `readyTimeoutMs` per attempt while the guest boots; the transport's default otherwise. */
   booting?: boolean
+  /** The guest's port is on a VM host: reach it through a channel of the SSH connection to that host. */
+  tunnel?: (() => Promise<Duplex>) | undefined
 }
 
 /** The SSH transport to a guest's forwarded port, its host key pinned. */
@@ -71,6 +75,7 @@ export function makeGuestTransport(address: GuestAddress): SshTransport {
     maxChannels: address.maxChannels ?? GUEST_DEFAULT_MAX_CHANNELS,
     maxConnections: GUEST_MAX_CONNECTIONS,
     ciphers: GUEST_CIPHERS,
+    ...(address.tunnel ? { tunnel: address.tunnel } : {}),
     provider: 'qemu',
     vm: address.vm,
   })
@@ -79,15 +84,20 @@ export function makeGuestTransport(address: GuestAddress): SshTransport {
 export interface QemuVmParts {
   record: VmRecord
   transport: SshTransport
-  /** The VM's QEMU monitor socket, for `hostfwd` forwards. */
-  qmpSocket: string
+  /**
+   * Where QEMU runs. `local`: its monitor socket, for `hostfwd` forwards. `vm-host`: on a VM host, where
+   * QEMU's hostfwd would listen (`via: 'hostfwd'` is refused) and the guest's gateway is that host, not
+   * this one (no raw file path: files go over SSH).
+   */
+  qemu: { on: 'local'; qmpSocket: string } | { on: 'vm-host' }
   /** The provider's registry: `delete(name)` closes this Vm's forwards too. */
   forwards: VmPortForwards
 }
 
-export function createQemuVm({ record, transport, qmpSocket, forwards: registry }: QemuVmParts): QemuVm {
+export function createQemuVm({ record, transport, qemu, forwards: registry }: QemuVmParts): QemuVm {
   const { forwards, release } = registry.open(record.name)
-  const raw = new GuestRawTransfer((command, options) => transport.exec(command, options), record.name, (guestPort) => addHostForward(qmpSocket, guestPort, undefined, record.name))
+  // On a VM host the guest's gateway and QEMU's hostfwd are that host, not this one: no raw path, files go over SSH.
+  const raw = qemu.on === 'local' ? new GuestRawTransfer((command, options) => transport.exec(command, options), record.name, (guestPort) => addHostForward(qemu.qmpSocket, guestPort, undefined, record.name)) : undefined
   const close = async () => {
     await release()
     await transport.close()
@@ -101,14 +111,17 @@ export function createQemuVm({ record, transport, qmpSocket, forwards: registry 
     // Big files skip SSH's encryption when the guest can (guest-raw-transfer.ts); SSH otherwise.
     async putFile(path: string, data: string | Buffer) {
       const bytes = typeof data === 'string' ? Buffer.from(data) : data
-      if (!(await raw.put(path, bytes))) await transport.putFile(path, bytes)
+      if (!(await raw?.put(path, bytes))) await transport.putFile(path, bytes)
     },
-    getFile: async (path: string) => (await raw.get(path)) ?? transport.getFile(path),
+    getFile: async (path: string) => (await raw?.get(path)) ?? transport.getFile(path),
     putDirectory: (localDir: string, guestDir: string) => transport.putDirectory(localDir, guestDir),
     getDirectory: (guestDir: string, localDir: string) => transport.getDirectory(guestDir, localDir),
     async forwardPort(guestPort, options = {}) {
       validateForwardPorts(guestPort, options, { provider: 'qemu', vm: record.name })
-      const forward = options.via === 'hostfwd' ? await addHostForward(qmpSocket, guestPort, options.hostPort, record.name) : await transport.forwardPort(guestPort, options.hostPort === undefined ? {} : { hostPort: options.hostPort })
+      if (options.via === 'hostfwd' && qemu.on === 'vm-host') {
+        throw new VmPoolError({ code: 'VMPOOL_UNSUPPORTED', provider: 'qemu', vm: record.name, operation: 'forwardPort', message: `forwardPort(${guestPort}, { via: 'hostfwd' }): QEMU runs on a VM host, where its hostfwd would listen`, hint: "leave out `via` (the default 'ssh' forward goes through the VM host's SSH connection)" })
+      }
+      const forward = options.via === 'hostfwd' && qemu.on === 'local' ? await addHostForward(qemu.qmpSocket, guestPort, options.hostPort, record.name) : await transport.forwardPort(guestPort, options.hostPort === undefined ? {} : { hostPort: options.hostPort })
       return forwards.track(forward)
     },
     close,

@@ -1,5 +1,9 @@
-import { connect, type Socket } from 'node:net'
+import { connect } from 'node:net'
+import type { Duplex } from 'node:stream'
 import { withTimeout } from '../../util/timeouts.js'
+
+/** A QEMU monitor: the path of its unix socket here, or a function opening a stream to it (on a VM host, over SSH). */
+export type QmpTarget = string | (() => Promise<Duplex>)
 
 /** How long one QMP exchange (connect, greeting, capabilities, command) may take. */
 export const QMP_TIMEOUT_MS = 3_000
@@ -9,10 +13,14 @@ export const QMP_TIMEOUT_MS = 3_000
  * object per line: a greeting, then `qmp_capabilities` must be acknowledged before any command.
  * Events (`{"event": ...}`) are skipped. The connection is closed afterwards.
  */
-export async function runQmpCommand(socketPath: string, command: string, args?: Record<string, unknown>, timeoutMs = QMP_TIMEOUT_MS): Promise<unknown> {
-  let socket: Socket | undefined
-  const exchange = new Promise<unknown>((resolve, reject) => {
-    socket = connect(socketPath)
+export async function runQmpCommand(target: QmpTarget, command: string, args?: Record<string, unknown>, timeoutMs = QMP_TIMEOUT_MS): Promise<unknown> {
+  let socket: Duplex | undefined
+  let finished = false
+  const opened = typeof target === 'string' ? Promise.resolve<Duplex>(connect(target)) : target()
+  const exchange = opened.then((stream) => new Promise<unknown>((resolve, reject) => {
+    socket = stream
+    // Opened after the timeout gave up on it: nobody waits for this exchange any more.
+    if (finished) return void stream.destroy()
     let buffer = ''
     let stage: 'greeting' | 'capabilities' | 'command' = 'greeting'
     socket.setEncoding('utf8')
@@ -40,10 +48,11 @@ export async function runQmpCommand(socketPath: string, command: string, args?: 
         }
       }
     })
-  })
+  }))
   try {
-    return await withTimeout(exchange, { name: 'QMP_TIMEOUT_MS', ms: timeoutMs, what: `QMP ${command} on ${socketPath}`, provider: 'qemu' })
+    return await withTimeout(exchange, { name: 'QMP_TIMEOUT_MS', ms: timeoutMs, what: `QMP ${command} on ${typeof target === 'string' ? target : 'a VM host'}`, provider: 'qemu' })
   } finally {
+    finished = true
     socket?.destroy()
   }
 }

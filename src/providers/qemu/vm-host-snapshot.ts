@@ -1,0 +1,182 @@
+/**
+ * Snapshots on a VM host (docs/providers.md, "QEMU on a VM host"): as for local VMs (docs/qemu.md,
+ * "Snapshots"), a template guest is booted once per machine shape and saved, and each VM starts by
+ * restoring it; here the slot, its lock and the saved state live on the host and QEMU's monitor is
+ * reached through the SSH connection (streamlocal forwarding). Initramfs images only: a disk image's VMs
+ * cold-boot there. The judgement of a failed restore and the QMP save/resume steps are the local ones.
+ */
+import { createHash, randomBytes } from 'node:crypto'
+import { posix } from 'node:path'
+import { z } from 'zod'
+import { VmPoolError, VmPoolTimeoutError } from '../../errors.js'
+import { quoteShellArg } from '../../transport/shell.js'
+import type { SshTransport } from '../../transport/ssh-transport.js'
+import { createDebug } from '../../util/debug.js'
+import { scaleTimeout, sleep } from '../../util/timeouts.js'
+import { waitForBoot } from './boot-wait.js'
+import { buildMachineArgs, type QemuMachine } from './qemu-command.js'
+import type { QemuConfig } from './qemu-provider-options.js'
+import { resumeRestoredGuest, saveGuestState, SNAPSHOT_LOCK_WAIT_MS } from './qemu-snapshot.js'
+import { VM_DIR_FILES } from './qemu-vm-dir.js'
+import { judgeRestoreFailure, RESTORE_TIMEOUT_MS } from './snapshot-restore-strategy.js'
+import { identityCommand } from './start-strategy.js'
+import type { SshVmHost } from './ssh-vm-host.js'
+import type { HostQemu, VmHostLauncher } from './vm-host-launcher.js'
+import type { VmHostMachineResolver } from './vm-host-machine.js'
+import { COMMIT_SNAPSHOT_SCRIPT, INVALIDATE_SNAPSHOT_SCRIPT, LOCK_SLOT_SCRIPT, READ_SNAPSHOT_SCRIPT } from './vm-host-scripts.js'
+
+/** Bumped when what a slot holds changes: older slots are then not used. */
+const FORMAT = 1
+/** After the template's SSH session closed, time for the guest's dropbear to end it before the save. */
+const SNAPSHOT_SETTLE_MS = 300
+/** Pause between tries of a slot lock another runner holds. */
+const LOCK_POLL_MS = 250
+
+const manifestSchema = z.object({ format: z.literal(FORMAT), id: z.string().regex(/^[0-9a-f]{12}$/), createdAt: z.string() })
+
+const debug = createDebug('vm-pool:qemu')
+
+export interface RestoredHostQemu extends HostQemu {
+  transport: SshTransport
+  bootMs: number
+  restoredFrom: string
+}
+
+export class VmHostSnapshots {
+  readonly #config: QemuConfig
+  readonly #host: SshVmHost
+  readonly #launcher: VmHostLauncher
+  readonly #machines: VmHostMachineResolver
+  /** `<hostStateDir>/qemu-snapshots` on the host. */
+  readonly #dir: () => Promise<string>
+  #version: Promise<string> | undefined
+
+  constructor(parts: { config: QemuConfig; host: SshVmHost; launcher: VmHostLauncher; machines: VmHostMachineResolver; dir: () => Promise<string> }) {
+    this.#config = parts.config
+    this.#host = parts.host
+    this.#launcher = parts.launcher
+    this.#machines = parts.machines
+    this.#dir = parts.dir
+  }
+
+  /** `snapshot: 'auto'` and an initramfs image (a disk image's writes are not in a saved guest state here). */
+  canSnapshot(machine: QemuMachine): boolean {
+    return this.#config.options.snapshot === 'auto' && machine.image.kernel !== undefined && machine.image.disk === undefined
+  }
+
+  /** Start a VM in `dir` by restoring its machine's snapshot (built first when missing); a restore proven broken rebuilds it once. */
+  async restore(request: { vm: string; dir: string; machine: QemuMachine; privateKey: Buffer; preferredPort?: number }): Promise<RestoredHostQemu> {
+    const slot = await this.#slot(request.machine)
+    for (let attempt = 1; ; attempt++) {
+      const id = await this.#ensure(slot, request.machine, request.vm)
+      let qemuExited = false
+      try {
+        return await this.#restoreOnce(slot, id, request, () => (qemuExited = true))
+      } catch (error) {
+        const broken = judgeRestoreFailure(error, { qemuExited })
+        if (broken === undefined) throw error
+        await this.#host.run(INVALIDATE_SNAPSHOT_SCRIPT, [slot, id], { timeoutMs: this.#launcher.scriptTimeoutMs() })
+        if (attempt >= 2) {
+          throw new VmPoolError({ code: 'VMPOOL_SNAPSHOT_INVALID', provider: 'qemu', operation: 'create', vm: request.vm, message: `restoring a fresh snapshot on VM host ${this.#host.id} failed too (${broken}); it was deleted`, hint: 'start without snapshots to see whether the image boots: qemuProvider({ host, ..., snapshot: false })', cause: error })
+        }
+        debug('%s: restore from snapshot %s on %s failed (%s): rebuilding it', request.vm, id, this.#host.id, broken)
+      }
+    }
+  }
+
+  async #restoreOnce(slot: string, id: string, request: { vm: string; dir: string; machine: QemuMachine; privateKey: Buffer; preferredPort?: number }, onQemuExited: () => void): Promise<RestoredHostQemu> {
+    const { vm, dir, machine } = request
+    const restoreMs = scaleTimeout(RESTORE_TIMEOUT_MS)
+    const bootMs = this.#config.bootTimeoutMs()
+    const timeout = restoreMs <= bootMs ? { name: 'RESTORE_TIMEOUT_MS', ms: restoreMs } : { name: 'BOOT_TIMEOUT_MS', ms: bootMs }
+    const startedAt = performance.now()
+    let qemu: HostQemu | undefined
+    let transport: SshTransport | undefined
+    try {
+      qemu = await this.#launcher.launch({ vm, instance: vm, dir, machine, incoming: `exec:cat ${quoteShellArg(posix.join(slot, 'state'))}`, preferredPort: request.preferredPort })
+      const probe = this.#launcher.bootProbe(qemu, dir)
+      const identity = { pid: qemu.pid, host: this.#host.id, startTime: null, port: qemu.port, accel: machine.accel }
+      const qmpSocket = posix.join(dir, VM_DIR_FILES.qmp)
+      await resumeRestoredGuest({ qmpSocket: () => this.#host.openUnix(qmpSocket), identity, isAlive: probe.isAlive, deadline: startedAt + timeout.ms, timeoutName: timeout.name, timeoutMs: timeout.ms, vm })
+      transport = this.#launcher.guestTransport(vm, qemu.port, machine.image, request.privateKey, true)
+      await waitForBoot({ vm, transport, identity, serialLog: posix.join(dir, VM_DIR_FILES.serial), timeoutName: timeout.name, timeoutMs: timeout.ms, startedAt, bootMarker: undefined, readyCommand: () => identityCommand(vm, true), context: ` (restored from snapshot ${id} on VM host ${this.#host.id})`, probe })
+      return { ...qemu, transport, bootMs: Math.round(performance.now() - startedAt), restoredFrom: id }
+    } catch (error) {
+      // Judged before we stop it: did QEMU end on its own?
+      if (qemu !== undefined && !(await this.#launcher.bootProbe(qemu, dir).isAlive().catch(() => true))) onQemuExited()
+      await transport?.close()
+      await this.#launcher.stop(dir, 0, 'instance').catch((stopError: unknown) => debug('%s: stopping a failed restore: %s', vm, (stopError as Error).message))
+      throw error
+    }
+  }
+
+  /** The slot of a machine shape: the QEMU version, the machine's arguments and the image (its manifest, paths included) decide. */
+  async #slot(machine: QemuMachine): Promise<string> {
+    this.#version ??= this.#host.runOk('reading the QEMU version', '"$1" --version | head -n 1', [this.#machines.binary], { timeoutMs: this.#launcher.scriptTimeoutMs() })
+    this.#version.catch(() => (this.#version = undefined))
+    const key = createHash('sha256')
+      .update(JSON.stringify({ format: FORMAT, version: (await this.#version).trim(), args: buildMachineArgs(machine), image: machine.image }))
+      .digest('hex')
+      .slice(0, 16)
+    return posix.join(await this.#dir(), `${posix.basename(machine.image.dir)}-${machine.accel}-${machine.cpus}c-${machine.memoryMiB}m-${key}`)
+  }
+
+  async #read(slot: string): Promise<string | undefined> {
+    const result = await this.#host.run(READ_SNAPSHOT_SCRIPT, [slot], { timeoutMs: this.#launcher.scriptTimeoutMs() })
+    if (result.exitCode !== 0) return undefined
+    try {
+      return manifestSchema.parse(JSON.parse(result.stdout)).id
+    } catch {
+      return undefined
+    }
+  }
+
+  /** The slot's snapshot id, built under the slot's lock on the host when there is none. */
+  async #ensure(slot: string, machine: QemuMachine, vm: string): Promise<string> {
+    const ready = await this.#read(slot)
+    if (ready) return ready
+    const waitMs = scaleTimeout(SNAPSHOT_LOCK_WAIT_MS)
+    const deadline = performance.now() + waitMs
+    for (;;) {
+      const locked = await this.#host.run(LOCK_SLOT_SCRIPT, [slot, String(Math.ceil(waitMs / 1000))], { timeoutMs: this.#launcher.scriptTimeoutMs() })
+      if (locked.exitCode === 0) break
+      if (locked.exitCode !== 75) throw new VmPoolError({ code: 'VMPOOL_SNAPSHOT_INVALID', provider: 'qemu', operation: 'create', vm, message: `could not lock the snapshot slot ${slot} on VM host ${this.#host.id}: ${locked.stderr.trim() || `exit code ${locked.exitCode}`}` })
+      const built = await this.#read(slot)
+      if (built) return built
+      if (performance.now() > deadline) throw new VmPoolTimeoutError({ provider: 'qemu', operation: 'create', vm, timeoutName: 'SNAPSHOT_LOCK_WAIT_MS', timeoutMs: waitMs, message: `another runner held the snapshot slot ${slot} on VM host ${this.#host.id} for ${waitMs} ms (SNAPSHOT_LOCK_WAIT_MS)` })
+      await sleep(LOCK_POLL_MS)
+    }
+    try {
+      return (await this.#read(slot)) ?? (await this.#build(slot, machine, vm))
+    } finally {
+      await this.#host.run('rm -rf -- "$1.lock"', [slot], { timeoutMs: this.#launcher.scriptTimeoutMs() }).catch(() => {})
+    }
+  }
+
+  /** Boot a template in `<slot>/work`, save it to `<slot>/state`, stop it. Runs under the slot's lock. */
+  async #build(slot: string, machine: QemuMachine, vm: string): Promise<string> {
+    const work = posix.join(slot, 'work')
+    const { cpus, memoryMiB, accel } = machine
+    // Once per machine shape, and slow (a boot plus a ~90 MB save): say so, or the first create looks hung.
+    process.stderr.write(`vm-pool: [qemu] building a snapshot on VM host ${this.#host.id} for a new machine shape (${posix.basename(machine.image.dir)}, ${cpus} cpu, ${memoryMiB} MiB, ${accel}): once, in ${slot}\n`)
+    // A builder that died mid-build may have left its template running: it is ours to end now.
+    await this.#launcher.stop(work, 0, 'dir')
+    const privateKey = Buffer.from(await this.#host.runOk('reading the image key', 'mkdir -m 700 -- "$1" && cat -- "$2"', [work, machine.image.clientKey], { timeoutMs: this.#launcher.scriptTimeoutMs(), vm }))
+    const instance = `snapshot-${posix.basename(slot)}`
+    const template = await this.#launcher.coldBoot({ vm, instance, dir: work, machine, privateKey, readyCommand: 'true', context: ` (the snapshot template in ${slot} on VM host ${this.#host.id})` })
+    try {
+      // Our SSH session must be over before the save, or every clone starts with a dead session in it.
+      await template.transport.close()
+      await sleep(SNAPSHOT_SETTLE_MS)
+      const qmpSocket = posix.join(work, VM_DIR_FILES.qmp)
+      await saveGuestState(() => this.#host.openUnix(qmpSocket), posix.join(slot, 'state.partial'))
+    } finally {
+      await template.transport.close()
+      await this.#launcher.stop(work, 0, 'dir')
+    }
+    const id = randomBytes(6).toString('hex')
+    await this.#host.runOk('saving the snapshot', COMMIT_SNAPSHOT_SCRIPT, [slot, JSON.stringify({ format: FORMAT, id, createdAt: new Date().toISOString() })], { timeoutMs: this.#launcher.scriptTimeoutMs(), vm })
+    debug('%s: snapshot %s saved in %s on %s (template boot %d ms)', vm, id, slot, this.#host.id, template.bootMs)
+    return id
+  }
+}
