@@ -29,6 +29,12 @@ export interface ChannelOutcome {
   reportedExit: number | undefined
   /** What `stdin` or `onStdoutData` failed with: the run fails with it. */
   ioError: unknown
+  /**
+   * The kill started for a timeout or abort, settled once it is done. The connection must carry nothing else
+   * until then: on a server-led group (dropbear) the kill ends every member started after the command's shell,
+   * and a next command on that connection would be one.
+   */
+  killDone: Promise<void>
 }
 
 export interface CollectOptions {
@@ -65,6 +71,7 @@ export function collectChannel(channel: ClientChannel, collect: CollectOptions):
     })
     let closed = false
     let killing = false
+    let killDone: Promise<void> = Promise.resolve()
     let graceTimer: NodeJS.Timeout | undefined
     const emitStdout = (text: string) => {
       if (text !== '') options.onStdout?.(text)
@@ -97,7 +104,7 @@ export function collectChannel(channel: ClientChannel, collect: CollectOptions):
       if (killing || closed) return
       killing = true
       debug('%s on %s: killing the remote command', collect.reason(), collect.target)
-      void (async () => {
+      killDone = (async () => {
         const known = await pid
         if (!closed && known !== undefined) await collect.killRemote(known)
         if (!closed) graceTimer = setTimeout(() => channel.close(), EXEC_KILL_GRACE_MS)
@@ -110,7 +117,7 @@ export function collectChannel(channel: ClientChannel, collect: CollectOptions):
       io.stdin?.unpipe(channel)
       const reportedExit = stderrParser.end()
       if (options.onStdout) emitStdout(stdoutDecoder.end())
-      void consumed.then(() => resolve({ stdout, stderr, reportedExit, ioError }))
+      void consumed.then(() => resolve({ stdout, stderr, reportedExit, ioError, killDone }))
     })
     channel.on('error', (error: Error) => debug('channel error on %s: %s', collect.target, error.message))
     if (io.stdin) {

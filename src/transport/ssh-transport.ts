@@ -278,6 +278,7 @@ export class SshTransport {
     const onAbort = () => stop('abort')
     options.signal?.addEventListener('abort', onAbort, { once: true })
     const timer = deadline === undefined ? undefined : setTimeout(() => stop('timeout'), Math.max(0, deadline - performance.now()))
+    let killDone: Promise<void> | undefined
     try {
       let exit: { code: number | null; signal: string | undefined } | undefined
       const channel = await slot.connection.openChannel(script, (opened) => {
@@ -298,6 +299,7 @@ export class SshTransport {
         target: this.#target,
         reason: () => stopReason,
       })
+      killDone = finished.killDone
       if (finished.ioError !== undefined) throw finished.ioError
       if (finished.reportedExit !== undefined && !exit) exit = { code: finished.reportedExit, signal: undefined }
       if (stopReason === 'abort') throw abortedError(context)
@@ -327,7 +329,29 @@ export class SshTransport {
     } finally {
       clearTimeout(timer)
       options.signal?.removeEventListener('abort', onAbort)
-      slot.release()
+      // A kill still running (its command ended on its own meanwhile) must not meet the next command there.
+      if (killDone) void releaseAfterKill(slot, killDone, this.#pool.limits.maxChannels === 1)
+      else slot.release()
     }
   }
+}
+
+/**
+ * Give the channel back once the kill of its command is done. On a one-command connection (`soleChannel`,
+ * where the kill may target the server-led group) a kill not done within EXEC_KILL_GRACE_MS (a stuck guest)
+ * costs the connection instead: it is closed, and the next command gets a new one (a new server process, so
+ * no group a late kill could still reach).
+ */
+async function releaseAfterKill(slot: ChannelSlot, killDone: Promise<void>, soleChannel: boolean): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  const late = await Promise.race([
+    killDone.then(() => false),
+    new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(true), scaleTimeout(EXEC_KILL_GRACE_MS))
+      timer.unref()
+    }),
+  ])
+  clearTimeout(timer)
+  if (late && soleChannel) await slot.connection.close().catch(() => {})
+  slot.release()
 }

@@ -3,7 +3,8 @@
  * shell is NOT made a group leader there (no `setsid` + second `sh`, two program starts per exec on an
  * emulated CPU); it stays in the group its connection's dropbear leads, and the kill ends the members
  * that started with or after it — the command, a child, an orphan — and spares a background process an
- * earlier exec on the same connection left behind.
+ * earlier exec on the same connection left behind; and the connection carries nothing else until the kill is
+ * done (src/transport/ssh-transport.ts `releaseAfterKill`).
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import type { QemuVm } from '../../src/providers/qemu/qemu-vm.js'
@@ -44,4 +45,16 @@ describe.skipIf(Boolean(skipReason))('a timed-out exec on dropbear', () => {
     expect(await running(vm, 3601)).toBe('no')
     expect((await vm.exec('echo still-here', { timeoutMs: 30_000 })).stdout).toBe('still-here\n')
   }, 120_000)
+
+  test('a command that ends on its own while its kill is on the way: the next command on that connection is not killed', async () => {
+    // The timeout fires a moment before the command ends; the kill (a second connection, then a scan of
+    // /proc) lands after it ended. The next exec must not be on that connection before the kill is done:
+    // it would be a member of the group the kill empties.
+    for (let round = 0; round < 3; round++) {
+      const first = await vm.exec('sleep 1.3', { timeoutMs: 1_000 })
+      expect(first.timedOut).toBe(true)
+      const next = await vm.exec('sleep 2; echo survived', { timeoutMs: 60_000 })
+      expect(next).toMatchObject({ exitCode: 0, stdout: 'survived\n' })
+    }
+  }, 180_000)
 })
