@@ -2,8 +2,10 @@ import type { Readable } from 'node:stream'
 import { StringDecoder } from 'node:string_decoder'
 import type { ClientChannel } from 'ssh2'
 import { createDebug } from '../util/debug.js'
+import { scaleTimeout } from '../util/timeouts.js'
 import type { ExecOptions } from './exec-types.js'
 import { OutputCapture } from './output-capture.js'
+import type { ChannelSlot } from './ssh-connection-pool.js'
 import { SshStderrParser, type KillTarget } from './ssh-exec-protocol.js'
 
 /** After killing a timed-out or aborted command, how long its channel may take to close before we close it. */
@@ -126,4 +128,24 @@ export function collectChannel(channel: ClientChannel, collect: CollectOptions):
     } else if (options.input !== undefined) channel.end(options.input)
     else channel.end()
   })
+}
+
+/**
+ * Give the channel back once the kill of its command is done. On a one-command connection (`soleChannel`,
+ * where the kill may target the server-led group) a kill not done within EXEC_KILL_GRACE_MS (a stuck guest)
+ * costs the connection instead: it is closed, and the next command gets a new one (a new server process, so
+ * no group a late kill could still reach).
+ */
+export async function releaseAfterKill(slot: ChannelSlot, killDone: Promise<void>, soleChannel: boolean): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  const late = await Promise.race([
+    killDone.then(() => false),
+    new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(true), scaleTimeout(EXEC_KILL_GRACE_MS))
+      timer.unref()
+    }),
+  ])
+  clearTimeout(timer)
+  if (late && soleChannel) await slot.connection.close().catch(() => {})
+  slot.release()
 }

@@ -11,7 +11,7 @@ import { createDirectorySink, directoryFailed, guestExtractArgv, guestPackArgv }
 import { normalizeMaxOutputBytes } from './output-capture.js'
 import { startLocalForward, type ForwardPortOptions, type PortForward } from './port-forward.js'
 import { abortedError, TIMED_OUT_EXIT_CODE } from './process-runner.js'
-import { collectChannel, EXEC_KILL_GRACE_MS, type ChannelIo } from './ssh-channel-run.js'
+import { collectChannel, EXEC_KILL_GRACE_MS, releaseAfterKill, type ChannelIo } from './ssh-channel-run.js'
 import { SSH_READY_TIMEOUT_MS, sshEndpointFields } from './ssh-connection.js'
 import { SshConnectionPool, type ChannelSlot } from './ssh-connection-pool.js'
 import { buildSshExecScript, remoteKillCommand, signalNumber, type KillTarget } from './ssh-exec-protocol.js'
@@ -336,22 +336,3 @@ export class SshTransport {
   }
 }
 
-/**
- * Give the channel back once the kill of its command is done. On a one-command connection (`soleChannel`,
- * where the kill may target the server-led group) a kill not done within EXEC_KILL_GRACE_MS (a stuck guest)
- * costs the connection instead: it is closed, and the next command gets a new one (a new server process, so
- * no group a late kill could still reach).
- */
-async function releaseAfterKill(slot: ChannelSlot, killDone: Promise<void>, soleChannel: boolean): Promise<void> {
-  let timer: NodeJS.Timeout | undefined
-  const late = await Promise.race([
-    killDone.then(() => false),
-    new Promise<boolean>((resolve) => {
-      timer = setTimeout(() => resolve(true), scaleTimeout(EXEC_KILL_GRACE_MS))
-      timer.unref()
-    }),
-  ])
-  clearTimeout(timer)
-  if (late && soleChannel) await slot.connection.close().catch(() => {})
-  slot.release()
-}
