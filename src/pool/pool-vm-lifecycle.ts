@@ -274,7 +274,7 @@ export class PoolVmLifecycle {
   #park(name: string, vm: Vm, idleSince: string): void {
     void this.#unpark(name)?.vm.close?.().catch(() => {})
     const timer = setTimeout(() => void this.#unpark(name)?.vm.close?.().catch(() => {}), PARKED_CONNECTION_TTL_MS)
-    // A kept connection never keeps the process alive.
+    // The timer keeps nothing alive; the connection may, until the timer closes it.
     timer.unref()
     this.#parked.set(name, { vm, idleSince, timer })
   }
