@@ -1,11 +1,9 @@
 import { existsSync } from 'node:fs'
 import { posix } from 'node:path'
-import { formatZodError } from '../../config/zod-error.js'
-import { invalidOptions } from '../../errors.js'
 import { quoteShellArg, toShellLine } from '../../transport/shell.js'
 import type { KeptVmHelp, LocalCommand, VmRecord } from '../vm-provider.js'
 import { QEMU_NAME_PREFIX } from './qemu-command.js'
-import { QemuVmDir, VM_DIR_FILES, qemuRecordDataSchema } from './qemu-vm-dir.js'
+import { QemuVmDir, VM_DIR_FILES, parseQemuRecordData } from './qemu-vm-dir.js'
 
 /** An OpenSSH public key line (`ssh-ed25519 AAAA...`), which a known_hosts file can pin; a `SHA256:` fingerprint cannot be. */
 export function isPublicKeyLine(hostKey: string): boolean {
@@ -74,9 +72,7 @@ function describeVmHostVm(record: VmRecord): KeptVmHelp {
 }
 
 function parseQemuRecord(record: VmRecord) {
-  const parsed = qemuRecordDataSchema.safeParse(record.data)
-  if (!parsed.success) throw invalidOptions(`not a qemu VM record: ${formatZodError(parsed.error, record.data)}`, { provider: 'qemu', vm: record.name })
-  const data = parsed.data
+  const data = parseQemuRecordData(record)
   const dir = new QemuVmDir(data.vmDir, record.name)
   const knownHosts = dir.path('knownHosts')
   const hostKeyOptions = existsSync(knownHosts)

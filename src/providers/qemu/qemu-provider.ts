@@ -1,6 +1,5 @@
 import { existsSync } from 'node:fs'
 import { access, copyFile, mkdir, readFile, rm } from 'node:fs/promises'
-import { formatZodError } from '../../config/zod-error.js'
 import { VmPoolError, invalidOptions } from '../../errors.js'
 import { SSH_READY_TIMEOUT_MS, type SshTransport } from '../../transport/ssh-transport.js'
 import { createDebug } from '../../util/debug.js'
@@ -15,7 +14,7 @@ import { identifyQemu, findVmQemuProcesses } from './qemu-process-scan.js'
 import { stopQemuOf } from './qemu-process.js'
 import { probeQemu } from './qemu-probe.js'
 import { getQemuFingerprint, resolveQemuConfig, type QemuProviderOptions } from './qemu-provider-options.js'
-import { QemuVmDir, listVmDirNames, qemuRecordDataSchema } from './qemu-vm-dir.js'
+import { QemuVmDir, listVmDirNames, parseQemuRecordData } from './qemu-vm-dir.js'
 import { createQemuVm, makeGuestTransport, type QemuVm } from './qemu-vm.js'
 import { VmPortForwards } from '../vm-port-forwards.js'
 import type { StartedQemu } from './start-strategy.js'
@@ -112,9 +111,7 @@ export function qemuProvider(options: QemuProviderOptions = {}): QemuProvider {
 
     async connect(record: VmRecord): Promise<QemuVm> {
       const name = validateVmName(record.name, PROVIDER)
-      const parsedData = qemuRecordDataSchema.safeParse(record.data)
-      if (!parsedData.success) throw invalidOptions(`not a qemu VM record: ${formatZodError(parsedData.error, record.data)}`, { provider: PROVIDER, vm: name })
-      const data = parsedData.data
+      const data = parseQemuRecordData(record)
       if (data.vmHost !== undefined) throw invalidOptions(`VM ${name} runs on a VM host (${JSON.stringify(data.vmHost)}), not on this machine`, { provider: PROVIDER, vm: name, hint: 'connect with qemuProvider({ host, user, port, privateKeyFile, hostKey }) for that VM host' })
       let transport = bootTransports.get(name)
       bootTransports.delete(name)

@@ -66,6 +66,13 @@ export const qemuRecordDataSchema = z.looseObject({
 
 export type QemuRecordData = z.output<typeof qemuRecordDataSchema>
 
+/** `record.data` of a QEMU VM, checked; anything else is refused with VMPOOL_INVALID_OPTIONS naming what is wrong. */
+export function parseQemuRecordData(record: VmRecord): QemuRecordData {
+  const parsed = qemuRecordDataSchema.safeParse(record.data)
+  if (!parsed.success) throw invalidOptions(`not a qemu VM record: ${formatZodError(parsed.error, record.data)}`, { provider: 'qemu', vm: record.name })
+  return parsed.data
+}
+
 /** Loose where a newer vm-pool may add fields; strict about what this one relies on. */
 const qemuVmRecordSchema = z.looseObject({
   name: z.string().regex(VM_NAME_PATTERN),

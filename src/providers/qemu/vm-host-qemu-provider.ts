@@ -7,7 +7,6 @@
  * hold how to reach the host, never a private key.
  */
 import { posix } from 'node:path'
-import { formatZodError } from '../../config/zod-error.js'
 import { VmPoolError, invalidOptions, isVmPoolError } from '../../errors.js'
 import { SSH_READY_TIMEOUT_MS, type SshTransport } from '../../transport/ssh-transport.js'
 import { createDebug } from '../../util/debug.js'
@@ -20,7 +19,7 @@ import { DELETE_GRACE_MS } from './qemu-process.js'
 import type { QemuProvider } from './qemu-provider.js'
 import { describeQemuVm, getQemuShellCommand, type VmHostRef } from './kept-vm-help.js'
 import { getQemuFingerprint, type QemuConfig, type VmHostConfig } from './qemu-provider-options.js'
-import { VM_DIR_FILES, qemuRecordDataSchema } from './qemu-vm-dir.js'
+import { VM_DIR_FILES, parseQemuRecordData, qemuRecordDataSchema } from './qemu-vm-dir.js'
 import { createQemuVm, type QemuVm } from './qemu-vm.js'
 import { identityCommand } from './start-strategy.js'
 import { SshVmHost } from './ssh-vm-host.js'
@@ -106,9 +105,7 @@ export function vmHostQemuProvider(config: QemuConfig, vmHostConfig: VmHostConfi
 
     async connect(record: VmRecord): Promise<QemuVm> {
       const name = validateVmName(record.name, PROVIDER)
-      const parsed = qemuRecordDataSchema.safeParse(record.data)
-      if (!parsed.success) throw invalidOptions(`not a qemu VM record: ${formatZodError(parsed.error, record.data)}`, { provider: PROVIDER, vm: name })
-      const data = parsed.data
+      const data = parseQemuRecordData(record)
       const recorded = data.vmHost as Partial<VmHostRef> | undefined
       if (!recorded || recorded.host !== ref.host || recorded.port !== ref.port || recorded.user !== ref.user) {
         const where = recorded ? `VM host ${recorded.user}@${recorded.host}:${recorded.port}` : 'this machine (a local QEMU VM)'
