@@ -104,16 +104,7 @@ export class SshConnection {
         () => true,
       )
     } catch (error) {
-      // Connecting failed (auth, timeout, unreachable): that error says it best, as it is.
-      if (error instanceof VmPoolError) throw error
-      throw new VmPoolError({
-        code: 'VMPOOL_EXEC_FAILED',
-        provider: this.#config.provider,
-        vm: this.#config.vm,
-        operation: 'exec',
-        message: `could not start a command on ${this.target}: ${(error as Error).message}`,
-        cause: error,
-      })
+      throw this.#failed(error, 'exec', `could not start a command on ${this.target}`)
     }
   }
 
@@ -133,17 +124,7 @@ export class SshConnection {
         (error) => (error as { reason?: unknown }).reason === undefined,
       )
     } catch (error) {
-      // Connecting failed (auth, timeout, unreachable): that error says it best, as it is.
-      if (error instanceof VmPoolError) throw error
-      throw new VmPoolError({
-        code: 'VMPOOL_EXEC_FAILED',
-        provider: this.#config.provider,
-        vm: this.#config.vm,
-        operation: 'forwardPort',
-        message: `could not reach ${host}:${port} through ${this.target}: ${(error as Error).message}`,
-        hint: 'is a server listening on that port in the VM?',
-        cause: error,
-      })
+      throw this.#failed(error, 'forwardPort', `could not reach ${host}:${port} through ${this.target}`, 'is a server listening on that port in the VM?')
     }
   }
 
@@ -159,9 +140,17 @@ export class SshConnection {
         (error) => (error as { reason?: unknown }).reason === undefined,
       )
     } catch (error) {
-      if (error instanceof VmPoolError) throw error
-      throw new VmPoolError({ code: 'VMPOOL_EXEC_FAILED', provider: this.#config.provider, vm: this.#config.vm, operation: 'forward', message: `could not reach the unix socket ${path} through ${this.target}: ${(error as Error).message}`, hint: 'the server must allow streamlocal forwarding (OpenSSH: AllowStreamLocalForwarding, on by default)', cause: error })
+      throw this.#failed(error, 'forward', `could not reach the unix socket ${path} through ${this.target}`, 'the server must allow streamlocal forwarding (OpenSSH: AllowStreamLocalForwarding, on by default)')
     }
+  }
+
+  /**
+   * What a failed open rejects with: a connect error (auth, timeout, unreachable) as it is, since it says it
+   * best; anything else as VMPOOL_EXEC_FAILED, `what` followed by the error's message.
+   */
+  #failed(error: unknown, operation: string, what: string, hint?: string): VmPoolError {
+    if (error instanceof VmPoolError) return error
+    return new VmPoolError({ code: 'VMPOOL_EXEC_FAILED', provider: this.#config.provider, vm: this.#config.vm, operation, message: `${what}: ${(error as Error).message}`, ...(hint ? { hint } : {}), cause: error })
   }
 
   /** `open` on the connection; when it fails in a way `deadConnection` accepts, drop that connection and try once more on a new one. */
