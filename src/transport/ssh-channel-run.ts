@@ -32,11 +32,11 @@ export interface ChannelOutcome {
   /** What `stdin` or `onStdoutData` failed with: the run fails with it. */
   ioError: unknown
   /**
-   * The kill started for a timeout or abort, settled once it is done. The connection must carry nothing else
+   * The kill started for a timeout or abort (none: undefined), settled once it is done. The connection must carry nothing else
    * until then: on a server-led group (dropbear) the kill ends every member started after the command's shell,
    * and a next command on that connection would be one.
    */
-  killDone: Promise<void>
+  killDone: Promise<void> | undefined
 }
 
 export interface CollectOptions {
@@ -73,7 +73,7 @@ export function collectChannel(channel: ClientChannel, collect: CollectOptions):
     })
     let closed = false
     let killing = false
-    let killDone: Promise<void> = Promise.resolve()
+    let killDone: Promise<void> | undefined
     let graceTimer: NodeJS.Timeout | undefined
     const emitStdout = (text: string) => {
       if (text !== '') options.onStdout?.(text)
