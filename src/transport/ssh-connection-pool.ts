@@ -1,5 +1,7 @@
+import type { ClientChannel } from 'ssh2'
 import { createDebug } from '../util/debug.js'
-import { SshConnection, type SshConnectionConfig } from './ssh-connection.js'
+import { CHANNEL_REFUSED_ALONE_LIMIT, NO_REST, restAfterClose, restAfterRefusal, type ChannelRest } from './ssh-channel-refusal.js'
+import { SshChannelRefusedError, SshConnection, type SshConnectionConfig } from './ssh-connection.js'
 
 const debug = createDebug('vm-pool:ssh')
 
@@ -41,13 +43,27 @@ interface Entry {
   ready: boolean
   /** Settles when the handshake is done; rejects with the connect error. */
   connected: Promise<unknown>
+  /** After the server refused a channel on it: no channel is tried before `rest.until` (ssh-channel-refusal.ts). */
+  rest: ChannelRest
 }
 
-type AssignedSlot = ChannelSlot & { connected: Promise<unknown> }
+type AssignedSlot = ChannelSlot & {
+  connected: Promise<unknown>
+  entry: Entry
+  /** Give the slot back after the server refused its channel: the connection rests. */
+  refused(): void
+}
+
+/** Waiters are served by rank, then in order: kills, then execs whose channel was refused, then the rest. */
+const enum Rank {
+  Urgent = 0,
+  Refused = 1,
+  Normal = 2,
+}
 
 interface Waiter {
   resolve: (slot: AssignedSlot) => void
-  urgent: boolean
+  rank: Rank
 }
 
 /**
@@ -70,6 +86,8 @@ export class SshConnectionPool {
   readonly #waiters: Waiter[] = []
   /** Commands running and waiting at once, at most, since the pool opened or closed: spares are opened up to it. */
   #peakDemand = 0
+  /** Wakes the waiters when the earliest rest after a refusal ends. */
+  #backoffTimer: NodeJS.Timeout | undefined
 
   constructor(config: SshConnectionConfig, limits: SshPoolLimits) {
     this.#config = config
@@ -90,8 +108,46 @@ export class SshConnectionPool {
    * connection opened for it cannot connect, rejects with that error (the slot is given back).
    */
   async acquire(options: AcquireOptions): Promise<ChannelSlot> {
+    return this.#acquire(options, options.urgent === true ? Rank.Urgent : Rank.Normal)
+  }
+
+  /**
+   * A slot and the exec channel `open` opened on its connection. A channel the server refuses
+   * (SshChannelRefusedError) is not a failed exec: the slot is given back, that connection rests
+   * (ssh-channel-refusal.ts), and the exec asks again ahead of the execs that have not had a turn. It fails
+   * with the refusal only after CHANNEL_REFUSED_ALONE_LIMIT refusals with nothing else of ours open there.
+   * An exec aborted while its connection handshook rejects with `onAborted()`.
+   */
+  async openChannel(options: AcquireOptions, open: (connection: SshConnection) => Promise<ClientChannel>): Promise<{ slot: ChannelSlot; channel: ClientChannel }> {
+    let rank = options.urgent === true ? Rank.Urgent : Rank.Normal
+    let refusedAlone = 0
+    for (;;) {
+      const slot = await this.#acquire(options, rank)
+      if (options.signal?.aborted) {
+        slot.release()
+        throw options.onAborted()
+      }
+      try {
+        const channel = await open(slot.connection)
+        slot.entry.rest = NO_REST
+        return { slot, channel }
+      } catch (error) {
+        if (!(error instanceof SshChannelRefusedError)) {
+          slot.release()
+          throw error
+        }
+        const alone = slot.entry.active === 1
+        slot.refused()
+        if (alone && ++refusedAlone >= CHANNEL_REFUSED_ALONE_LIMIT) throw error
+        debug('%s (%d of our channels open there): trying again in %d ms', error.shortMessage, slot.entry.active, Math.round(slot.entry.rest.until - performance.now()))
+        if (rank === Rank.Normal) rank = Rank.Refused
+      }
+    }
+  }
+
+  async #acquire(options: AcquireOptions, rank: Rank): Promise<AssignedSlot> {
     for (let attempt = 1; ; attempt++) {
-      const slot = await this.#assign(options)
+      const slot = await this.#assign(options, rank)
       try {
         await slot.connected
         return slot
@@ -110,9 +166,9 @@ export class SshConnectionPool {
     this.#config = { ...this.#config, readyTimeoutMs }
   }
 
-  #assign(options: AcquireOptions): Promise<ChannelSlot & { connected: Promise<unknown> }> {
+  #assign(options: AcquireOptions, rank: Rank): Promise<AssignedSlot> {
     if (options.signal?.aborted) return Promise.reject(options.onAborted())
-    const slot = this.#tryAssign(options.urgent === true)
+    const slot = this.#tryAssign(rank === Rank.Urgent)
     if (slot) {
       this.#noteDemand(0)
       return Promise.resolve(slot)
@@ -128,7 +184,7 @@ export class SshConnectionPool {
         if (index >= 0) this.#waiters.splice(index, 1)
       }
       const waiter: Waiter = {
-        urgent: options.urgent === true,
+        rank,
         resolve: (assigned) => {
           cleanup()
           resolve(assigned)
@@ -145,9 +201,9 @@ export class SshConnectionPool {
           reject(options.onTimeout())
         }, Math.max(0, options.deadline - performance.now()))
       }
-      // A kill goes first: it frees a channel for the others.
-      if (waiter.urgent) this.#waiters.unshift(waiter)
-      else this.#waiters.push(waiter)
+      // A kill goes first: it frees a channel for the others. A refused exec had its turn already.
+      const behind = this.#waiters.findIndex((other) => other.rank > rank)
+      this.#waiters.splice(behind < 0 ? this.#waiters.length : behind, 0, waiter)
     })
   }
 
@@ -166,12 +222,15 @@ export class SshConnectionPool {
     const entries = this.#entries
     this.#entries = []
     this.#peakDemand = 0
+    clearTimeout(this.#backoffTimer)
+    this.#backoffTimer = undefined
     await Promise.all(entries.map((entry) => entry.connection.close()))
   }
 
   #tryAssign(urgent: boolean): AssignedSlot | undefined {
     const { maxChannels, maxConnections, maxConnecting } = this.#limits
-    const free = this.#entries.find((entry) => entry.ready && entry.active < maxChannels) ?? this.#entries.find((entry) => entry.active < maxChannels)
+    const now = performance.now()
+    const free = this.#entries.find((entry) => entry.ready && entry.active < maxChannels && entry.rest.until <= now) ?? this.#entries.find((entry) => !entry.ready && entry.active < maxChannels)
     if (free) return this.#slotOn(free)
     const connecting = this.#entries.filter((entry) => !entry.ready).length
     // A kill may exceed maxConnections but never maxConnecting: dropbear drops a connection from an
@@ -183,7 +242,7 @@ export class SshConnectionPool {
   #open(): Entry {
     const connection = new SshConnection(this.#config)
     const connected = connection.getClient()
-    const entry: Entry = { connection, active: 0, ready: false, connected }
+    const entry: Entry = { connection, active: 0, ready: false, connected, rest: NO_REST }
     this.#entries.push(entry)
     connected.then(
       () => {
@@ -204,26 +263,40 @@ export class SshConnectionPool {
   #slotOn(entry: Entry): AssignedSlot {
     entry.active++
     let released = false
-    return {
-      connection: entry.connection,
-      connected: entry.connected,
-      release: () => {
-        if (released) return
-        released = true
-        entry.active--
-        this.#pump()
-      },
+    const release = (refused: boolean) => {
+      if (released) return
+      released = true
+      entry.active--
+      const rest = entry.rest
+      entry.rest = refused ? restAfterRefusal(rest, performance.now(), entry.active) : restAfterClose(rest, performance.now())
+      if (entry.rest.until !== rest.until) this.#scheduleWake()
+      this.#pump()
     }
+    return { connection: entry.connection, connected: entry.connected, entry, release: () => release(false), refused: () => release(true) }
   }
 
   /** Hand freed capacity to the waiters, oldest first; with none left, open spares. */
   #pump(): void {
     while (this.#waiters.length > 0) {
-      const slot = this.#tryAssign(this.#waiters[0]!.urgent)
+      const slot = this.#tryAssign(this.#waiters[0]!.rank === Rank.Urgent)
       if (!slot) return
       this.#waiters.shift()!.resolve(slot)
     }
     this.#openSpares()
+  }
+
+  /** One timer, for the earliest rest still running: then the waiters may use that connection again. */
+  #scheduleWake(): void {
+    clearTimeout(this.#backoffTimer)
+    this.#backoffTimer = undefined
+    const now = performance.now()
+    const next = Math.min(...this.#entries.map((entry) => entry.rest.until).filter((until) => until > now))
+    if (!Number.isFinite(next)) return
+    this.#backoffTimer = setTimeout(() => {
+      this.#backoffTimer = undefined
+      this.#pump()
+      this.#scheduleWake()
+    }, next - now)
   }
 
   /** `waiting`: the acquire being counted waits (it is not in `#waiters` yet). */

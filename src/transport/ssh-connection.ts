@@ -54,6 +54,19 @@ export interface SshConnectionConfig {
 }
 
 /**
+ * The server answered a channel open with a refusal (SSH_MSG_CHANNEL_OPEN_FAILURE): the connection is
+ * alive and its other channels run on. OpenSSH refuses a session beyond `MaxSessions`, and sessions whose
+ * channels just closed still count until its next loop frees them (a close and an open read together).
+ * The pool (ssh-connection-pool.ts) waits and asks again instead of failing the exec.
+ */
+export class SshChannelRefusedError extends VmPoolError {}
+
+/** ssh2 sets `reason` only on a refusal the server sent; a dropped connection fails opens without one. */
+function refusedByServer(error: unknown): boolean {
+  return (error as { reason?: unknown }).reason !== undefined
+}
+
+/**
  * One persistent ssh2 connection, opened on first use: the handshake, the host key pin, the mapping
  * of connect failures to VmPoolErrors, and the "reconnect once" rule for a connection that dropped.
  */
@@ -86,8 +99,10 @@ export class SshConnection {
 
   /**
    * Open an exec channel; if the connection turns out to be dead, reconnect once and retry (the
-   * command never started). `onOpen` runs synchronously with the channel: a fast command's
-   * exit-status can arrive in the same read as the exec reply, before an `await` could listen.
+   * command never started). A channel the server refuses rejects with SshChannelRefusedError and leaves
+   * the connection alone: ending it would end the commands running on its other channels.
+   * `onOpen` runs synchronously with the channel: a fast command's exit-status can arrive in the same
+   * read as the exec reply, before an `await` could listen.
    */
   async openChannel(script: string, onOpen?: (channel: ClientChannel) => void): Promise<ClientChannel> {
     try {
@@ -101,9 +116,21 @@ export class SshConnection {
               resolve(channel)
             })
           }),
-        () => true,
+        (error) => !refusedByServer(error),
       )
     } catch (error) {
+      if (refusedByServer(error)) {
+        throw new SshChannelRefusedError({
+          code: 'VMPOOL_EXEC_FAILED',
+          provider: this.#config.provider,
+          vm: this.#config.vm,
+          operation: 'exec',
+          message: `${this.target} refused an exec channel: ${(error as Error).message}`,
+          hint: "the server allows fewer sessions per connection than the transport's maxChannels (OpenSSH: MaxSessions, 10 by default; 0 allows none)",
+          details: { reason: (error as { reason?: unknown }).reason },
+          cause: error,
+        })
+      }
       throw this.#failed(error, 'exec', `could not start a command on ${this.target}`)
     }
   }
@@ -121,7 +148,7 @@ export class SshConnection {
             client.forwardOut('127.0.0.1', 0, host, port, (error, channel) => (error ? reject(error) : resolve(channel)))
           }),
         // A refused forward (nothing listening) is an answer, not a dead connection.
-        (error) => (error as { reason?: unknown }).reason === undefined,
+        (error) => !refusedByServer(error),
       )
     } catch (error) {
       throw this.#failed(error, 'forwardPort', `could not reach ${host}:${port} through ${this.target}`, 'is a server listening on that port in the VM?')
@@ -137,7 +164,7 @@ export class SshConnection {
           new Promise<ClientChannel>((resolve, reject) => {
             client.openssh_forwardOutStreamLocal(path, (error, channel) => (error ? reject(error) : resolve(channel)))
           }),
-        (error) => (error as { reason?: unknown }).reason === undefined,
+        (error) => !refusedByServer(error),
       )
     } catch (error) {
       throw this.#failed(error, 'forward', `could not reach the unix socket ${path} through ${this.target}`, 'the server must allow streamlocal forwarding (OpenSSH: AllowStreamLocalForwarding, on by default)')

@@ -13,7 +13,7 @@ import { startLocalForward, type ForwardPortOptions, type PortForward } from './
 import { abortedError, TIMED_OUT_EXIT_CODE } from './process-runner.js'
 import { collectChannel, EXEC_KILL_GRACE_MS, releaseAfterKill, type ChannelIo } from './ssh-channel-run.js'
 import { SSH_READY_TIMEOUT_MS, sshEndpointFields } from './ssh-connection.js'
-import { SshConnectionPool, type ChannelSlot } from './ssh-connection-pool.js'
+import { SshConnectionPool, type AcquireOptions, type ChannelSlot } from './ssh-connection-pool.js'
 import { buildSshExecScript, remoteKillCommand, signalNumber, type KillTarget } from './ssh-exec-protocol.js'
 import { normalizeHostKeyPin } from './ssh-keys.js'
 import { packDirectory } from './tar/tar-writer.js'
@@ -219,9 +219,8 @@ export class SshTransport {
 
   /** Kill the remote command's process group (`KillTarget`), over a channel of its own that never waits for a slot. */
   async #killRemote(target: KillTarget): Promise<void> {
-    const slot = await this.#pool.acquire({ urgent: true, onTimeout: () => new Error('unreachable'), onAborted: () => new Error('unreachable') })
+    const { slot, channel } = await this.#pool.openChannel({ urgent: true, onTimeout: () => new Error('unreachable'), onAborted: () => new Error('unreachable') }, (connection) => connection.openChannel(remoteKillCommand(target)))
     try {
-      const channel = await slot.connection.openChannel(remoteKillCommand(target))
       await new Promise<void>((resolve) => {
         channel.on('data', () => {})
         channel.stderr.on('data', () => {})
@@ -233,9 +232,10 @@ export class SshTransport {
     }
   }
 
-  async #acquire(options: ExecOptions, deadline: number | undefined, command: string | readonly string[]): Promise<ChannelSlot> {
+  /** A slot and the command's channel on it; `onOpen` as for SshConnection.openChannel. */
+  async #open(options: ExecOptions, deadline: number | undefined, command: string | readonly string[], script: string, onOpen: (channel: ClientChannel) => void): Promise<{ slot: ChannelSlot; channel: ClientChannel }> {
     const context = { ...this.#context, signal: options.signal }
-    return this.#pool.acquire({
+    const acquire: AcquireOptions = {
       signal: options.signal,
       deadline,
       onWait: (busy) => {
@@ -245,7 +245,8 @@ export class SshTransport {
       },
       onTimeout: () => new QueueTimeout(),
       onAborted: () => abortedError(context),
-    })
+    }
+    return this.#pool.openChannel(acquire, (connection) => connection.openChannel(script, onOpen))
   }
 
   async #run(command: string | readonly string[], options: ExecOptions, io: ChannelIo): Promise<RunResult> {
@@ -257,18 +258,19 @@ export class SshTransport {
     const script = buildSshExecScript(command, options, killable, this.#pool.limits.maxChannels === 1)
     const deadline = options.timeoutMs === undefined ? undefined : started + options.timeoutMs
 
-    let slot: ChannelSlot
+    let exit: { code: number | null; signal: string | undefined } | undefined
+    let opened: { slot: ChannelSlot; channel: ClientChannel }
     try {
-      slot = await this.#acquire(options, deadline, command)
+      opened = await this.#open(options, deadline, command, script, (channel) => {
+        channel.on('exit', (code: number | null, signal?: string) => {
+          exit = { code, signal: signal ? `SIG${signal.replace(/^SIG/, '')}` : undefined }
+        })
+      })
     } catch (error) {
       if (!(error instanceof QueueTimeout)) throw error
       return { exitCode: TIMED_OUT_EXIT_CODE, stdout: Buffer.alloc(0), stdoutText: '', stderr: '', durationMs: Math.round(performance.now() - started), timedOut: true }
     }
-    // Aborted during the handshake of the connection opened for it: it never started.
-    if (options.signal?.aborted) {
-      slot.release()
-      throw abortedError(context)
-    }
+    const { slot, channel } = opened
     let stopReason: StopReason | undefined
     let onStop: (() => void) | undefined
     const stop = (reason: StopReason) => {
@@ -278,14 +280,10 @@ export class SshTransport {
     const onAbort = () => stop('abort')
     options.signal?.addEventListener('abort', onAbort, { once: true })
     const timer = deadline === undefined ? undefined : setTimeout(() => stop('timeout'), Math.max(0, deadline - performance.now()))
+    // Aborted while its channel opened: the kill runs as soon as the pid line is in.
+    if (options.signal?.aborted) stop('abort')
     let killDone: Promise<void> | undefined
     try {
-      let exit: { code: number | null; signal: string | undefined } | undefined
-      const channel = await slot.connection.openChannel(script, (opened) => {
-        opened.on('exit', (code: number | null, signal?: string) => {
-          exit = { code, signal: signal ? `SIG${signal.replace(/^SIG/, '')}` : undefined }
-        })
-      })
       const finished = await collectChannel(channel, {
         options,
         io,

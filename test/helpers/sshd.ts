@@ -50,6 +50,8 @@ export interface StartSshdOptions {
   portCount?: number
   /** sshd's LogLevel (`DEBUG1` also logs each forwarded channel's target). @default 'INFO' */
   logLevel?: 'INFO' | 'VERBOSE' | 'DEBUG1'
+  /** sshd's MaxSessions: session channels per connection (0 refuses every session). @default OpenSSH's 10 */
+  maxSessions?: number
 }
 
 export async function startSshd(options: StartSshdOptions = {}): Promise<StartedSshd> {
@@ -83,6 +85,7 @@ export async function startSshd(options: StartSshdOptions = {}): Promise<Started
       'KbdInteractiveAuthentication no',
       'PermitRootLogin prohibit-password',
       `LogLevel ${options.logLevel ?? 'INFO'}`,
+      ...(options.maxSessions === undefined ? [] : [`MaxSessions ${options.maxSessions}`]),
       ...(setEnv.length > 0 ? [`SetEnv ${setEnv.join(' ')}`] : []),
     ].join('\n'),
   )

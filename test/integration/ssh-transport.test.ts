@@ -162,3 +162,51 @@ describe.skipIf(Boolean(skipReason))('SshTransport against OpenSSH sshd on loopb
     expect((error as Error).message).toMatch(/could not connect to .*@127\.0\.0\.1:\d+/)
   })
 })
+
+/**
+ * A server that refuses channels: OpenSSH answers a session beyond MaxSessions with a channel open failure
+ * ("no more sessions" in its log), also for a moment when sessions that just closed are not freed yet (a
+ * close and the next open read together by a busy sshd: the 12 parallel execs above hit that). The connection
+ * is alive; ending it would end the commands on its other channels.
+ */
+describe.skipIf(Boolean(skipReason))('SshTransport against an sshd that refuses channels', () => {
+  const started: StartedSshd[] = []
+  const transports: SshTransport[] = []
+  const startLimited = async (maxSessions: number) => {
+    const limited = await startSshd({ maxSessions })
+    started.push(limited)
+    return limited
+  }
+  const connect = (server: StartedSshd, extra: Partial<ConstructorParameters<typeof SshTransport>[0]> = {}) => {
+    const transport = new SshTransport({ host: server.host, port: server.port, username: server.user, privateKey: server.clientKey.privateKey, hostKey: server.hostPublicKey, ...extra })
+    transports.push(transport)
+    return transport
+  }
+  const accepted = (server: StartedSshd) => server.log().split('\n').filter((line) => line.includes('Accepted publickey')).length
+
+  afterAll(async () => {
+    for (const transport of transports) await transport.close()
+    for (const server of started) await server.stop()
+  })
+
+  test('MaxSessions below maxChannels: refused channels wait for a free session; the running commands go on', async () => {
+    const server = await startLimited(2)
+    // maxChannels 8 (the default) on one connection, 2 allowed by the server: 3 of the 5 are refused at first.
+    const ssh = connect(server, { maxConnections: 1 })
+    const results = await Promise.all(Array.from({ length: 5 }, (_, i) => ssh.exec(`sleep 0.5; echo ${i}`)))
+    expect(results.map((result) => result.stdout.trim())).toEqual(['0', '1', '2', '3', '4'])
+    expect(server.log()).toContain('no more sessions')
+    expect(accepted(server)).toBe(1)
+  }, 60_000)
+
+  test('MaxSessions 0: an exec fails with the refusal after a few tries, on the same connection, without hanging', async () => {
+    const server = await startLimited(0)
+    // One connection: more would be refused alike (they are opened while the first one backs off).
+    const ssh = connect(server, { maxConnections: 1 })
+    const error = await ssh.exec('echo never').catch((e: unknown) => e)
+    expect(isVmPoolError(error, 'VMPOOL_EXEC_FAILED')).toBe(true)
+    expect((error as Error).message).toMatch(/refused an exec channel/)
+    expect((error as Error).message).toMatch(/MaxSessions/)
+    expect(accepted(server)).toBe(1)
+  })
+})
