@@ -1,14 +1,14 @@
-import { mkdirSync, readFileSync } from 'node:fs'
+import { mkdirSync } from 'node:fs'
 import { readFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { VmPoolError, invalidOptions } from '../errors.js'
 import type { VmProvider } from '../providers/vm-provider.js'
 import { acquireExclusiveLock, LockTimeoutError, type ExclusiveLockKind, type HeldLock } from '../util/exclusive-lock.js'
-import { overwriteFileSync } from '../util/in-place-file.js'
+import { InPlaceFile } from '../util/in-place-file.js'
 import { getStateDir } from '../util/state-dir.js'
 import { scaleTimeout } from '../util/timeouts.js'
 import { getSpecHash } from './spec-hash.js'
-import { decodeLeaseFile, encodeLeaseFile } from './lease-file.js'
+import { decodeLeaseFile, encodeLeaseFile, serializeLeases } from './lease-file.js'
 import type { LeaseEntry, LeaseStore, LeaseTable, LeaseUpdateContext } from './lease-store.js'
 import { localProcessLiveness, remoteOwnersAlive } from './owner-liveness.js'
 import { findLiveMarkerHolders } from './reaper-marker.js'
@@ -52,6 +52,9 @@ export class FileLeaseStore implements LeaseStore {
   readonly #warn: (message: string) => void
   readonly #lockKind: ExclusiveLockKind | undefined
   #dirMade = false
+  /** Kept open between updates (util/in-place-file.ts); closed by `close()`. */
+  readonly #file: InPlaceFile
+  readonly #copy: InPlaceFile
   /** Serializes this process's updates: cheaper than contending for the cross-process lock with ourselves. */
   #queue: Promise<unknown> = Promise.resolve()
 
@@ -66,6 +69,8 @@ export class FileLeaseStore implements LeaseStore {
     this.#stateDir = getStateDir(options.stateDir)
     this.path = join(this.#stateDir, 'leases', `${options.provider.name}.json`)
     this.walPath = `${this.path}.wal`
+    this.#file = new InPlaceFile(this.path, 0o600)
+    this.#copy = new InPlaceFile(this.walPath, 0o600)
     this.location = this.path
     this.#warn = options.warn ?? ((message) => process.stderr.write(`[vm-pool] warning: ${message}\n`))
     this.#lockKind = options.lock
@@ -100,12 +105,12 @@ export class FileLeaseStore implements LeaseStore {
     }
     const lock = await this.#lock()
     try {
-      const table = await this.#readLocked()
-      const before = JSON.stringify(table)
+      const { table, leasesText } = await this.#readLocked()
+      const before = leasesText ?? serializeLeases(table)
       // One host: this host's clock, and no way to judge owners elsewhere (no fencing tokens either).
       const result = await mutate(table, { now: Date.now(), remoteLiveness: remoteOwnersAlive })
-      const after = JSON.stringify(table)
-      if (after !== before) this.#write(table)
+      const after = serializeLeases(table)
+      if (after !== before) this.#write(after)
       return result
     } finally {
       await lock.release()
@@ -142,38 +147,54 @@ export class FileLeaseStore implements LeaseStore {
   }
 
   /**
-   * With the lock held: the table. A torn file whose checksum is the copy's was cut off while writing the
-   * copy's text (its writer died mid-write): the copy is the table, and goes back into the file at once.
+   * With the lock held: the table (and its text as the file holds it). A torn file whose checksum is the
+   * copy's was cut off while writing the copy's text (its writer died mid-write): the copy is the table, and
+   * goes back into the file at once.
    */
-  async #readLocked(): Promise<LeaseTable> {
-    const text = await this.#readText(async () => readFileSync(this.path, 'utf8'))
-    if (text === undefined) return {}
+  async #readLocked(): Promise<{ table: LeaseTable; leasesText?: string }> {
+    const text = this.#readSync(this.#file)
+    if (text === undefined) return { table: {} }
     const decoded = decodeLeaseFile(text)
-    if (decoded.kind === 'table') return decoded.table
+    if (decoded.kind === 'table') return decoded
     if (decoded.kind === 'torn') {
-      const copy = await this.#readText(async () => readFileSync(this.walPath, 'utf8'))
+      const copy = this.#readSync(this.#copy)
       const restored = copy === undefined ? undefined : decodeLeaseFile(copy)
       if (restored?.kind === 'table' && restored.checksum === decoded.checksum) {
         this.#warn(`the lease file ${this.path} was torn (its last write was cut off, e.g. its writer was killed mid-write); restored it from ${this.walPath}`)
-        overwriteFileSync(this.path, copy!, 0o600)
-        return restored.table
+        this.#file.write(copy!)
+        return restored
       }
     }
-    return this.#recover()
+    return { table: await this.#recover() }
+  }
+
+  #readSync(file: InPlaceFile): string | undefined {
+    try {
+      return file.read()
+    } catch (error) {
+      throw new VmPoolError({ code: 'VMPOOL_LEASE_STORE', operation: 'read', message: `could not read ${file.path}: ${(error as Error).message}`, cause: error })
+    }
   }
 
   /** The copy first, then the file: at any moment one of them is whole (lease-file.ts). */
-  #write(table: LeaseTable): void {
-    const text = encodeLeaseFile(this.#provider.name, table)
+  #write(leasesText: string): void {
+    const text = encodeLeaseFile(this.#provider.name, leasesText)
     try {
-      overwriteFileSync(this.walPath, text, 0o600)
+      this.#copy.write(text)
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error
       // The directory was removed under us (someone cleaned the state dir).
       mkdirSync(join(this.path, '..'), { recursive: true, mode: 0o700 })
-      overwriteFileSync(this.walPath, text, 0o600)
+      this.#copy.write(text)
     }
-    overwriteFileSync(this.path, text, 0o600)
+    this.#file.write(text)
+  }
+
+  /** Closes the files kept open between updates (they reopen if the store is used again). */
+  async close(): Promise<void> {
+    await this.#queue
+    this.#file.close()
+    this.#copy.close()
   }
 
   /**

@@ -3,7 +3,7 @@
  * torn one (pool/file-lease-store.ts writes it in place). Table-driven over the ways a write can tear.
  */
 import { describe, expect, test } from 'vitest'
-import { decodeLeaseFile, encodeLeaseFile } from '../../src/pool/lease-file.js'
+import { decodeLeaseFile, encodeLeaseFile, serializeLeases } from '../../src/pool/lease-file.js'
 import type { LeaseTable } from '../../src/pool/lease-store.js'
 import { makeEntry as entry } from '../contract/lease-store-contract.js'
 
@@ -18,20 +18,26 @@ function table(count: number, state: 'idle' | 'leased' = 'idle'): LeaseTable {
 describe('lease file text', () => {
   test('round trip; the text is JSON with version, provider and leases, the checksum its first member', () => {
     const leases = table(3)
-    const text = encodeLeaseFile('fake', leases)
-    expect(text.split('\n')[1]).toMatch(/^ {2}"checksum": "sha1:[0-9a-f]{40}",$/)
+    const text = encodeLeaseFile('fake', serializeLeases(leases))
+    const lines = text.split('\n')
+    expect(lines[0]).toMatch(/^\{"checksum":"sha1:[0-9a-f]{40}",$/)
+    // One line per lease.
+    expect(lines.filter((line) => line.startsWith('"vm-'))).toHaveLength(3)
     expect(JSON.parse(text)).toMatchObject({ version: 1, provider: 'fake', leases })
-    expect(decodeLeaseFile(text)).toMatchObject({ kind: 'table', table: leases })
+    // The leases' text as read is what the writer would write for that table: an update that changes nothing writes nothing.
+    expect(decodeLeaseFile(text)).toEqual({ kind: 'table', table: leases, checksum: expect.any(String), leasesText: serializeLeases(leases) })
+    expect(serializeLeases({})).toBe('{}')
+    expect(decodeLeaseFile(encodeLeaseFile('fake', '{}'))).toMatchObject({ kind: 'table', table: {} })
   })
 
   test('trailing spaces (padding after a shrink) are not part of the text', () => {
-    const text = encodeLeaseFile('fake', table(2))
+    const text = encodeLeaseFile('fake', serializeLeases(table(2)))
     expect(decodeLeaseFile(`${text}${' '.repeat(900)}`)).toMatchObject({ kind: 'table', table: table(2) })
   })
 
   // The new text is the shorter one, so a file not yet truncated after it ends in old bytes.
-  const old = encodeLeaseFile('fake', table(60, 'leased'))
-  const next = encodeLeaseFile('fake', table(60, 'idle'))
+  const old = encodeLeaseFile('fake', serializeLeases(table(100, 'leased')))
+  const next = encodeLeaseFile('fake', serializeLeases(table(100, 'idle')))
   const page = 4_096
   test.each([
     ['cut off after the first page', next.slice(0, page)],
