@@ -1,14 +1,15 @@
-import { mkdirSync, readFileSync } from 'node:fs'
+import { mkdirSync } from 'node:fs'
 import { readFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { VmPoolError, invalidOptions } from '../errors.js'
 import type { VmProvider } from '../providers/vm-provider.js'
 import { acquireExclusiveLock, LockTimeoutError, type ExclusiveLockKind, type HeldLock } from '../util/exclusive-lock.js'
-import { writeFileAtomicSync } from '../util/fs-atomic.js'
+import { InPlaceFile } from '../util/in-place-file.js'
 import { getStateDir } from '../util/state-dir.js'
 import { scaleTimeout } from '../util/timeouts.js'
 import { getSpecHash } from './spec-hash.js'
-import { LEASE_FILE_VERSION, leaseFileSchema, type LeaseEntry, type LeaseStore, type LeaseTable, type LeaseUpdateContext } from './lease-store.js'
+import { decodeLeaseFile, encodeLeaseFile, serializeLeases } from './lease-file.js'
+import type { LeaseEntry, LeaseStore, LeaseTable, LeaseUpdateContext } from './lease-store.js'
 import { localProcessLiveness, remoteOwnersAlive } from './owner-liveness.js'
 import { findLiveMarkerHolders } from './reaper-marker.js'
 
@@ -36,17 +37,24 @@ export interface FileLeaseStoreOptions {
 }
 
 /**
- * The lease table as one JSON file per provider, mode 0600, replaced atomically (temp file + rename),
- * read-modify-written under a cross-process lock held only for that (util/exclusive-lock.ts). A file that
- * does not parse is moved aside and rebuilt from `provider.list()` plus the live owners' reaper markers.
+ * The lease table as one JSON file per provider, mode 0600, read-modify-written under a cross-process lock held
+ * only for that (util/exclusive-lock.ts). Written in place, with a checksum and a copy beside it
+ * (`<file>.wal`, written first): see pool/lease-file.ts. A file that does not parse (and is not a torn write of
+ * the copy's text) is moved aside and rebuilt from `provider.list()` plus the live owners' reaper markers.
  */
 export class FileLeaseStore implements LeaseStore {
   readonly path: string
+  /** The copy of the last table written, written before the file itself: what a torn file is restored from. */
+  readonly walPath: string
   readonly location: string
   readonly #provider: Pick<VmProvider, 'name' | 'list' | 'fingerprint'>
   readonly #stateDir: string
   readonly #warn: (message: string) => void
   readonly #lockKind: ExclusiveLockKind | undefined
+  #dirMade = false
+  /** Kept open between updates (util/in-place-file.ts); closed by `close()`. */
+  readonly #file: InPlaceFile
+  readonly #copy: InPlaceFile
   /** Serializes this process's updates: cheaper than contending for the cross-process lock with ourselves. */
   #queue: Promise<unknown> = Promise.resolve()
 
@@ -60,16 +68,22 @@ export class FileLeaseStore implements LeaseStore {
     this.#provider = options.provider
     this.#stateDir = getStateDir(options.stateDir)
     this.path = join(this.#stateDir, 'leases', `${options.provider.name}.json`)
+    this.walPath = `${this.path}.wal`
+    this.#file = new InPlaceFile(this.path, 0o600)
+    this.#copy = new InPlaceFile(this.walPath, 0o600)
     this.location = this.path
     this.#warn = options.warn ?? ((message) => process.stderr.write(`[vm-pool] warning: ${message}\n`))
     this.#lockKind = options.lock
   }
 
   async read(): Promise<LeaseTable> {
-    const parsed = this.#parse(await this.#readText(() => readFile(this.path, 'utf8')))
-    // A corrupt file is repaired under the lock, so two readers never both move it aside.
-    if (parsed === 'corrupt') return this.update((table) => structuredClone(table))
-    return parsed
+    const text = await this.#readText(() => readFile(this.path, 'utf8'))
+    if (text === undefined) return {}
+    const decoded = decodeLeaseFile(text)
+    // Torn (we may have caught a write half-way) or corrupt: read under the lock, which repairs it, so two
+    // readers never both move a file aside.
+    if (decoded.kind !== 'table') return this.update((table) => structuredClone(table))
+    return decoded.table
   }
 
   update<T>(mutate: (table: LeaseTable, context: LeaseUpdateContext) => T | Promise<T>): Promise<T> {
@@ -85,19 +99,18 @@ export class FileLeaseStore implements LeaseStore {
    * one burst.
    */
   async #locked<T>(mutate: (table: LeaseTable, context: LeaseUpdateContext) => T | Promise<T>): Promise<T> {
-    mkdirSync(join(this.path, '..'), { recursive: true, mode: 0o700 })
+    if (!this.#dirMade) {
+      mkdirSync(join(this.path, '..'), { recursive: true, mode: 0o700 })
+      this.#dirMade = true
+    }
     const lock = await this.#lock()
     try {
-      let table = this.#parse(await this.#readText(async () => readFileSync(this.path, 'utf8')))
-      if (table === 'corrupt') table = await this.#recover()
-      const before = JSON.stringify(table)
+      const { table, leasesText } = await this.#readLocked()
+      const before = leasesText ?? serializeLeases(table)
       // One host: this host's clock, and no way to judge owners elsewhere (no fencing tokens either).
       const result = await mutate(table, { now: Date.now(), remoteLiveness: remoteOwnersAlive })
-      const after = JSON.stringify(table)
-      if (after !== before) {
-        const file = { version: LEASE_FILE_VERSION, provider: this.#provider.name, leases: table }
-        writeFileAtomicSync(this.path, `${JSON.stringify(file, null, 2)}\n`, 0o600)
-      }
+      const after = serializeLeases(table)
+      if (after !== before) this.#write(after)
       return result
     } finally {
       await lock.release()
@@ -133,14 +146,55 @@ export class FileLeaseStore implements LeaseStore {
     }
   }
 
-  #parse(text: string | undefined): LeaseTable | 'corrupt' {
-    if (text === undefined) return {}
-    try {
-      const parsed = leaseFileSchema.safeParse(JSON.parse(text))
-      return parsed.success ? parsed.data.leases : 'corrupt'
-    } catch {
-      return 'corrupt'
+  /**
+   * With the lock held: the table (and its text as the file holds it). A torn file whose checksum is the
+   * copy's was cut off while writing the copy's text (its writer died mid-write): the copy is the table, and
+   * goes back into the file at once.
+   */
+  async #readLocked(): Promise<{ table: LeaseTable; leasesText?: string }> {
+    const text = this.#readSync(this.#file)
+    if (text === undefined) return { table: {} }
+    const decoded = decodeLeaseFile(text)
+    if (decoded.kind === 'table') return decoded
+    if (decoded.kind === 'torn') {
+      const copy = this.#readSync(this.#copy)
+      const restored = copy === undefined ? undefined : decodeLeaseFile(copy)
+      if (restored?.kind === 'table' && restored.checksum === decoded.checksum) {
+        this.#warn(`the lease file ${this.path} was torn (its last write was cut off, e.g. its writer was killed mid-write); restored it from ${this.walPath}`)
+        this.#file.write(copy!)
+        return restored
+      }
     }
+    return { table: await this.#recover() }
+  }
+
+  #readSync(file: InPlaceFile): string | undefined {
+    try {
+      return file.read()
+    } catch (error) {
+      throw new VmPoolError({ code: 'VMPOOL_LEASE_STORE', operation: 'read', message: `could not read ${file.path}: ${(error as Error).message}`, cause: error })
+    }
+  }
+
+  /** The copy first, then the file: at any moment one of them is whole (lease-file.ts). */
+  #write(leasesText: string): void {
+    const text = encodeLeaseFile(this.#provider.name, leasesText)
+    try {
+      this.#copy.write(text)
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error
+      // The directory was removed under us (someone cleaned the state dir).
+      mkdirSync(join(this.path, '..'), { recursive: true, mode: 0o700 })
+      this.#copy.write(text)
+    }
+    this.#file.write(text)
+  }
+
+  /** Closes the files kept open between updates (they reopen if the store is used again). */
+  async close(): Promise<void> {
+    await this.#queue
+    this.#file.close()
+    this.#copy.close()
   }
 
   /**

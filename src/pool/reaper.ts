@@ -6,7 +6,8 @@ import { fileURLToPath } from 'node:url'
 import { z } from 'zod'
 import { VmPoolError } from '../errors.js'
 import type { JsonValue, VmProvider } from '../providers/vm-provider.js'
-import { writeFileAtomic, writeFileAtomicSync } from '../util/fs-atomic.js'
+import { writeFileAtomic } from '../util/fs-atomic.js'
+import { overwriteFileSync } from '../util/in-place-file.js'
 import { getCurrentProcessIdentity } from '../util/process-info.js'
 import { scaleTimeout, sleep } from '../util/timeouts.js'
 import { deleteAnnounced } from './announced-delete.js'
@@ -103,13 +104,16 @@ export class ReaperHandle {
 
   /**
    * Record the VMs this owner holds now: written at once, synchronously (a small file; cheaper than four
-   * thread-pool round trips, and the last list always lands last). A failed write rejects its own caller only.
+   * thread-pool round trips, and the last list always lands last), in place (util/in-place-file.ts; no
+   * rename to contend with the lease file's writes on the file system's journal). Readers skip a marker they
+   * catch half-written; it is the second source of these names, beside the lease table. A failed write
+   * rejects its own caller only.
    */
   setHeld(names: Iterable<string>): Promise<void> {
     if (this.#stopped) return Promise.resolve()
     this.#marker.names = [...names].sort()
     try {
-      writeFileAtomicSync(this.markerPath, JSON.stringify(this.#marker), 0o600)
+      overwriteFileSync(this.markerPath, JSON.stringify(this.#marker), 0o600)
       return Promise.resolve()
     } catch (error) {
       return Promise.reject(error as Error)

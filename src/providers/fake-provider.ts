@@ -46,7 +46,9 @@ export type FakeProviderOptions = z.input<typeof fakeProviderOptionsSchema>
  */
 export function fakeProvider(options: FakeProviderOptions = {}): VmProvider {
   const config = Object.freeze(parseProviderOptions(fakeProviderOptionsSchema, options, PROVIDER))
-  const root = () => join(getStateDir(config.stateDir), 'fake')
+  // Resolved (and checked, getStateDir) on first use, once: not at construction, where the folder may not exist yet.
+  let rootDir: string | undefined
+  const root = () => (rootDir ??= join(getStateDir(config.stateDir), 'fake'))
   const vmDir = (name: string) => join(root(), name)
   const forwards = new VmPortForwards()
 

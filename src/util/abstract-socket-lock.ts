@@ -30,6 +30,15 @@ const QUEUED = 'q'
 const YIELD_AFTER_HAND_OFF_MS = 2
 /** Lock name → when this process last released it with a waiter first in line. */
 const handedOff = new Map<string, number>()
+/**
+ * After a failed bind this process queues for its turn before it binds, for this long (renewed by every failed
+ * bind): under contention a bind that happens to land between a release and the next holder's bind jumps the
+ * whole queue, and the queued waiters' waits grew to many sections (docs/pool.md, "The lock"). Uncontended,
+ * a process binds at once and needs no queue server.
+ */
+const QUEUE_FIRST_MS = 1_000
+/** Lock name → until when this process queues before it binds. */
+const contendedUntil = new Map<string, number>()
 
 /**
  * The kernel-held lock of exclusive-lock.ts. The name is `\0vm-pool-lock-<sha256 of the real path>`:
@@ -37,9 +46,21 @@ const handedOff = new Map<string, number>()
  * so the directory is resolved and the base name appended.
  */
 export async function getAbstractLockName(path: string): Promise<string> {
-  const real = join(await realpath(dirname(path)), basename(path))
-  return `\0vm-pool-lock-${createHash('sha256').update(real).digest('hex')}`
+  let name = lockNames.get(path)
+  if (name === undefined) {
+    const real = join(await realpath(dirname(path)), basename(path))
+    name = `\0vm-pool-lock-${createHash('sha256').update(real).digest('hex')}`
+    lockNames.set(path, name)
+  }
+  return name
 }
+
+/**
+ * Path → lock name, resolved once: the lease lock is taken twice per acquire+release, and the realpath and
+ * hash were a tenth of a lock section's CPU. A path whose folder is later swapped for a symlink elsewhere
+ * keeps its first name (a state dir is not moved under running pools).
+ */
+const lockNames = new Map<string, string>()
 
 /**
  * Bind is the lock: EADDRINUSE means someone holds it, and the kernel frees the name when the holder closes
@@ -61,13 +82,16 @@ export async function acquireAbstractSocketLock(path: string, timeoutMs: number)
     if (pause > 0) await new Promise((resolve) => setTimeout(resolve, pause))
   }
   try {
+    if ((contendedUntil.get(name) ?? 0) > Date.now()) turn = await queue.waitTurn(Math.min(timeoutMs, QUEUE_SAFETY_MS))
     for (;;) {
       const server = await tryListen(name)
       if (server) {
-        const held = holdWith(server, name, turn)
-        turn = undefined
-        return held
+        // Our turn ends as we get in, not as we leave: the next in line is woken now, fails its bind, and waits
+        // first in line at us (`waitFirstInLine`), so our release wakes it directly, with no queue server
+        // round trip between one holder and the next (docs/pool.md, "The lock").
+        return holdWith(server, name)
       }
+      contendedUntil.set(name, Date.now() + QUEUE_FIRST_MS)
       const left = deadline - Date.now()
       if (left <= 0) throw new LockTimeoutError(`the process listening on the abstract unix socket @${name.slice(1)} (\`ss -xlp | grep ${name.slice(1, 30)}\` shows it)`, timeoutMs)
       if (!turn) {
@@ -82,7 +106,7 @@ export async function acquireAbstractSocketLock(path: string, timeoutMs: number)
       await new Promise((resolve) => setTimeout(resolve, Math.min(left, POLL_MIN_MS + Math.random() * (POLL_MAX_MS - POLL_MIN_MS))))
     }
   } finally {
-    // Timed out or failed holding a turn: the next in the queue must not wait for us.
+    // In, timed out or failed: either way the next in the queue must not wait for our turn.
     turn?.done()
   }
 }
@@ -97,7 +121,7 @@ function tryListen(name: string): Promise<Server | undefined> {
 }
 
 /** The holder keeps the first waiter that connects, turns the others away, and closes the kept one on release. */
-function holdWith(server: Server, name: string, turn: LockTurn | undefined): HeldLock {
+function holdWith(server: Server, name: string): HeldLock {
   let front: Socket | undefined
   server.on('connection', (socket) => {
     socket.on('error', () => {})
@@ -122,7 +146,6 @@ function holdWith(server: Server, name: string, turn: LockTurn | undefined): Hel
           handedOff.set(name, Date.now())
           front.destroy()
         }
-        turn?.done()
       })
       return released
     },

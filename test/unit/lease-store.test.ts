@@ -1,7 +1,8 @@
 /**
  * FileLeaseStore's own promises beside the LeaseStore contract (test/contract/file-lease-store.test.ts):
- * mode 0600, what each lock leaves on disk when its holder is SIGKILLed, a corrupt file moved aside and
- * rebuilt from provider.list() — with the VMs a live owner's reaper marker names still held by that owner.
+ * mode 0600, what each lock leaves on disk when its holder is SIGKILLed, a torn write restored from the copy
+ * beside the file, a corrupt file moved aside and rebuilt from provider.list() — with the VMs a live owner's
+ * reaper marker names still held by that owner.
  */
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
@@ -59,8 +60,41 @@ describe('FileLeaseStore', () => {
       table.after = entry('after')
     })
     expect(Object.keys(await store.read())).toEqual(['after'])
-    expect(readdirSync(join(state.dir, 'leases'))).toEqual(['fake.json'])
+    // The table and its copy (lease-file.ts); no lock file.
+    expect(readdirSync(join(state.dir, 'leases')).sort()).toEqual(['fake.json', 'fake.json.wal'])
   }, 60_000)
+
+  test('a file torn by a writer killed mid-write (new first page, old rest) is restored from its copy, with a warning', async () => {
+    state = makeStateDir()
+    const warnings: string[] = []
+    const store = new FileLeaseStore({ provider: fakeProvider({ stateDir: state.dir }), stateDir: state.dir, warn: (message) => warnings.push(message) })
+    const names = Array.from({ length: 60 }, (_, i) => `vm-${i}`)
+    await store.update((table) => {
+      for (const name of names) table[name] = entry(name, { state: 'leased', key: `a-long-lease-key-${'k'.repeat(80)}` })
+    })
+    const old = readFileSync(store.path, 'utf8')
+    await store.update((table) => {
+      for (const name of names) {
+        table[name]!.state = 'idle'
+        delete table[name]!.key
+      }
+    })
+    const next = readFileSync(store.walPath, 'utf8')
+    expect(readFileSync(store.path, 'utf8')).toBe(next)
+    expect(old.length).toBeGreaterThan(next.length + 4_096)
+    // What the kernel leaves when it stops a write between pages: the new text's first page over the old text.
+    writeFileSync(store.path, next.slice(0, 4_096) + old.slice(4_096))
+
+    const table = await store.read()
+    expect(Object.keys(table)).toEqual(names)
+    expect(Object.values(table).every((lease) => lease.state === 'idle')).toBe(true)
+    expect(warnings).toEqual([expect.stringMatching(/was torn .*restored it from .*fake\.json\.wal/)])
+    // Repaired on disk: the next lock-free read needs no lock and warns no more.
+    expect(readFileSync(store.path, 'utf8')).toBe(next)
+    await store.read()
+    expect(warnings).toHaveLength(1)
+    expect(readdirSync(join(state.dir, 'leases')).filter((file) => file.includes('corrupt'))).toEqual([])
+  })
 
   for (const [label, garbage] of [
     ['not JSON', '{"version": 1, "leases": {'],

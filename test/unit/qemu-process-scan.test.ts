@@ -42,7 +42,18 @@ describe('finding processes by command line', () => {
     const child = spawn('sh', ['-c', 'sleep 600; :', 'sh', ...argv], { stdio: 'ignore', detached: true })
     children.push(child)
     const pid = child.pid!
-    for (let i = 0; i < 100 && !readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('sleep 600'); i++) await new Promise((resolve) => setTimeout(resolve, 20))
+    // Until `sleep` runs: between sh's fork and the exec, its child still carries the same argv (a second match).
+    const sleeping = () => {
+      try {
+        return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
+          .trim()
+          .split(' ')
+          .some((child) => child !== '' && readFileSync(`/proc/${child}/cmdline`, 'utf8').startsWith('sleep\0'))
+      } catch {
+        return false
+      }
+    }
+    for (let i = 0; i < 250 && !sleeping(); i++) await new Promise((resolve) => setTimeout(resolve, 20))
     return pid
   }
   afterAll(() => {
