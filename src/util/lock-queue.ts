@@ -113,6 +113,10 @@ class QueueClient {
    * The request stays queued.
    */
   waitTurn(waitMs: number): Promise<LockTurn | undefined> {
+    // Our last ping is unanswered for longer than QUEUE_PING_MS: the server is paused or stuck. Do not wait for
+    // it again on every lock (the lock's contended callers queue before they bind); its answer, when it comes
+    // back, clears this.
+    if (this.#socket && !this.#connecting && this.#pingSentAt !== undefined && Date.now() - this.#pingSentAt >= QUEUE_PING_MS) return Promise.resolve(undefined)
     return new Promise((resolve) => {
       const deadline = Date.now() + waitMs
       let timer: NodeJS.Timeout | undefined
