@@ -98,6 +98,7 @@ export async function acquireAbstractSocketLock(path: string, timeoutMs: number)
         turn = await queue.waitTurn(Math.min(left, QUEUE_SAFETY_MS))
         continue
       }
+      turn.wait()
       if (Date.now() >= frontAfter) {
         const outcome = await waitFirstInLine(name, Math.min(left, FRONT_SAFETY_MS))
         if (outcome !== 'turned-away') continue

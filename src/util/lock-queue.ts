@@ -14,10 +14,11 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
  * becomes the server, and the others queue again (in the order they reconnect: the old order is lost).
  *
  * Wire protocol, one byte each. Client → server: `a` (I want a turn; at most one outstanding per client),
- * `h` (I have my turn and act on it), `r` (my turn is over), `p` (are you there?). Server → client: `g` (your
+ * `h` (I have my turn and wait at the lock's holder with it: sent only when the bind failed), `r` (my turn is
+ * over: I am in, or gave up), `p` (are you there?). Server → client: `g` (your
  * turn), `o` (yes). Each `a` gets one `g`, each `g` one `r`.
  *
- * Nobody stuck blocks the others for long: a turn not taken up (`h`) within TURN_ACK_MS goes to the next in
+ * Nobody stuck blocks the others for long: a turn neither used (`r`) nor kept (`h`) within TURN_ACK_MS goes to the next in
  * line (its holder's event loop is blocked, or it is paused), and a waiter whose server does not answer `p`
  * within QUEUE_PING_MS tries the bind without its turn.
  */
@@ -38,6 +39,8 @@ export const QUEUE_PING_MS = 250
 
 /** A turn this process was given: hand it back once the section is over (or was never entered). */
 export interface LockTurn {
+  /** Its holder could not get in at once and waits at the lock's holder: keep the turn (`h`). Once is enough. */
+  wait(): void
   done(): void
 }
 
@@ -207,7 +210,15 @@ class QueueClient {
     this.#requested = false
     const waiter = this.#waiters.shift()
     let returned = false
+    let waiting = false
     const turn: LockTurn = {
+      // Only a turn whose bind failed says `h`: one that gets in at once says `r` before TURN_ACK_MS is near.
+      wait: () => {
+        if (waiting || returned || generation !== this.#generation) return
+        waiting = true
+        if (this.#server) this.#server.acknowledged(this.#local)
+        else this.#socket?.write(Buffer.of(HAVE))
+      },
       done: () => {
         if (returned) return
         returned = true
@@ -220,8 +231,6 @@ class QueueClient {
     }
     // Nobody waits any more (they timed out and took the lock by the bind): give the turn straight back.
     if (!waiter) return turn.done()
-    if (this.#server) this.#server.acknowledged(this.#local)
-    else this.#socket?.write(Buffer.of(HAVE))
     waiter(turn)
   }
 }
