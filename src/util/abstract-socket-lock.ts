@@ -96,9 +96,11 @@ export async function acquireAbstractSocketLock(path: string, timeoutMs: number)
       if (left <= 0) throw new LockTimeoutError(`the process listening on the abstract unix socket @${name.slice(1)} (\`ss -xlp | grep ${name.slice(1, 30)}\` shows it)`, timeoutMs)
       if (!turn) {
         turn = await queue.waitTurn(Math.min(left, QUEUE_SAFETY_MS))
-        continue
+        if (turn || !queue.silent) continue
+        // No turn to be had at once (the queue's server does not answer): wait at the holder as a turn would,
+        // rather than retry the bind in a loop.
       }
-      turn.wait()
+      turn?.wait()
       if (Date.now() >= frontAfter) {
         const outcome = await waitFirstInLine(name, Math.min(left, FRONT_SAFETY_MS))
         if (outcome !== 'turned-away') continue

@@ -18,9 +18,10 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
  * over: I am in, or gave up), `p` (are you there?). Server → client: `g` (your
  * turn), `o` (yes). Each `a` gets one `g`, each `g` one `r`.
  *
- * Nobody stuck blocks the others for long: a turn neither used (`r`) nor kept (`h`) within TURN_ACK_MS goes to the next in
- * line (its holder's event loop is blocked, or it is paused), and a waiter whose server does not answer `p`
- * within QUEUE_PING_MS tries the bind without its turn.
+ * Nobody stuck blocks the others for long: a turn neither used (`r`) nor kept (`h`) within TURN_ACK_MS goes to
+ * the next in line (its holder's event loop is blocked, or it is paused), and a waiter whose server does not
+ * answer `p` within QUEUE_PING_MS tries the bind without its turn (and does not wait for that server again
+ * until it answers).
  */
 const REQUEST = 0x61 // 'a'
 const HAVE = 0x68 // 'h'
@@ -37,7 +38,7 @@ export const TURN_ACK_MS = 250
 /** A waiter asks its server this often whether it is there; no answer by the next ask: it tries the bind itself. */
 export const QUEUE_PING_MS = 250
 
-/** A turn this process was given: hand it back once the section is over (or was never entered). */
+/** A turn this process was given: hand it back once its holder is in (or gave up). */
 export interface LockTurn {
   /** Its holder could not get in at once and waits at the lock's holder: keep the turn (`h`). Once is enough. */
   wait(): void
@@ -115,11 +116,16 @@ class QueueClient {
    * this process is not in the queue (no server could be reached), or when the server did not answer a ping.
    * The request stays queued.
    */
+  /** Our server has not answered a ping for QUEUE_PING_MS or more (paused, stuck): `waitTurn` does not wait for it. */
+  get silent(): boolean {
+    return this.#socket !== undefined && !this.#connecting && this.#pingSentAt !== undefined && Date.now() - this.#pingSentAt >= QUEUE_PING_MS
+  }
+
   waitTurn(waitMs: number): Promise<LockTurn | undefined> {
     // Our last ping is unanswered for longer than QUEUE_PING_MS: the server is paused or stuck. Do not wait for
     // it again on every lock (the lock's contended callers queue before they bind); its answer, when it comes
     // back, clears this.
-    if (this.#socket && !this.#connecting && this.#pingSentAt !== undefined && Date.now() - this.#pingSentAt >= QUEUE_PING_MS) return Promise.resolve(undefined)
+    if (this.silent) return Promise.resolve(undefined)
     return new Promise((resolve) => {
       const deadline = Date.now() + waitMs
       let timer: NodeJS.Timeout | undefined
