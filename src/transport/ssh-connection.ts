@@ -1,10 +1,9 @@
 import type { Duplex } from 'node:stream'
-import ssh2 from 'ssh2'
 import type { Client as SshClient, ClientChannel, ConnectConfig } from 'ssh2'
 import { z } from 'zod'
 import { VmPoolError, VmPoolTimeoutError } from '../errors.js'
 import { createDebug } from '../util/debug.js'
-import { getSshFingerprint } from './ssh-keys.js'
+import { getSshFingerprint, loadSsh2 } from './ssh-keys.js'
 
 /** Time for TCP connect + SSH handshake + auth, before scaling by `VM_POOL_TIMEOUT_SCALE`. */
 export const SSH_READY_TIMEOUT_MS = 20_000
@@ -217,7 +216,7 @@ export class SshConnection {
 
   async #open(): Promise<SshClient> {
     const config = this.#config
-    const client = new ssh2.Client()
+    const client = new (loadSsh2().Client)()
     this.#client = client
     let sock: Duplex | undefined
     if (config.tunnel) {

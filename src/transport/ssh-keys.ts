@@ -1,6 +1,9 @@
 import { createHash } from 'node:crypto'
-import ssh2 from 'ssh2'
 import { invalidOptions } from '../errors.js'
+import { lazyModule } from '../util/lazy-module.js'
+
+/** ssh2, loaded on first use (util/lazy-module.ts): the fake and CLI providers never need it. */
+export const loadSsh2 = lazyModule<typeof import('ssh2')>('ssh2')
 
 export interface SshKeyPair {
   /** OpenSSH private key text (`-----BEGIN OPENSSH PRIVATE KEY-----`). A secret: never log it. */
@@ -20,8 +23,9 @@ const KEY_PAIR_ATTEMPTS = 16
  */
 export function generateSshKeyPair(comment = 'vm-pool'): SshKeyPair {
   for (let attempt = 1; ; attempt++) {
-    const pair = ssh2.utils.generateKeyPairSync('ed25519', { comment })
-    const readable = !(ssh2.utils.parseKey(pair.private) instanceof Error) && !(ssh2.utils.parseKey(pair.public) instanceof Error)
+    const { utils } = loadSsh2()
+    const pair = utils.generateKeyPairSync('ed25519', { comment })
+    const readable = !(utils.parseKey(pair.private) instanceof Error) && !(utils.parseKey(pair.public) instanceof Error)
     if (readable) return { privateKey: pair.private, publicKey: pair.public.trim() }
     if (attempt >= KEY_PAIR_ATTEMPTS) throw new Error(`ssh2 generated ${KEY_PAIR_ATTEMPTS} unreadable ed25519 key pairs in a row`)
   }

@@ -1,6 +1,5 @@
 import type { Duplex, Readable } from 'node:stream'
 import type { ClientChannel } from 'ssh2'
-import ssh2 from 'ssh2'
 import { z } from 'zod'
 import { formatZodError } from '../config/zod-error.js'
 import { VmPoolError, invalidOptions } from '../errors.js'
@@ -15,7 +14,7 @@ import { collectChannel, EXEC_KILL_GRACE_MS, releaseAfterKill, type ChannelIo } 
 import { SSH_READY_TIMEOUT_MS, sshEndpointFields } from './ssh-connection.js'
 import { SshConnectionPool, type AcquireOptions, type ChannelSlot } from './ssh-connection-pool.js'
 import { buildSshExecScript, remoteKillCommand, signalNumber, type KillTarget } from './ssh-exec-protocol.js'
-import { normalizeHostKeyPin } from './ssh-keys.js'
+import { loadSsh2, normalizeHostKeyPin } from './ssh-keys.js'
 import { packDirectory } from './tar/tar-writer.js'
 
 export type { ExecBufferResult } from './exec-types.js'
@@ -90,7 +89,7 @@ export class SshTransport {
       throw invalidOptions(`invalid ssh transport options: ${formatZodError(parsed.error, options)}`, { provider: options?.provider ?? 'ssh', vm: options?.vm })
     }
     const { hostKey, maxChannels, maxConnections, readyTimeoutMs, ciphers, ...rest } = parsed.data
-    if (ssh2.utils.parseKey(rest.privateKey) instanceof Error) {
+    if (loadSsh2().utils.parseKey(rest.privateKey) instanceof Error) {
       throw invalidOptions('the ssh private key could not be parsed (expected an unencrypted OpenSSH or PEM key)', { provider: rest.provider, vm: rest.vm })
     }
     this.#pool = new SshConnectionPool(

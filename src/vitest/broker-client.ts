@@ -1,7 +1,10 @@
-import { Agent, request } from 'undici'
+import type { Agent } from 'undici'
 import { VmPoolError, type SerializedVmPoolError } from '../errors.js'
 import type { VmRecord, VmSpec } from '../providers/vm-provider.js'
+import { lazyModule } from '../util/lazy-module.js'
 import { scaleTimeout } from '../util/timeouts.js'
+
+const undici = lazyModule<typeof import('undici')>('undici')
 
 /** A fresh VM boots while the test waits: allow for a slow cold boot under TCG. */
 export const FRESH_VM_CREATE_TIMEOUT_MS = 180_000
@@ -17,7 +20,7 @@ export class BrokerClient {
     readonly socketPath: string,
     private readonly owner: string,
   ) {
-    this.agent = new Agent({ connect: { socketPath } })
+    this.agent = new (undici().Agent)({ connect: { socketPath } })
   }
 
   async create(spec: Omit<VmSpec, 'name'>): Promise<VmRecord> {
@@ -41,7 +44,7 @@ export class BrokerClient {
   private async post(path: string, payload: unknown, timeoutMs: number, timeoutName: string): Promise<unknown> {
     let response
     try {
-      response = await request(`http://vm-pool-broker${path}`, {
+      response = await undici().request(`http://vm-pool-broker${path}`, {
         method: 'POST',
         dispatcher: this.agent,
         headers: { 'content-type': 'application/json' },

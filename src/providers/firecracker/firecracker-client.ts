@@ -1,10 +1,13 @@
-import { getGlobalDispatcher, request, RetryAgent, type Dispatcher } from 'undici'
+import type { Dispatcher, RetryAgent } from 'undici'
 import type { z } from 'zod'
 import { formatZodError } from '../../config/zod-error.js'
 import { VmPoolError, invalidOptions, isVmPoolError } from '../../errors.js'
 import { abortedError } from '../../transport/process-runner.js'
 import { createDebug } from '../../util/debug.js'
+import { lazyModule } from '../../util/lazy-module.js'
 import { scaleTimeout } from '../../util/timeouts.js'
+
+const undici = lazyModule<typeof import('undici')>('undici')
 
 const PROVIDER = 'firecracker'
 const debug = createDebug('vm-pool:firecracker')
@@ -77,9 +80,9 @@ export function createFirecrackerClient(options: FirecrackerClientOptions): Fire
   // undici's RetryAgent does the backoff (and honours Retry-After); `throwOnError: false` hands us the
   // last answer once the retries are spent, so its body can be quoted.
   const agentFor = (rule: RetryRule) => {
-    const base = options.dispatcher ?? getGlobalDispatcher()
+    const base = options.dispatcher ?? undici().getGlobalDispatcher()
     const make = (selected: RetryRule) =>
-      new RetryAgent(base, {
+      new (undici().RetryAgent)(base, {
         ...RULES[selected],
         methods: ['GET', 'POST', 'DELETE'],
         maxRetries: FIRECRACKER_MAX_RETRIES,
@@ -107,7 +110,7 @@ export function createFirecrackerClient(options: FirecrackerClientOptions): Fire
     let status: number
     let text: string
     try {
-      const response = await request(`${baseUrl}${path}`, {
+      const response = await undici().request(`${baseUrl}${path}`, {
         method,
         headers: { authorization: `Bearer ${token}`, accept: 'application/json', ...(callOptions.body === undefined ? {} : { 'content-type': 'application/json' }) },
         body: callOptions.body === undefined ? undefined : JSON.stringify(callOptions.body),

@@ -6,12 +6,15 @@ import { basename, join } from 'node:path'
 import { Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { gunzipSync } from 'node:zlib'
-import { request, type Dispatcher } from 'undici'
+import type { Dispatcher } from 'undici'
 import { VmPoolError } from '../../../errors.js'
 import { runProcess } from '../../../transport/process-runner.js'
+import { lazyModule } from '../../../util/lazy-module.js'
 import { scaleTimeout } from '../../../util/timeouts.js'
 import { compareDebianVersions } from './debian-version.js'
 import { findOnPath, requireHostTools } from './host-tools.js'
+
+const undici = lazyModule<typeof import('undici')>('undici')
 
 /** Debian's CDN. HTTPS: the transport is authenticated even where no gpgv/keyring can check InRelease. */
 export const DEFAULT_DEBIAN_MIRROR = 'https://deb.debian.org/debian'
@@ -271,7 +274,7 @@ async function checkInRelease(inRelease: Buffer, mirror: string, keyring: string
 async function send(url: string, options: DebianArchiveOptions): Promise<Dispatcher.ResponseData> {
   let response: Dispatcher.ResponseData
   try {
-    response = await request(url, {
+    response = await undici().request(url, {
       dispatcher: options.dispatcher,
       signal: options.signal,
       headersTimeout: scaleTimeout(60_000),
