@@ -15,7 +15,7 @@ import { getCurrentProcessIdentity } from '../util/process-info.js'
 import { getConnectionPassword, redactConnectionString, redactSecrets } from '../util/redact.js'
 import { scaleTimeout, sleep } from '../util/timeouts.js'
 import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TTL_MS, heartbeatLiveness, type HeartbeatRow } from './heartbeat-liveness.js'
-import { leaseEntrySchema, type LeaseStore, type LeaseTable, type LeaseUpdateContext } from './lease-store.js'
+import { leaseEntrySchema, type LeaseEntry, type LeaseStore, type LeaseTable, type LeaseUpdateContext } from './lease-store.js'
 import { ensureSchema } from './postgres-schema.js'
 
 /** Connecting to PostgreSQL, per attempt. Scaled. */
@@ -60,6 +60,14 @@ const HEARTBEATS_SQL = `WITH now AS (SELECT clock_timestamp() AS t)
          (extract(epoch FROM now.t - h.beat_at) * 1000)::float8 AS age_ms
   FROM now LEFT JOIN vm_pool_heartbeats h ON true`
 
+/** The entries as jsonb's text: unchanged rows are recognised by their text and not parsed again (`#parseTable`). */
+const LEASES_SQL = (ns: string) => `SELECT name, entry::text AS entry FROM vm_pool_leases WHERE namespace = ${ns}`
+
+interface LeaseRow {
+  name: string
+  entry: string
+}
+
 interface HeartbeatQueryRow {
   now_ms: number | string
   host: string | null
@@ -86,6 +94,13 @@ export class PostgresLeaseStore implements LeaseStore {
   readonly #ttlMs: number
   readonly #warn: (message: string) => void
   #schema: Promise<void> | undefined
+  /** Set once the namespace's row in vm_pool_tables is known to exist: updates then skip the INSERT. */
+  #namespaceReady = false
+  /**
+   * The rows of the last load: name → jsonb text as PostgreSQL sent it, and the validated entry as canonical JSON.
+   * A row whose text is unchanged is not validated again; the mutator gets a fresh copy (`JSON.parse`) either way.
+   */
+  #parsed = new Map<string, { text: string; canonical: string }>()
   #queue: Promise<unknown> = Promise.resolve()
   #timer: NodeJS.Timeout | undefined
   /** performance.now() of the last heartbeat the database confirmed (a beat, or an update that wrote one). */
@@ -116,6 +131,8 @@ export class PostgresLeaseStore implements LeaseStore {
       idleTimeoutMillis: 10_000,
       allowExitOnIdle: true,
       connectionTimeoutMillis: scaleTimeout(POSTGRES_CONNECT_TIMEOUT_MS),
+      // A startup parameter of every session: no `SET LOCAL` statement in each update's batch.
+      lock_timeout: Math.round(scaleTimeout(POSTGRES_LOCK_TIMEOUT_MS)),
       application_name: 'vm-pool',
     })
     // An idle connection dropped by a restarting server: the next checkout reconnects.
@@ -177,20 +194,28 @@ export class PostgresLeaseStore implements LeaseStore {
         const results = (await client.query(
           [
             'BEGIN',
-            `SET LOCAL lock_timeout = ${Math.round(scaleTimeout(POSTGRES_LOCK_TIMEOUT_MS))}`,
-            `INSERT INTO vm_pool_tables (namespace) VALUES (${ns}) ON CONFLICT (namespace) DO NOTHING`,
+            // The namespace row is created once per store; the session's lock_timeout bounds the wait (see the constructor).
+            ...(this.#namespaceReady ? [] : [`INSERT INTO vm_pool_tables (namespace) VALUES (${ns}) ON CONFLICT (namespace) DO NOTHING`]),
             `SELECT next_token FROM vm_pool_tables WHERE namespace = ${ns} FOR UPDATE`,
             // A claim written in this transaction must never be judged ownerless: our heartbeat goes in it when due.
             ...(beatNow ? [this.#beatSql(client)] : []),
             HEARTBEATS_SQL,
-            `SELECT name, entry FROM vm_pool_leases WHERE namespace = ${ns}`,
+            LEASES_SQL(ns),
           ].join(';\n'),
         )) as unknown as pg.QueryResult[]
-        const [head, beats, leases] = [results[3]!, results[results.length - 2]!, results[results.length - 1]!]
+        const lockIndex = this.#namespaceReady ? 1 : 2
+        const [head, beats, leases] = [results[lockIndex]!, results[results.length - 2]!, results[results.length - 1]!]
+        if (head.rows.length === 0) {
+          // The namespace row is gone (tables emptied by hand): create it again on the next attempt, which
+          // this one cannot have committed anything for.
+          this.#namespaceReady = false
+          throw Object.assign(new Error(`the row of namespace ${this.namespace} in vm_pool_tables disappeared`), { code: 'ENAMESPACE' })
+        }
+        this.#namespaceReady = true
         const firstToken = Number((head.rows[0] as { next_token: string }).next_token)
         let nextToken = firstToken
         const { now, rows } = parseHeartbeats(beats.rows as HeartbeatQueryRow[])
-        const { table, texts } = this.#parseTable(leases.rows as { name: string; entry: unknown }[])
+        const { table, texts } = this.#parseTable(leases.rows as LeaseRow[])
         const context: LeaseUpdateContext = { now, remoteLiveness: heartbeatLiveness(rows), nextToken: () => nextToken++ }
         let value: T
         try {
@@ -247,22 +272,39 @@ export class PostgresLeaseStore implements LeaseStore {
   }
 
   async #loadTable(client: pg.PoolClient): Promise<{ table: LeaseTable; texts: Map<string, string> }> {
-    const { rows } = await client.query<{ name: string; entry: unknown }>('SELECT name, entry FROM vm_pool_leases WHERE namespace = $1', [this.namespace])
+    const { rows } = await client.query<LeaseRow>(LEASES_SQL(client.escapeLiteral(this.namespace)))
     return this.#parseTable(rows)
   }
 
-  #parseTable(rows: readonly { name: string; entry: unknown }[]): { table: LeaseTable; texts: Map<string, string> } {
+  /**
+   * The table for the mutator, and each entry's canonical JSON (what `#writeSql` compares against). Only rows
+   * whose text changed since the last load go through the schema: at steady state one or two of them.
+   */
+  #parseTable(rows: readonly LeaseRow[]): { table: LeaseTable; texts: Map<string, string> } {
     const table: LeaseTable = {}
     const texts = new Map<string, string>()
+    const parsed = new Map<string, { text: string; canonical: string }>()
     for (const row of rows) {
-      const parsed = leaseEntrySchema.safeParse(row.entry)
-      if (!parsed.success) {
-        this.#warn(`lease ${row.name} in ${this.location} does not parse; left alone`)
-        continue
+      let known = this.#parsed.get(row.name)
+      if (known?.text !== row.entry) {
+        let json: unknown
+        try {
+          json = JSON.parse(row.entry)
+        } catch {
+          json = undefined
+        }
+        const result = leaseEntrySchema.safeParse(json)
+        if (!result.success) {
+          this.#warn(`lease ${row.name} in ${this.location} does not parse; left alone`)
+          continue
+        }
+        known = { text: row.entry, canonical: JSON.stringify(result.data) }
       }
-      table[row.name] = parsed.data
-      texts.set(row.name, JSON.stringify(parsed.data))
+      parsed.set(row.name, known)
+      table[row.name] = JSON.parse(known.canonical) as LeaseEntry
+      texts.set(row.name, known.canonical)
     }
+    this.#parsed = parsed
     return { table, texts }
   }
 
@@ -271,8 +313,12 @@ export class PostgresLeaseStore implements LeaseStore {
     const names: string[] = []
     const entries: string[] = []
     for (const [name, entry] of Object.entries(table)) {
+      // An entry the mutator left alone serializes to exactly its canonical text (it is a JSON.parse of it):
+      // no schema check. Anything else is validated before it is written.
+      const old = before.get(name)
+      if (old !== undefined && JSON.stringify(entry) === old) continue
       const text = JSON.stringify(leaseEntrySchema.parse(entry))
-      if (before.get(name) !== text) {
+      if (old !== text) {
         names.push(client.escapeLiteral(name))
         entries.push(client.escapeLiteral(text))
       }

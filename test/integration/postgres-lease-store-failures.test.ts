@@ -2,7 +2,7 @@
  * The PostgreSQL lease store when things go wrong, on a real cluster (test/helpers/postgres.ts): PostgreSQL
  * restarts in the middle of a run (reconnect; no update lost or doubled), a wrong password and a missing
  * database (clear errors that never show the password), a schema from a newer vm-pool (refused), and the CLI
- * selecting the store with VM_POOL_LEASE_STORE.
+ * selecting the store with VM_POOL_LEASE_STORE, and rows changed behind the store's back (it skips re-validating unchanged rows).
  */
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
@@ -131,6 +131,44 @@ describe.skipIf(skipReason !== undefined)(`PostgresLeaseStore failures${skipReas
       expect((await server.sql('newer', 'SELECT count(*)::int AS n FROM vm_pool_leases')).rows).toEqual([{ n: 1 }])
     } finally {
       await later.close()
+    }
+  }, 60_000)
+
+  test('rows changed behind the store: read fresh, a row that stops parsing is left alone, a deleted namespace row comes back', async () => {
+    // The store keeps each row's text from its last load and skips the schema check for a row whose text is
+    // unchanged: a row changed by anyone else must still be seen as it is now.
+    const connectionString = await server.createDatabase('behind')
+    const warnings: string[] = []
+    const store = new PostgresLeaseStore({ connectionString, warn: (message) => warnings.push(message) })
+    try {
+      await store.update((table) => {
+        table.a = makeEntry('a')
+        table.b = makeEntry('b')
+      })
+      await server.sql('behind', `UPDATE vm_pool_leases SET entry = jsonb_set(entry, '{runId}', '"changed-by-sql"') WHERE name = 'a'`)
+      expect(await store.update((table) => table.a!.runId)).toBe('changed-by-sql')
+      await server.sql('behind', `UPDATE vm_pool_leases SET entry = '{"not": "an entry"}' WHERE name = 'b'`)
+      expect(await store.update((table) => Object.keys(table).sort())).toEqual(['a'])
+      expect(warnings).toEqual([expect.stringMatching(/^lease b in .* does not parse; left alone$/)])
+      // Left alone: not deleted by the update that could not read it.
+      expect((await server.sql('behind', `SELECT entry FROM vm_pool_leases WHERE name = 'b'`)).rows).toEqual([{ entry: { not: 'an entry' } }])
+      // An entry the mutator changes is written; one it leaves alone is not rewritten.
+      const xmin = async (name: string) => (await server.sql('behind', `SELECT xmin::text AS x FROM vm_pool_leases WHERE name = '${name}'`)).rows[0].x as string
+      const [aBefore, bBefore] = [await xmin('a'), await xmin('b')]
+      await store.update((table) => {
+        table.a!.runId = 'changed-by-store'
+      })
+      expect(await xmin('a')).not.toBe(aBefore)
+      expect(await xmin('b')).toBe(bBefore)
+      expect((await store.read()).a!.runId).toBe('changed-by-store')
+      // The namespace row (the lock and the fencing counter) emptied by hand: the next update creates it again.
+      await server.sql('behind', 'DELETE FROM vm_pool_leases; DELETE FROM vm_pool_tables')
+      await store.update((table) => {
+        table.c = makeEntry('c')
+      })
+      expect(Object.keys(await store.read())).toEqual(['c'])
+    } finally {
+      await store.close()
     }
   }, 60_000)
 
