@@ -9,14 +9,18 @@
  * transaction is retried only when it cannot have committed (the error came before COMMIT was sent): a
  * PostgreSQL restart neither loses nor doubles a lease. See docs/pool.md ("Stores", "Owners on other hosts").
  */
-import pg from 'pg'
+import type pg from 'pg'
 import { VmPoolError, invalidOptions } from '../errors.js'
+import { lazyModule } from '../util/lazy-module.js'
 import { getCurrentProcessIdentity } from '../util/process-info.js'
 import { getConnectionPassword, redactConnectionString, redactSecrets } from '../util/redact.js'
 import { scaleTimeout, sleep } from '../util/timeouts.js'
 import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TTL_MS, heartbeatLiveness, type HeartbeatRow } from './heartbeat-liveness.js'
 import { leaseEntrySchema, type LeaseEntry, type LeaseStore, type LeaseTable, type LeaseUpdateContext } from './lease-store.js'
 import { ensureSchema } from './postgres-schema.js'
+
+/** pg, loaded when a store is made (util/lazy-module.ts): file-store users never load it. */
+const loadPg = lazyModule<typeof pg>('pg')
 
 /** Connecting to PostgreSQL, per attempt. Scaled. */
 export const POSTGRES_CONNECT_TIMEOUT_MS = 10_000
@@ -125,7 +129,7 @@ export class PostgresLeaseStore implements LeaseStore {
     this.#intervalMs = options.heartbeatIntervalMs ?? scaleTimeout(HEARTBEAT_INTERVAL_MS)
     this.#ttlMs = options.heartbeatTtlMs ?? scaleTimeout(HEARTBEAT_TTL_MS)
     this.#warn = options.warn ?? ((message) => process.stderr.write(`[vm-pool] warning: ${message}\n`))
-    this.#pool = new pg.Pool({
+    this.#pool = new (loadPg().Pool)({
       connectionString: options.connectionString,
       max: 3,
       idleTimeoutMillis: 10_000,
