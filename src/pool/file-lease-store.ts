@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs'
+import { existsSync, mkdirSync } from 'node:fs'
 import { readFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { VmPoolError, invalidOptions } from '../errors.js'
@@ -99,11 +99,20 @@ export class FileLeaseStore implements LeaseStore {
    * one burst.
    */
   async #locked<T>(mutate: (table: LeaseTable, context: LeaseUpdateContext) => T | Promise<T>): Promise<T> {
+    const dir = join(this.path, '..')
     if (!this.#dirMade) {
-      mkdirSync(join(this.path, '..'), { recursive: true, mode: 0o700 })
+      mkdirSync(dir, { recursive: true, mode: 0o700 })
       this.#dirMade = true
     }
-    const lock = await this.#lock()
+    let lock: HeldLock
+    try {
+      lock = await this.#lock()
+    } catch (error) {
+      // The folder was removed under us (someone cleaned the state dir; the symlink lock lives in it): again.
+      if (existsSync(dir)) throw error
+      mkdirSync(dir, { recursive: true, mode: 0o700 })
+      lock = await this.#lock()
+    }
     try {
       const { table, leasesText } = await this.#readLocked()
       const before = leasesText ?? serializeLeases(table)

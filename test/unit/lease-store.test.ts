@@ -4,7 +4,7 @@
  * beside the file, a corrupt file moved aside and rebuilt from provider.list() — with the VMs a live owner's
  * reaper marker names still held by that owner.
  */
-import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, afterEach, describe, expect, test } from 'vitest'
@@ -63,6 +63,21 @@ describe('FileLeaseStore', () => {
     // The table and its copy (lease-file.ts); no lock file.
     expect(readdirSync(join(state.dir, 'leases')).sort()).toEqual(['fake.json', 'fake.json.wal'])
   }, 60_000)
+
+  test.each(['abstract-socket', 'symlink'] as const)('the leases folder removed between updates (%s lock): the next update makes it again', async (lock) => {
+    state = makeStateDir()
+    const store = new FileLeaseStore({ provider: fakeProvider({ stateDir: state.dir }), stateDir: state.dir, lock })
+    await store.update((table) => {
+      table.a = entry('a')
+    })
+    rmSync(join(state.dir, 'leases'), { recursive: true, force: true })
+    await store.update((table) => {
+      expect(table).toEqual({})
+      table.b = entry('b')
+    })
+    expect(Object.keys(await store.read())).toEqual(['b'])
+    await store.close()
+  })
 
   test('a file torn by a writer killed mid-write (new first page, old rest) is restored from its copy, with a warning', async () => {
     state = makeStateDir()
