@@ -422,7 +422,7 @@ describe('createPool', () => {
       const path = join(getReaperDir(state.dir), marker)
       const names = () => (JSON.parse(readFileSync(path, 'utf8')) as { names: string[] }).names
       expect(names()).toEqual([lease.name])
-      // inotify sees every write of the marker (a rename over it, or a write in place).
+      // Every write renames a new file over the marker: inotify sees each one.
       const writes: string[] = []
       const watcher = watch(getReaperDir(state.dir), (_event, file) => {
         if (file === marker) writes.push(String(file))
