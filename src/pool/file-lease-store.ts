@@ -1,5 +1,5 @@
 import { existsSync, mkdirSync } from 'node:fs'
-import { readFile, rename } from 'node:fs/promises'
+import { rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { VmPoolError, invalidOptions } from '../errors.js'
 import type { VmProvider } from '../providers/vm-provider.js'
@@ -77,7 +77,7 @@ export class FileLeaseStore implements LeaseStore {
   }
 
   async read(): Promise<LeaseTable> {
-    const text = await this.#readText(() => readFile(this.path, 'utf8'))
+    const text = this.#readSync(this.#file)
     if (text === undefined) return {}
     const decoded = decodeLeaseFile(text)
     // Torn (we may have caught a write half-way) or corrupt: read under the lock, which repairs it, so two
@@ -145,16 +145,6 @@ export class FileLeaseStore implements LeaseStore {
     }
   }
 
-  /** The file's text; `undefined` when there is none yet. */
-  async #readText(read: () => Promise<string>): Promise<string | undefined> {
-    try {
-      return await read()
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined
-      throw new VmPoolError({ code: 'VMPOOL_LEASE_STORE', operation: 'read', message: `could not read ${this.path}: ${(error as Error).message}`, cause: error })
-    }
-  }
-
   /**
    * With the lock held: the table (and its text as the file holds it). A torn file whose checksum is the
    * copy's was cut off while writing the copy's text (its writer died mid-write): the copy is the table, and
@@ -177,6 +167,7 @@ export class FileLeaseStore implements LeaseStore {
     return { table: await this.#recover() }
   }
 
+  /** The file's text; `undefined` when there is none yet. */
   #readSync(file: InPlaceFile): string | undefined {
     try {
       return file.read()
