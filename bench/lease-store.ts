@@ -8,7 +8,7 @@
  * The same file is the worker process (`--worker`), so the 8 processes run exactly this code.
  */
 import { spawn } from 'node:child_process'
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -50,7 +50,15 @@ function row(name: string, samples: number[]): LeaseBenchRow {
  * protocol (lock, lease file, housekeeping, reaper marker) costs on its own: on 2 cores, 8 processes spawning a
  * shell for every adoption check spend most of their CPU there (about 12 ms of Node CPU per spawn, measured).
  */
-async function worker(dist: string, stateDir: string, goFile: string, key: string, mode: string, leaseStore?: string): Promise<void> {
+async function worker(dist: string, stateDir: string, key: string, mode: string, leaseStore?: string): Promise<void> {
+  // The parent's signals (`go`, then `stop`) come as lines on stdin: a process waiting for them sleeps. (Polling
+  // a file every few ms, as this did before, woke each finished process ~200 times a second while the others
+  // were still in their timed cycles.)
+  const signals = createInterface({ input: process.stdin })[Symbol.asyncIterator]()
+  const signal = async (name: string) => {
+    for (let line = await signals.next(); !line.done; line = await signals.next()) if (line.value === name) return
+    throw new Error(`stdin closed before "${name}"`)
+  }
   const { createPool, fakeProvider } = (await import(pathToFileURL(join(dist, 'index.js')).href)) as Dist
   const fake = fakeProvider({ stateDir })
   const provider: typeof fake =
@@ -68,7 +76,7 @@ async function worker(dist: string, stateDir: string, goFile: string, key: strin
   // cycles made most of the p99. The rows measure the steady state, so wait until ours is idle.
   if (pool.reaperPid !== undefined) await waitUntilIdle(pool.reaperPid)
   process.stdout.write(`${JSON.stringify({ ready: true })}\n`)
-  while (!existsSync(goFile)) await new Promise((resolve) => setTimeout(resolve, 5))
+  await signal('go')
   for (let i = 0; i < WARMUP_CYCLES; i++) await (await pool.acquire(key)).release()
   const samples: number[] = []
   for (let i = 0; i < CYCLES_PER_PROCESS; i++) {
@@ -78,8 +86,7 @@ async function worker(dist: string, stateDir: string, goFile: string, key: strin
     samples.push(performance.now() - started)
   }
   process.stdout.write(`${JSON.stringify({ samples, stats: { ...pool.stats } })}\n`)
-  const stopFile = `${goFile}.stop`
-  while (!existsSync(stopFile)) await new Promise((resolve) => setTimeout(resolve, 5))
+  await signal('stop')
   await pool.drain()
 }
 
@@ -104,11 +111,10 @@ async function waitUntilIdle(pid: number): Promise<void> {
 /** `hosts`: the processes are split over that many VM_POOL_HOST_IDs, sharing `leaseStore` (a postgres:// URL). */
 async function warmAcrossProcesses(dist: string, mode: 'exec' | 'lease-only' = 'exec', shared?: { leaseStore: string; hosts: number }): Promise<number[]> {
   const stateDir = mkdtempSync(join(tmpdir(), 'vm-pool-bench-warm-'))
-  const goFile = join(stateDir, 'go')
   const hosts = shared?.hosts ?? 1
   const children = Array.from({ length: PROCESSES * hosts }, (_, i) =>
-    spawn(process.execPath, [fileURLToPath(import.meta.url), '--worker', dist, stateDir, goFile, `p${i}`, mode, ...(shared ? [shared.leaseStore] : [])], {
-      stdio: ['ignore', 'pipe', 'inherit'],
+    spawn(process.execPath, [fileURLToPath(import.meta.url), '--worker', dist, stateDir, `p${i}`, mode, ...(shared ? [shared.leaseStore] : [])], {
+      stdio: ['pipe', 'pipe', 'inherit'],
       env: { ...process.env, ...(shared ? { VM_POOL_HOST_ID: `bench-host-${i % hosts}` } : {}) },
     }),
   )
@@ -127,9 +133,9 @@ async function warmAcrossProcesses(dist: string, mode: 'exec' | 'lease-only' = '
   })
   try {
     await Promise.all(messages.map((next) => next(0)))
-    writeFileSync(goFile, '')
+    for (const child of children) child.stdin!.write('go\n')
     const results = await Promise.all(messages.map((next) => next(1)))
-    writeFileSync(`${goFile}.stop`, '')
+    for (const child of children) child.stdin!.end('stop\n')
     await Promise.all(children.map((child) => (child.exitCode === null ? new Promise((resolve) => child.once('exit', resolve)) : undefined)))
     return results.flatMap((result) => result.samples as number[])
   } finally {
@@ -215,7 +221,7 @@ export async function postgresBench(): Promise<LeaseBenchRow[]> {
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   if (process.argv[2] === '--worker') {
-    await worker(process.argv[3]!, process.argv[4]!, process.argv[5]!, process.argv[6]!, process.argv[7] ?? 'exec', process.argv[8])
+    await worker(process.argv[3]!, process.argv[4]!, process.argv[5]!, process.argv[6] ?? 'exec', process.argv[7])
   } else {
     const rows = await runLeaseStoreBench()
     console.log('lease store (fake provider; 2-core machine)')

@@ -25,7 +25,7 @@ export { createPool, ADOPT_CHECK_TIMEOUT_MS, RESET_TIMEOUT_MS, RESET_TO_SNAPSHOT
 export type { AcquireOptions, PoolOptions, ResolvedPoolOptions, PoolStats, VmPool, VmLease, FreshVm, ReleaseOptions, DrainResult } from './pool/vm-pool.js'
 export { FileLeaseStore, LEASE_LOCK_STALE_MS, LEASE_LOCK_TIMEOUT_MS } from './pool/file-lease-store.js'
 export type { FileLeaseStoreOptions } from './pool/file-lease-store.js'
-export type { LeaseStore, LeaseEntry, LeaseTable, LeaseState, LeaseKind, LeaseUpdateContext } from './pool/lease-store.js'
+export type { LeaseStore, LeaseEntry, LeaseTable, LeaseState, LeaseKind, LeaseUpdateContext, LeaseSwap, LeaseSwapRequest } from './pool/lease-store.js'
 export { postgresLeaseStore, PostgresLeaseStore, POSTGRES_CONNECT_TIMEOUT_MS, POSTGRES_RECONNECT_TIMEOUT_MS, POSTGRES_LOCK_TIMEOUT_MS } from './pool/postgres-lease-store.js'
 export type { PostgresLeaseStoreOptions } from './pool/postgres-lease-store.js'
 export { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TTL_MS } from './pool/heartbeat-liveness.js'

@@ -13,6 +13,10 @@ const debug = createDebug('vm-pool:pool')
 export class HeldVms {
   readonly #config: ResolvedPoolOptions
   readonly #entries = new Map<string, LeaseEntry>()
+  /** Handed back warm by swap and still parked with us: kept in the marker (see `forget`). */
+  readonly #stillMarked = new Set<string>()
+  /** The names the marker was last written with, sorted and joined: an unchanged list is not written again. */
+  #written: string | undefined
   #reaper: Promise<ReaperHandle | undefined> | undefined
   #handle: ReaperHandle | undefined
   #flush: NodeJS.Immediate | undefined
@@ -29,6 +33,11 @@ export class HeldVms {
     return this.#handle?.pid
   }
 
+  /** Our copy of the entry of `name`, if we hold it (not a copy: do not change it). */
+  get(name: string): LeaseEntry | undefined {
+    return this.#entries.get(name)
+  }
+
   entries(): Iterable<LeaseEntry> {
     return this.#entries.values()
   }
@@ -40,12 +49,24 @@ export class HeldVms {
    */
   note(entry: LeaseEntry): void {
     this.#entries.set(entry.name, structuredClone(entry))
+    this.#stillMarked.delete(entry.name)
     this.#tellWatchdog()
   }
 
-  /** Call it under the lock, in the update where the entry stops being ours, so no later update puts it back. */
-  forget(name: string): void {
+  /**
+   * Call it under the lock, in the update where the entry stops being ours, so no later update puts it back.
+   * `keepMarked`: the VM was handed back warm and stays parked with us, likely claimed again in a moment: its
+   * name stays in the marker until `unmark`, so a warm cycle writes no marker. That is safe because the
+   * watchdog skips marked VMs whose entry is idle or someone else's (lease-table.ts `selectReapTargets`).
+   */
+  forget(name: string, keepMarked = false): void {
+    if (keepMarked) this.#stillMarked.add(name)
     if (this.#entries.delete(name)) this.#tellWatchdog()
+  }
+
+  /** A parked VM is no longer ours to come back to (its kept connection ended): out of the marker too. */
+  unmark(name: string): void {
+    if (this.#stillMarked.delete(name)) this.#tellWatchdog()
   }
 
   #tellWatchdog(): void {
@@ -54,7 +75,14 @@ export class HeldVms {
     if (this.#flush || !this.#handle) return
     this.#flush = setImmediate(() => {
       this.#flush = undefined
-      void this.#handle?.setHeld(this.#entries.keys()).catch((error: unknown) => debug('reaper marker write failed: %s', (error as Error).message))
+      const names = [...new Set([...this.#entries.keys(), ...this.#stillMarked])].sort()
+      const joined = names.join('\n')
+      if (joined === this.#written) return
+      this.#written = joined
+      void this.#handle?.setHeld(names).catch((error: unknown) => {
+        this.#written = undefined
+        debug('reaper marker write failed: %s', (error as Error).message)
+      })
     })
   }
 
@@ -63,6 +91,7 @@ export class HeldVms {
     if (!reaper) return Promise.resolve(undefined)
     this.#reaper ??= ReaperHandle.start({ runId: this.#config.runId, providerName: reaper.providerName, providerOptions: reaper.providerOptions, stateDir: this.#config.stateDir, env: reaper.env }).then((handle) => {
       this.#handle = handle
+      this.#written = undefined
       return handle
     })
     const started = this.#reaper

@@ -61,6 +61,8 @@ export interface LeaseUpdateContext {
   remoteLiveness: OwnerLiveness
   /** A fencing token larger than any issued before on this table; absent for stores without fencing. */
   nextToken?: () => number
+  /** Stores with a swap: record that this update did the housekeeping sweep (`LeaseSwapRequest.sweepEveryMs`). */
+  swept?: () => void
 }
 
 /**
@@ -83,8 +85,46 @@ export interface LeaseStore {
    * and the TTL. The pool re-checks its fencing tokens before using a VM when either says so.
    */
   readonly heartbeat?: { readonly ttlMs: number; sinceConfirmedMs(): number; lapsed(): boolean }
+  /**
+   * Stores that can change one entry without the table's lock (PostgreSQL: one statement on one row). The
+   * pool's warm cycle uses it for the VM it just held or handed back; see `LeaseSwap`.
+   */
+  readonly swap?: LeaseSwap
   /** Release connections and timers. Idempotent. */
   close?(): Promise<void>
+}
+
+/**
+ * A compare-and-set of one entry, for the warm cycle (docs/pool.md, "The warm cycle"): `next` replaces the
+ * stored entry only while it still equals `expected`, so a change by anyone else in between (an adoption, a
+ * reclaim, a sweep) makes the swap fail and the caller take the locked `update`. No housekeeping runs.
+ */
+export interface LeaseSwap {
+  /** Unix ms on the table's clock as this process estimates it (the last update's clock plus the time since), or undefined before the first update. */
+  now(): number | undefined
+  /**
+   * `claim`: `next` gets a new fencing token (the store writes it in) and is written only while the owner's
+   * heartbeat is fresh. `countIdle`: also count the idle entries of that provider after the swap (for keepWarm's
+   * `max`). `then` runs once the swap is in, before any other update of this process. Returns the entry as
+   * written; `'declined'` when nothing was written (the stored entry was not `expected`, or the owner's heartbeat
+   * was not fresh, or the store could not be reached); `'unknown'` when the connection broke after the statement
+   * was sent (it may or may not have happened: the locked update that follows sees which).
+   */
+  entry(request: LeaseSwapRequest, then?: (written: LeaseEntry) => void): Promise<{ written: LeaseEntry; idle?: number; sweepDue?: boolean } | 'declined' | 'unknown'>
+}
+
+export interface LeaseSwapRequest {
+  name: string
+  expected: LeaseEntry
+  next: LeaseEntry
+  claim?: boolean
+  countIdle?: string
+  /**
+   * The housekeeping sweep is due when no update recorded one (`LeaseUpdateContext.swept`) for this long: the
+   * first swap to find it due gets `sweepDue` (and nobody else for another `sweepEveryMs`), so one process
+   * sweeps for all of them.
+   */
+  sweepEveryMs?: number
 }
 
 const identitySchema = z.object({ pid: z.number().int(), host: z.string(), startTime: z.number().nullable() })

@@ -94,15 +94,16 @@ export function replaceRecord(table: LeaseTable, name: string, record: VmRecord,
 
 /**
  * The idle VM to adopt: same provider and spec, unexpired, connectable; among those the highest `rank` (the
- * pool ranks the VMs it still has a connection to first, see pool-vm-lifecycle.ts), then the most recently
- * idle (furthest from its ttl).
+ * pool ranks the VMs it still has a connection to first, see pool-vm-lifecycle.ts; `undefined` leaves one out),
+ * then the most recently idle (furthest from its ttl).
  */
-export function pickIdleToAdopt(table: LeaseTable, want: { provider: string; specHash: string }, now: number, rank?: (entry: LeaseEntry) => number): LeaseEntry | undefined {
+export function pickIdleToAdopt(table: LeaseTable, want: { provider: string; specHash: string }, now: number, rank?: (entry: LeaseEntry) => number | undefined): LeaseEntry | undefined {
   let best: LeaseEntry | undefined
   let bestRank = 0
   for (const entry of Object.values(table)) {
     if (entry.state !== 'idle' || entry.provider !== want.provider || entry.specHash !== want.specHash || !entry.record || isExpired(entry, now)) continue
-    const entryRank = rank?.(entry) ?? 0
+    const entryRank = rank ? rank(entry) : 0
+    if (entryRank === undefined) continue
     if (!best || entryRank > bestRank || (entryRank === bestRank && (entry.idleSince ?? '') > (best.idleSince ?? ''))) {
       best = entry
       bestRank = entryRank

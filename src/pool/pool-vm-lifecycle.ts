@@ -1,11 +1,13 @@
 import { VmPoolError, invalidOptions, isVmPoolError } from '../errors.js'
 import type { Vm, VmRecord } from '../providers/vm-provider.js'
 import { createDebug } from '../util/debug.js'
-import { scaleTimeout, withTimeout } from '../util/timeouts.js'
+import { scaleTimeout, sleep, withTimeout } from '../util/timeouts.js'
 import { makeVmName } from '../util/vm-name.js'
 import type { HeldVms } from './held-vms.js'
 import type { LeaseEntry, LeaseKind } from './lease-store.js'
-import { claimIdle, evictOverMax, markIdle, markLeased, pickIdleToAdopt, releaseOwnership, replaceRecord, reserveName } from './lease-table.js'
+import { claimIdle, evictOverMax, isExpired, markIdle, markLeased, pickIdleToAdopt, releaseOwnership, replaceRecord, reserveName } from './lease-table.js'
+import { isSameOwner } from './owner-liveness.js'
+import { ParkedVms } from './parked-vms.js'
 import { RESET_TO_SNAPSHOT, type ResolvedPoolOptions } from './pool-options.js'
 import type { PoolLeases, PoolLedger } from './pool-leases.js'
 import { getSpecHash, type PoolVmSpec } from './spec-hash.js'
@@ -15,14 +17,7 @@ import { checkConnected, connectAndCheck } from './vm-health-check.js'
 export const ADOPT_CHECK_TIMEOUT_MS = 15_000
 /** The `keepWarm.reset` command before a VM goes back to idle; a reset that fails or runs out deletes the VM instead. Scaled. */
 export const RESET_TIMEOUT_MS = 60_000
-/**
- * A VM this process handed back warm keeps its connection this long (not scaled; a process that ends without
- * `drain()` may wait this long for it to close). If this process adopts the
- * same VM again within it and nobody held the VM in between, it gets the connection back without a new
- * connect and health check (for QEMU: an SSH handshake and an exec, ~0.3 s under TCG). A VM that died in that
- * window is then noticed by the caller's first exec instead of by the check.
- */
-export const PARKED_CONNECTION_TTL_MS = 2_000
+export { PARKED_CONNECTION_TTL_MS, PARKED_GRACE_MS } from './parked-vms.js'
 
 const debug = createDebug('vm-pool:pool')
 
@@ -47,8 +42,7 @@ export class PoolVmLifecycle {
   readonly #held: HeldVms
   readonly #ledger: PoolLedger
   readonly #warn: (message: string) => void
-  /** Connections of VMs handed back warm, by name, with the `idleSince` our hand-back wrote. */
-  readonly #parked = new Map<string, { vm: Vm; idleSince: string; timer: NodeJS.Timeout }>()
+  readonly #parked: ParkedVms
 
   constructor(options: { config: ResolvedPoolOptions; leases: PoolLeases; held: HeldVms; ledger: PoolLedger; warn: (message: string) => void }) {
     this.#config = options.config
@@ -56,26 +50,50 @@ export class PoolVmLifecycle {
     this.#held = options.held
     this.#ledger = options.ledger
     this.#warn = options.warn
+    this.#parked = new ParkedVms(options.held)
   }
 
   /** An idle warm VM with our spec (claimed, then checked), else a new one named `name` or `<prefix>-<runId>-<key>`. */
   async obtain(key: string, name?: string): Promise<Held> {
     await this.#held.ensureReaper()
+    const shortcut = await this.#claimParked(key)
+    if (shortcut.held) {
+      this.#ledger.counters.reused++
+      return shortcut.held
+    }
+    let uncertain = shortcut.uncertain
+    let waited = false
     const want = { provider: this.#config.provider.name, specHash: this.#config.specHash, key }
     for (;;) {
       const claim = await this.#leases.update((table, now, nextToken) => {
-        const entry = pickIdleToAdopt(table, want, now, (candidate) => this.#rankIdle(candidate, now))
-        if (!entry) return undefined
-        const idleSince = entry.idleSince
-        return { entry: structuredClone(claimIdle(entry, key, this.#leases.actor, now, nextToken)), idleSince }
+        // A swap that broke on the way may have claimed it for us: if so it is ours, and nobody else's.
+        const ours = uncertain !== undefined ? table[uncertain] : undefined
+        let graceLeftMs = Number.POSITIVE_INFINITY
+        const rank = (candidate: LeaseEntry) => {
+          const ranked = this.#parked.rank(candidate, now, this.#config.runId)
+          if (typeof ranked === 'number') return ranked
+          graceLeftMs = Math.min(graceLeftMs, ranked.graceLeftMs)
+          return undefined
+        }
+        const entry = ours?.state === 'leased' && isSameOwner(ours.owner, this.#leases.actor.owner) && !this.#held.get(ours.name) ? ours : pickIdleToAdopt(table, want, now, rank)
+        if (!entry) return Number.isFinite(graceLeftMs) && !waited ? { waitMs: graceLeftMs, entry: undefined } : undefined
+        const idleSince = entry === ours ? this.#parked.entry(entry.name)?.idleSince : entry.idleSince
+        return { entry: structuredClone(claimIdle(entry, key, this.#leases.actor, now, nextToken)), idleSince, waitMs: 0 }
       })
-      if (!claim) break
+      uncertain = undefined
+      if (claim && !claim.entry) {
+        waited = true
+        debug('only VMs other pools just handed back are idle; waiting %d ms (PARKED_GRACE_MS) before booting', claim.waitMs)
+        await sleep(claim.waitMs)
+        continue
+      }
+      if (!claim?.entry) break
       const { entry } = claim
       this.#held.note(entry)
-      const parked = this.#unpark(entry.name)
+      const parked = this.#parked.unpark(entry.name)
       // Untouched since we handed it back (same hand-back stamp): our connection is still the VM's.
       let held: Held | undefined
-      if (parked && parked.idleSince === claim.idleSince) held = await this.#checkKept(entry, parked.vm)
+      if (parked && parked.entry.idleSince === claim.idleSince) held = await this.#checkKept(entry, parked.vm)
       else {
         await parked?.vm.close?.().catch(() => {})
         held = await this.#checkAdopted(entry)
@@ -87,6 +105,26 @@ export class PoolVmLifecycle {
     }
     if (name !== undefined) return this.create('slot', name, this.#config.spec, key, true)
     return this.create('slot', makeVmName(this.#config.prefix, this.#config.runId, key), this.#config.spec, key, false)
+  }
+
+  /**
+   * The warm cycle's shortcut (docs/pool.md, "The warm cycle"): the VM this pool handed back last, claimed again
+   * by one swap of its entry, if nobody touched the entry since. That is the VM the locked path would pick too
+   * (`ParkedVms.rank` 2). Nothing held: take the locked path; `uncertain` names a VM a broken swap may have claimed.
+   */
+  async #claimParked(key: string): Promise<{ held?: Held; uncertain?: string }> {
+    const last = this.#parked.last()
+    if (!last) return {}
+    const { result } = await this.#leases.trySwap(last, (entry, now) => (isExpired(entry, now) ? undefined : claimIdle(entry, key, this.#leases.actor, now)), {
+      claim: true,
+      then: (written) => this.#held.note(written),
+    })
+    if (result === 'declined') return {}
+    if (result === 'unknown') return { uncertain: last.name }
+    // The kept connection's timer may have run out meanwhile: then connect again, as for any adoption.
+    const parked = this.#parked.unpark(last.name)
+    const held = parked ? await this.#checkKept(result.written, parked.vm) : await this.#checkAdopted(result.written)
+    return held ? { held } : {}
   }
 
   /**
@@ -215,16 +253,32 @@ export class PoolVmLifecycle {
         return this.deleteHeld(held)
       }
     }
-    const outcome = await this.#leases.update((table, now) => {
-      const idle = markIdle(table, held.name, this.#leases.actor, { ttlMs: keepWarm.ttlMs, ...(record ? { record } : {}) }, now)
+    const idleOptions = { ttlMs: keepWarm.ttlMs, ...(record ? { record } : {}) }
+    const actor = this.#leases.actor
+    const mine = this.#held.get(held.name)
+    // The shortcut: one swap of our entry (docs/pool.md, "The warm cycle"); over `max`, a locked update evicts.
+    const swapped = mine ? await this.#leases.trySwap(mine, (entry, now) => markIdle({ [entry.name]: entry }, entry.name, actor, idleOptions, now), { countIdle: true, sweep: true, then: () => this.#held.forget(held.name, true) }) : undefined
+    let outcome: { idle: LeaseEntry; evicted: string[] } | undefined
+    if (typeof swapped?.result === 'object') {
+      const { written, idle: idleCount = 0 } = swapped.result
+      const evicted = idleCount > keepWarm.max ? await this.#leases.update((table, now) => evictOverMax(table, this.#config.provider.name, keepWarm.max, actor, now)) : []
+      outcome = { idle: written, evicted }
+    }
+    outcome ??= await this.#leases.update((table, now) => {
+      // A swap that broke on the way may have written it already: then that is our hand-back.
+      const sent = swapped?.result === 'unknown' ? swapped.next : undefined
+      const idle = markIdle(table, held.name, actor, idleOptions, now) ?? (sent && table[held.name]?.state === 'idle' && table[held.name]!.idleSince === sent.idleSince ? table[held.name] : undefined)
       // Idle (nobody's) or reclaimed by someone else: either way no longer ours to put back.
       this.#held.forget(held.name)
       // Over `max`: the oldest idle VMs go (this one is the newest).
-      return idle && { idleSince: idle.idleSince!, evicted: evictOverMax(table, this.#config.provider.name, keepWarm.max, this.#leases.actor, now) }
+      return idle && { idle: structuredClone(idle), evicted: evictOverMax(table, this.#config.provider.name, keepWarm.max, actor, now) }
     })
     // After a snapshot reset the connection was closed above (the VM has a new record); an evicted VM is being deleted.
-    if (outcome && record === undefined && !outcome.evicted.includes(held.name)) this.#park(held.name, held.vm, outcome.idleSince)
-    else await held.vm.close?.().catch(() => {})
+    if (outcome && record === undefined && !outcome.evicted.includes(held.name)) this.#parked.park(held.name, held.vm, outcome.idle)
+    else {
+      this.#held.unmark(held.name)
+      await held.vm.close?.().catch(() => {})
+    }
     if (!outcome) {
       // Someone reclaimed it while we held it (e.g. the lease file was rebuilt and gc ran): it is not ours to keep.
       this.#warn(`lost the lease of ${held.name} while holding it; not keeping it warm`)
@@ -252,39 +306,9 @@ export class PoolVmLifecycle {
     held.vm = await provider.connect(record)
   }
 
-  /**
-   * Which idle VM to adopt first (`pickIdleToAdopt` takes the highest rank, then the most recently idle):
-   * 2: ours on a kept connection, untouched since (no connect, no check);
-   * 1: any other, except those another pool handed back within PARKED_CONNECTION_TTL_MS, which it likely
-   *    still keeps a connection to and comes back for (taking one makes that pool take someone else's in turn);
-   * below 0: those, the longest idle first (its pool has likely found another VM meanwhile).
-   */
-  #rankIdle(entry: LeaseEntry, now: number): number {
-    if (this.#parked.get(entry.name)?.idleSince === entry.idleSince) return 2
-    const idleSince = entry.idleSince === undefined ? Number.NaN : Date.parse(entry.idleSince)
-    if (entry.runId === this.#config.runId || !(now - idleSince < PARKED_CONNECTION_TTL_MS)) return 1
-    return -1 + (now - idleSince) / PARKED_CONNECTION_TTL_MS
-  }
-
   /** Close the kept connections (drain). */
   async closeParked(): Promise<void> {
-    await Promise.allSettled([...this.#parked.keys()].map((name) => this.#unpark(name)?.vm.close?.()))
-  }
-
-  #park(name: string, vm: Vm, idleSince: string): void {
-    void this.#unpark(name)?.vm.close?.().catch(() => {})
-    const timer = setTimeout(() => void this.#unpark(name)?.vm.close?.().catch(() => {}), PARKED_CONNECTION_TTL_MS)
-    // The timer keeps nothing alive; the connection may, until the timer closes it.
-    timer.unref()
-    this.#parked.set(name, { vm, idleSince, timer })
-  }
-
-  #unpark(name: string): { vm: Vm; idleSince: string } | undefined {
-    const parked = this.#parked.get(name)
-    if (!parked) return undefined
-    clearTimeout(parked.timer)
-    this.#parked.delete(name)
-    return parked
+    await this.#parked.closeAll()
   }
 
   async deleteHeld(held: Held): Promise<void> {

@@ -16,7 +16,8 @@ import { getCurrentProcessIdentity } from '../util/process-info.js'
 import { getConnectionPassword, redactConnectionString, redactSecrets } from '../util/redact.js'
 import { scaleTimeout, sleep } from '../util/timeouts.js'
 import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TTL_MS, heartbeatLiveness, type HeartbeatRow } from './heartbeat-liveness.js'
-import { leaseEntrySchema, type LeaseEntry, type LeaseStore, type LeaseTable, type LeaseUpdateContext } from './lease-store.js'
+import { leaseEntrySchema, type LeaseEntry, type LeaseStore, type LeaseSwap, type LeaseSwapRequest, type LeaseTable, type LeaseUpdateContext } from './lease-store.js'
+import { runSwap } from './postgres-lease-swap.js'
 import { ensureSchema } from './postgres-schema.js'
 
 /** pg, loaded when a store is made (util/lazy-module.ts): file-store users never load it. */
@@ -43,6 +44,14 @@ export interface PostgresLeaseStoreOptions {
   /** Where warnings go (a row that does not parse). @default a line on stderr */
   warn?: (message: string) => void
 }
+
+/** A locked update found a lease row changed under it by a swap (raised by `vm_pool_expect_rows`, before COMMIT). */
+function isConflict(error: unknown): boolean {
+  return (error as { code?: unknown }).code === '40001'
+}
+
+/** Fencing tokens one locked update may issue: the sequence's increment (postgres-schema.ts, version 2). */
+const TOKENS_PER_UPDATE = 16
 
 /** Errors from the database that mean "not reachable right now" (SQLSTATE classes 08 and 57P, or a socket error). */
 function isTransient(error: unknown): boolean {
@@ -111,6 +120,18 @@ export class PostgresLeaseStore implements LeaseStore {
   #confirmedAt = Number.NEGATIVE_INFINITY
   #lapses = 0
   #closed = false
+  /** The database's clock minus ours, from the last update (`swap.now()`). */
+  #clockOffset: number | undefined
+
+  readonly swap: LeaseSwap = {
+    now: () => (this.#clockOffset === undefined ? undefined : Date.now() + this.#clockOffset),
+    // In this process's update queue: `then` runs before any later update loads the table.
+    entry: (request, then) => {
+      const run = this.#queue.then(() => this.#swap(request, then))
+      this.#queue = run.catch(() => {})
+      return run
+    },
+  }
 
   constructor(options: PostgresLeaseStoreOptions) {
     if (typeof options?.connectionString !== 'string' || !/^postgres(ql)?:\/\//.test(options.connectionString)) {
@@ -191,8 +212,10 @@ export class PostgresLeaseStore implements LeaseStore {
       async (client) => {
         committing = false
         // Two round trips per update, so the row lock is held for one round trip plus the mutator: the first
-        // batch takes the lock and loads everything, the second writes and commits (simple-protocol batches,
-        // values as escaped literals).
+        // batch takes the lock (and a block of fencing tokens) and loads everything, the second writes and
+        // commits (simple-protocol batches, values as escaped literals). The lease rows are not locked: swaps
+        // of one row (postgres-lease-swap.ts) go on meanwhile, and every write here is conditional on the row
+        // as loaded (`#writeSql`).
         const ns = client.escapeLiteral(this.namespace)
         const beatNow = performance.now() - this.#confirmedAt > this.#intervalMs / 2
         const results = (await client.query(
@@ -200,7 +223,7 @@ export class PostgresLeaseStore implements LeaseStore {
             'BEGIN',
             // The namespace row is created once per store; the session's lock_timeout bounds the wait (see the constructor).
             ...(this.#namespaceReady ? [] : [`INSERT INTO vm_pool_tables (namespace) VALUES (${ns}) ON CONFLICT (namespace) DO NOTHING`]),
-            `SELECT next_token FROM vm_pool_tables WHERE namespace = ${ns} FOR UPDATE`,
+            `SELECT nextval('vm_pool_tokens')::text AS first_token FROM vm_pool_tables WHERE namespace = ${ns} FOR UPDATE`,
             // A claim written in this transaction must never be judged ownerless: our heartbeat goes in it when due.
             ...(beatNow ? [this.#beatSql(client)] : []),
             HEARTBEATS_SQL,
@@ -216,11 +239,17 @@ export class PostgresLeaseStore implements LeaseStore {
           throw Object.assign(new Error(`the row of namespace ${this.namespace} in vm_pool_tables disappeared`), { code: 'ENAMESPACE' })
         }
         this.#namespaceReady = true
-        const firstToken = Number((head.rows[0] as { next_token: string }).next_token)
+        const firstToken = Number((head.rows[0] as { first_token: string }).first_token)
         let nextToken = firstToken
         const { now, rows } = parseHeartbeats(beats.rows as HeartbeatQueryRow[])
-        const { table, texts } = this.#parseTable(leases.rows as LeaseRow[])
-        const context: LeaseUpdateContext = { now, remoteLiveness: heartbeatLiveness(rows), nextToken: () => nextToken++ }
+        this.#clockOffset = now - Date.now()
+        const { table, texts, raw } = this.#parseTable(leases.rows as LeaseRow[])
+        const takeToken = () => {
+          if (nextToken >= firstToken + TOKENS_PER_UPDATE) throw new Error(`an update may issue at most ${TOKENS_PER_UPDATE} fencing tokens`)
+          return nextToken++
+        }
+        let swept = false
+        const context: LeaseUpdateContext = { now, remoteLiveness: heartbeatLiveness(rows), nextToken: takeToken, swept: () => void (swept = true) }
         let value: T
         try {
           value = await mutate(table, context)
@@ -228,16 +257,17 @@ export class PostgresLeaseStore implements LeaseStore {
           mutatorError = { error }
           throw error
         }
-        const writes = this.#writeSql(client, table, texts)
-        if (nextToken !== firstToken) writes.push(`UPDATE vm_pool_tables SET next_token = ${nextToken} WHERE namespace = ${ns}`)
+        const writes = this.#writeSql(client, table, texts, raw)
+        if (swept) writes.push(`UPDATE vm_pool_tables SET swept_at = clock_timestamp() WHERE namespace = ${ns}`)
         committing = true
         await client.query([...writes, 'COMMIT'].join(';\n'))
         if (beatNow) this.#confirmBeat()
         return value
       },
-      // Retried only when it cannot have committed, and never a mutator's own error.
-      () => mutatorError === undefined && !committing,
-      (error) => (committing && isTransient(error) ? 'the connection broke while committing: the update may or may not have happened; the next pool operation sees which' : undefined),
+      // Retried only when it cannot have committed, and never a mutator's own error. A row changed by a swap
+      // under this update aborts it before its COMMIT (`vm_pool_expect_rows`): run again on the new rows.
+      (error) => mutatorError === undefined && (!committing || isConflict(error)),
+      (error) => (committing && isTransient(error) && !isConflict(error) ? 'the connection broke while committing: the update may or may not have happened; the next pool operation sees which' : undefined),
     ).catch((error: unknown) => {
       if (mutatorError) throw mutatorError.error
       throw error
@@ -245,8 +275,32 @@ export class PostgresLeaseStore implements LeaseStore {
     return result
   }
 
+  /** `swap.entry`: one round trip, never retried (a retry could apply it twice); see postgres-lease-swap.ts. */
+  async #swap(request: LeaseSwapRequest, then?: (written: LeaseEntry) => void): ReturnType<LeaseSwap['entry']> {
+    if (this.#closed || this.#clockOffset === undefined) return 'declined'
+    let client: pg.PoolClient
+    try {
+      client = await this.#pool.connect()
+    } catch {
+      return 'declined'
+    }
+    if (client.listenerCount('error') === 0) client.on('error', () => {})
+    try {
+      const swapped = await runSwap(client, this.namespace, request, getCurrentProcessIdentity())
+      client.release()
+      if (!swapped) return 'declined'
+      const written: LeaseEntry = swapped.token === undefined ? request.next : { ...request.next, token: swapped.token }
+      then?.(written)
+      return { written, ...(swapped.idle !== undefined ? { idle: swapped.idle } : {}), ...(swapped.sweepDue ? { sweepDue: true } : {}) }
+    } catch (error) {
+      client.release(true)
+      if (isTransient(error)) return 'unknown'
+      throw this.#error('swap', error)
+    }
+  }
+
   /** One checkout per attempt; transient errors retried until POSTGRES_RECONNECT_TIMEOUT_MS while `mayRetry()`. */
-  async #withRetry<T>(operation: string, work: (client: pg.PoolClient) => Promise<T>, mayRetry: () => boolean, extra: (error: unknown) => string | undefined = () => undefined): Promise<T> {
+  async #withRetry<T>(operation: string, work: (client: pg.PoolClient) => Promise<T>, mayRetry: (error: unknown) => boolean, extra: (error: unknown) => string | undefined = () => undefined): Promise<T> {
     const deadline = performance.now() + scaleTimeout(POSTGRES_RECONNECT_TIMEOUT_MS)
     for (;;) {
       let client: pg.PoolClient | undefined
@@ -269,13 +323,14 @@ export class PostgresLeaseStore implements LeaseStore {
           client.release(true)
         }
         if (error instanceof VmPoolError) throw error
-        if (!mayRetry() || !isTransient(error) || performance.now() > deadline) throw this.#error(operation, error, extra(error))
-        await sleep(RECONNECT_PAUSE_MS)
+        if (!mayRetry(error) || !(isTransient(error) || isConflict(error)) || performance.now() > deadline) throw this.#error(operation, error, extra(error))
+        // A conflict is run again at once: the swap that caused it has committed.
+        if (!isConflict(error)) await sleep(RECONNECT_PAUSE_MS)
       }
     }
   }
 
-  async #loadTable(client: pg.PoolClient): Promise<{ table: LeaseTable; texts: Map<string, string> }> {
+  async #loadTable(client: pg.PoolClient): Promise<{ table: LeaseTable; texts: Map<string, string>; raw: Map<string, string> }> {
     const { rows } = await client.query<LeaseRow>(LEASES_SQL(client.escapeLiteral(this.namespace)))
     return this.#parseTable(rows)
   }
@@ -284,9 +339,11 @@ export class PostgresLeaseStore implements LeaseStore {
    * The table for the mutator, and each entry's canonical JSON (what `#writeSql` compares against). Only rows
    * whose text changed since the last load go through the schema: at steady state one or two of them.
    */
-  #parseTable(rows: readonly LeaseRow[]): { table: LeaseTable; texts: Map<string, string> } {
+  #parseTable(rows: readonly LeaseRow[]): { table: LeaseTable; texts: Map<string, string>; raw: Map<string, string> } {
     const table: LeaseTable = {}
     const texts = new Map<string, string>()
+    // Every row as loaded, parsed or not: the writes are conditional on them (`#writeSql`).
+    const raw = new Map(rows.map((row) => [row.name, row.entry]))
     const parsed = new Map<string, { text: string; canonical: string }>()
     for (const row of rows) {
       let known = this.#parsed.get(row.name)
@@ -309,33 +366,51 @@ export class PostgresLeaseStore implements LeaseStore {
       texts.set(row.name, known.canonical)
     }
     this.#parsed = parsed
-    return { table, texts }
+    return { table, texts, raw }
   }
 
-  /** Only what changed: one upsert for new and changed entries, one DELETE for removed ones (SQL with escaped literals). */
-  #writeSql(client: pg.PoolClient, table: LeaseTable, before: Map<string, string>): string[] {
-    const names: string[] = []
-    const entries: string[] = []
+  /**
+   * Only what changed, each write conditional on the row as loaded (`raw`): changed rows are updated only
+   * while they still hold that text, new ones inserted only while absent, removed ones deleted only while
+   * unchanged. `vm_pool_expect_rows` aborts the transaction when a count falls short (a swap changed a row
+   * meanwhile), and the update is run again. SQL with escaped literals.
+   */
+  #writeSql(client: pg.PoolClient, table: LeaseTable, before: Map<string, string>, raw: Map<string, string>): string[] {
+    const changed: [string, string, string][] = []
+    const added: [string, string][] = []
     for (const [name, entry] of Object.entries(table)) {
       // An entry the mutator left alone serializes to exactly its canonical text (it is a JSON.parse of it):
       // no schema check. Anything else is validated before it is written.
       const old = before.get(name)
       if (old !== undefined && JSON.stringify(entry) === old) continue
       const text = JSON.stringify(leaseEntrySchema.parse(entry))
-      if (old !== text) {
-        names.push(client.escapeLiteral(name))
-        entries.push(client.escapeLiteral(text))
-      }
+      if (old === text) continue
+      const loaded = raw.get(name)
+      if (loaded === undefined) added.push([client.escapeLiteral(name), client.escapeLiteral(text)])
+      else changed.push([client.escapeLiteral(name), client.escapeLiteral(loaded), client.escapeLiteral(text)])
     }
-    const removed = [...before.keys()].filter((name) => !(name in table)).map((name) => client.escapeLiteral(name))
+    const removed = [...before.keys()].filter((name) => !(name in table)).map((name) => [client.escapeLiteral(name), client.escapeLiteral(raw.get(name)!)] as const)
     const ns = client.escapeLiteral(this.namespace)
+    const column = (rows: readonly (readonly string[])[], index: number) => `ARRAY[${rows.map((row) => row[index]).join(',')}]::text[]`
     const sql: string[] = []
-    if (names.length > 0) {
+    if (changed.length > 0) {
       sql.push(
-        `INSERT INTO vm_pool_leases (namespace, name, entry) SELECT ${ns}, n, e::jsonb FROM unnest(ARRAY[${names.join(',')}]::text[], ARRAY[${entries.join(',')}]::text[]) AS t(n, e) ON CONFLICT (namespace, name) DO UPDATE SET entry = EXCLUDED.entry`,
+        `WITH w AS (UPDATE vm_pool_leases l SET entry = v.e::jsonb FROM unnest(${column(changed, 0)}, ${column(changed, 1)}, ${column(changed, 2)}) AS v(n, o, e)
+           WHERE l.namespace = ${ns} AND l.name = v.n AND l.entry = v.o::jsonb RETURNING 1) SELECT vm_pool_expect_rows(count(*), ${changed.length}) FROM w`,
       )
     }
-    if (removed.length > 0) sql.push(`DELETE FROM vm_pool_leases WHERE namespace = ${ns} AND name IN (${removed.join(',')})`)
+    if (added.length > 0) {
+      sql.push(
+        `WITH w AS (INSERT INTO vm_pool_leases (namespace, name, entry) SELECT ${ns}, n, e::jsonb FROM unnest(${column(added, 0)}, ${column(added, 1)}) AS t(n, e)
+           ON CONFLICT (namespace, name) DO NOTHING RETURNING 1) SELECT vm_pool_expect_rows(count(*), ${added.length}) FROM w`,
+      )
+    }
+    if (removed.length > 0) {
+      sql.push(
+        `WITH w AS (DELETE FROM vm_pool_leases l USING unnest(${column(removed, 0)}, ${column(removed, 1)}) AS v(n, o)
+           WHERE l.namespace = ${ns} AND l.name = v.n AND l.entry = v.o::jsonb RETURNING 1) SELECT vm_pool_expect_rows(count(*), ${removed.length}) FROM w`,
+      )
+    }
     return sql
   }
 

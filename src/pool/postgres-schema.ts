@@ -7,12 +7,13 @@ import { VmPoolError } from '../errors.js'
  * A database whose schema is newer than this code knows is refused: an older vm-pool must not write rows a
  * newer one reads differently.
  */
-export const SCHEMA_VERSION = 1
+export const SCHEMA_VERSION = 2
 
 const MIGRATIONS: readonly string[] = [
   `CREATE TABLE vm_pool_tables (
      namespace text PRIMARY KEY,
-     -- The next fencing token: guarded by the row lock every update takes (SELECT ... FOR UPDATE).
+     -- Schema 1's fencing token counter; schema 2 takes tokens from vm_pool_tokens. The row lock (SELECT ... FOR
+     -- UPDATE) still serializes the locked updates.
      next_token bigint NOT NULL DEFAULT 1
    );
    CREATE TABLE vm_pool_leases (
@@ -30,6 +31,20 @@ const MIGRATIONS: readonly string[] = [
      beat_at timestamptz NOT NULL,
      PRIMARY KEY (host, pid, start_time)
    );`,
+  // 2: fencing tokens from a sequence, so a claim by one-row swap (postgres-lease-swap.ts) takes no namespace
+  // lock (next_token is no longer used). Each nextval reserves a block of 16: a locked update hands out up to
+  // that many from one call. It starts above every token the counters gave. A locked update's write that finds
+  // a row changed under it (by a swap) fails with serialization_failure, and the update is run again.
+  // swept_at: when a pool's locked update last did the housekeeping sweep; the swaps share that duty through it.
+  `ALTER TABLE vm_pool_tables ADD COLUMN swept_at timestamptz;
+   CREATE SEQUENCE vm_pool_tokens INCREMENT BY 16 MINVALUE 1;
+   SELECT setval('vm_pool_tokens', (SELECT greatest(max(next_token), 1) FROM vm_pool_tables));
+   CREATE FUNCTION vm_pool_expect_rows(actual bigint, expected bigint) RETURNS void LANGUAGE plpgsql AS $$
+   BEGIN
+     IF actual <> expected THEN
+       RAISE EXCEPTION 'vm-pool: % of % lease rows changed while the update ran', expected - actual, expected USING ERRCODE = 'serialization_failure';
+     END IF;
+   END $$;`,
 ]
 
 /** Serializes schema changes between processes that open the store at the same time (any 64-bit constant of ours). */

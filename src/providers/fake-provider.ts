@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs'
 import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { dirname, isAbsolute, join } from 'node:path'
 import { z } from 'zod'
@@ -89,9 +90,12 @@ export function fakeProvider(options: FakeProviderOptions = {}): VmProvider {
       return createFakeVm(record, vmDir(name), config.faults.exec, forwards)
     },
 
-    /** The sandbox is the VM: running while its record is there (what exec checks first). */
+    /**
+     * The sandbox is the VM: running while its record is there (what exec checks first). A synchronous stat:
+     * the pool asks on every warm re-claim, and a thread-pool round trip costs several times the stat.
+     */
     async isRunning(record: VmRecord): Promise<boolean> {
-      return exists(join(vmDir(validateVmName(record.name, PROVIDER)), 'record.json'))
+      return existsSync(join(vmDir(validateVmName(record.name, PROVIDER)), 'record.json'))
     },
 
     async delete(name: string): Promise<void> {
