@@ -1,5 +1,5 @@
 import { createDebug } from '../util/debug.js'
-import type { LeaseEntry } from './lease-store.js'
+import { cloneEntry, type LeaseEntry } from './lease-store.js'
 import type { ResolvedPoolOptions } from './pool-options.js'
 import { ReaperHandle } from './reaper.js'
 
@@ -48,7 +48,7 @@ export class HeldVms {
    * which is what the watchdog reaps by; the marker is the second source, for a lost lease file.
    */
   note(entry: LeaseEntry): void {
-    this.#entries.set(entry.name, structuredClone(entry))
+    this.#entries.set(entry.name, cloneEntry(entry))
     this.#stillMarked.delete(entry.name)
     this.#tellWatchdog()
   }

@@ -4,7 +4,7 @@ import { getCurrentProcessIdentity } from '../util/process-info.js'
 import { deleteAnnounced } from './announced-delete.js'
 import type { HeldVms } from './held-vms.js'
 import { VmPoolError } from '../errors.js'
-import type { LeaseEntry, LeaseStore, LeaseSwap, LeaseTable } from './lease-store.js'
+import { cloneEntry, type LeaseEntry, type LeaseStore, type LeaseSwap, type LeaseTable } from './lease-store.js'
 import { announceDelete, findLostHolds, restoreHeld, sweepUnheld, type LeaseActor } from './lease-table.js'
 import { hostAwareLiveness, type OwnerLiveness } from './owner-liveness.js'
 
@@ -13,8 +13,8 @@ const debug = createDebug('vm-pool:pool')
 /**
  * The warm cycle's shortcut (`trySwap`: one entry, no table) skips the housekeeping sweep that every locked
  * update does; the first hand-back by swap after this long without a sweep (by any pool on the store) runs one.
- * An expired idle VM or a dead holder's VM then waits at most this much longer than "the next pool operation".
- * Not scaled: it bounds a delay, it is not a timeout.
+ * An expired idle VM or a dead holder's VM then waits at most this much longer than "the next pool operation",
+ * and idle VMs over keepWarm's `max` are evicted that much later. Not scaled: it bounds a delay, not a timeout.
  */
 export const SWEEP_INTERVAL_MS = 1_000
 
@@ -102,23 +102,20 @@ export class PoolLeases {
    * The warm cycle's shortcut (docs/pool.md, "The warm cycle"): our copy `mine` of an entry, turned by `change`
    * into the next one at the store's `now`, written by the store's swap only while the stored entry still equals
    * `mine`. Declined (the caller takes `update`) when the store has no swap, our heartbeat is not fresh or
-   * lapsed (fencing must look first), or `change` says no. `claim`: the store issues the token; `countIdle`:
-   * the idle VMs of our provider, counted after the swap; `sweep`: run the housekeeping sweep after it when
-   * none ran for SWEEP_INTERVAL_MS.
+   * lapsed (fencing must look first), or `change` says no. `claim`: the store issues the token; `sweep`: the
+   * caller runs the housekeeping sweep (an `update`) when the result says `sweepDue` (none ran for SWEEP_INTERVAL_MS).
    */
-  async trySwap(mine: LeaseEntry, change: (entry: LeaseEntry, now: number) => LeaseEntry | undefined, options: { claim?: boolean; countIdle?: boolean; sweep?: boolean; then?: (written: LeaseEntry) => void } = {}): Promise<SwapOutcome> {
+  async trySwap(mine: LeaseEntry, change: (entry: LeaseEntry, now: number) => LeaseEntry | undefined, options: { claim?: boolean; sweep?: boolean; then?: (written: LeaseEntry) => void } = {}): Promise<SwapOutcome> {
     const swap = this.#store.swap
     const beat = this.#store.heartbeat
     const declined: SwapOutcome = { result: 'declined' }
     if (!swap) return declined
     if (beat && (beat.sinceConfirmedMs() > beat.ttlMs / 2 || ((this.#store as { lapses?: number }).lapses ?? 0) > this.#checkedLapses)) return declined
     const now = swap.now()
-    const next = now === undefined ? undefined : change(structuredClone(mine), now)
+    const next = now === undefined ? undefined : change(cloneEntry(mine), now)
     if (!next) return declined
-    const request = { name: mine.name, expected: mine, next, ...(options.claim ? { claim: true } : {}), ...(options.countIdle ? { countIdle: this.#provider.name } : {}), ...(options.sweep ? { sweepEveryMs: SWEEP_INTERVAL_MS } : {}) }
-    const result = await swap.entry(request, options.then)
-    if (typeof result === 'object' && result.sweepDue) await this.update(() => undefined)
-    return { result, next }
+    const request = { name: mine.name, expected: mine, next, ...(options.claim ? { claim: true } : {}), ...(options.sweep ? { sweepEveryMs: SWEEP_INTERVAL_MS } : {}) }
+    return { result: await swap.entry(request, options.then), next }
   }
 
   /**

@@ -256,13 +256,13 @@ export class PoolVmLifecycle {
     const idleOptions = { ttlMs: keepWarm.ttlMs, ...(record ? { record } : {}) }
     const actor = this.#leases.actor
     const mine = this.#held.get(held.name)
-    // The shortcut: one swap of our entry (docs/pool.md, "The warm cycle"); over `max`, a locked update evicts.
-    const swapped = mine ? await this.#leases.trySwap(mine, (entry, now) => markIdle({ [entry.name]: entry }, entry.name, actor, idleOptions, now), { countIdle: true, sweep: true, then: () => this.#held.forget(held.name, true) }) : undefined
+    // The shortcut: one swap of our entry (docs/pool.md, "The warm cycle"). When the shared sweep is due, this
+    // hand-back runs it: the housekeeping of every update, and idle VMs over `max` evicted.
+    const swapped = mine ? await this.#leases.trySwap(mine, (entry, now) => markIdle({ [entry.name]: entry }, entry.name, actor, idleOptions, now), { sweep: true, then: () => this.#held.forget(held.name, true) }) : undefined
     let outcome: { idle: LeaseEntry; evicted: string[] } | undefined
     if (typeof swapped?.result === 'object') {
-      const { written, idle: idleCount = 0 } = swapped.result
-      const evicted = idleCount > keepWarm.max ? await this.#leases.update((table, now) => evictOverMax(table, this.#config.provider.name, keepWarm.max, actor, now)) : []
-      outcome = { idle: written, evicted }
+      const evicted = swapped.result.sweepDue ? await this.#leases.update((table, now) => evictOverMax(table, this.#config.provider.name, keepWarm.max, actor, now)) : []
+      outcome = { idle: swapped.result.written, evicted }
     }
     outcome ??= await this.#leases.update((table, now) => {
       // A swap that broke on the way may have written it already: then that is our hand-back.

@@ -291,7 +291,7 @@ export class PostgresLeaseStore implements LeaseStore {
       if (!swapped) return 'declined'
       const written: LeaseEntry = swapped.token === undefined ? request.next : { ...request.next, token: swapped.token }
       then?.(written)
-      return { written, ...(swapped.idle !== undefined ? { idle: swapped.idle } : {}), ...(swapped.sweepDue ? { sweepDue: true } : {}) }
+      return { written, ...(swapped.sweepDue ? { sweepDue: true } : {}) }
     } catch (error) {
       client.release(true)
       if (isTransient(error)) return 'unknown'

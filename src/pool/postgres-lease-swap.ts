@@ -22,24 +22,20 @@ const CLAIM_SQL = `UPDATE vm_pool_leases l SET entry = jsonb_set($4::jsonb, '{to
                 AND h.beat_at > clock_timestamp() - make_interval(secs => h.ttl_ms / 2000.0))
   RETURNING l.entry->>'token' AS token`
 
-/**
- * `idle`: the other idle entries of provider $5 (none asked: null), as of before the swap. `sweep_due`: 1 when
- * no sweep was recorded for $6 ms (none asked: null); then swept_at is set now, so only this swap gets it.
- */
+/** `sweep_due`: 1 when no sweep was recorded for $5 ms (none asked: null); then swept_at is set now, so only this swap gets it. */
 const SWAP_SQL = `WITH u AS (UPDATE vm_pool_leases l SET entry = $4::jsonb WHERE l.namespace = $1 AND l.name = $2 AND l.entry = $3::jsonb RETURNING 1),
-  d AS (UPDATE vm_pool_tables SET swept_at = clock_timestamp() WHERE $6::float8 IS NOT NULL AND namespace = $1
-          AND (swept_at IS NULL OR swept_at < clock_timestamp() - make_interval(secs => $6::float8 / 1000)) RETURNING 1)
-  SELECT (SELECT count(*) FROM u)::int AS swapped, (SELECT count(*) FROM d)::int AS sweep_due,
-         (SELECT count(*) FROM vm_pool_leases WHERE $5::text IS NOT NULL AND namespace = $1 AND name <> $2 AND entry->>'state' = 'idle' AND entry->>'provider' = $5)::int AS idle`
+  d AS (UPDATE vm_pool_tables SET swept_at = clock_timestamp() WHERE $5::float8 IS NOT NULL AND namespace = $1
+          AND (swept_at IS NULL OR swept_at < clock_timestamp() - make_interval(secs => $5::float8 / 1000)) RETURNING 1)
+  SELECT (SELECT count(*) FROM u)::int AS swapped, (SELECT count(*) FROM d)::int AS sweep_due`
 
-/** The swap's answer: undefined when nothing was written; `token` for a claim; `idle` counted with the swapped entry. */
-export async function runSwap(client: pg.ClientBase, namespace: string, request: LeaseSwapRequest, me: ProcessIdentity): Promise<{ token?: number; idle?: number; sweepDue?: boolean } | undefined> {
+/** The swap's answer: undefined when nothing was written; `token` for a claim; `sweepDue` when this swap got the sweep. */
+export async function runSwap(client: pg.ClientBase, namespace: string, request: LeaseSwapRequest, me: ProcessIdentity): Promise<{ token?: number; sweepDue?: boolean } | undefined> {
   const common = [namespace, request.name, JSON.stringify(request.expected), JSON.stringify(request.next)]
   if (request.claim) {
     const { rows } = await client.query<{ token: string }>({ name: 'vm-pool-claim-v2', text: CLAIM_SQL, values: [...common, me.host, me.pid, me.startTime ?? -1] })
     return rows[0] && { token: Number(rows[0].token) }
   }
-  const { rows } = await client.query<{ swapped: number; idle: number; sweep_due: number }>({ name: 'vm-pool-swap-v2', text: SWAP_SQL, values: [...common, request.countIdle ?? null, request.sweepEveryMs ?? null] })
+  const { rows } = await client.query<{ swapped: number; sweep_due: number }>({ name: 'vm-pool-swap-v2', text: SWAP_SQL, values: [...common, request.sweepEveryMs ?? null] })
   if (rows[0]?.swapped !== 1) return undefined
-  return { ...(request.countIdle === undefined ? {} : { idle: rows[0].idle + 1 }), ...(rows[0].sweep_due > 0 ? { sweepDue: true } : {}) }
+  return rows[0].sweep_due > 0 ? { sweepDue: true } : {}
 }

@@ -109,6 +109,22 @@ describe('kept connections of warm VMs', () => {
     expect(counts.connect).toBe(2)
   })
 
+  test('a VM another pool handed back a moment ago is left to it (PARKED_GRACE_MS): that pool takes it back, the other boots its own', async () => {
+    const { provider } = setup()
+    const mine = make(provider)
+    const other = make(provider)
+    const a = await mine.acquire('a')
+    await a.release()
+    // The only idle VM was handed back within PARKED_GRACE_MS: `other` waits the rest of it out before taking it.
+    const otherLease = other.acquire('x')
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    const again = await mine.acquire('a')
+    expect(again.name).toBe(a.name)
+    const borrowed = await otherLease
+    expect(borrowed.name).not.toBe(a.name)
+    expect(other.stats).toMatchObject({ created: 1, reused: 0 })
+  })
+
   test('a VM another pool held in between is checked anew: a new connection and `true`', async () => {
     const { provider, counts } = setup()
     const mine = make(provider)
