@@ -40,7 +40,7 @@ export interface LeaseEntry {
   recoveredAt?: string
   /**
    * Fencing token: set on every claim (reserve, adopt) by stores that issue them (`LeaseUpdateContext.nextToken`),
-   * larger than any token the store issued before. A holder whose copy carries another token lost the VM.
+   * larger than any token a claim of this VM carried before. A holder whose copy carries another token lost the VM.
    */
   token?: number
 }
@@ -64,7 +64,7 @@ export interface LeaseUpdateContext {
   now: number
   /** Judges owners whose `host` is not this host's (owners on this host are judged by pid, at once). */
   remoteLiveness: OwnerLiveness
-  /** A fencing token larger than any issued before on this table; absent for stores without fencing. */
+  /** A fencing token larger than any a claim loaded in this update carries; absent for stores without fencing. */
   nextToken?: () => number
   /** Stores with a swap: record that this update did the housekeeping sweep (`LeaseSwapRequest.sweepEveryMs`). */
   swept?: () => void

@@ -212,7 +212,7 @@ export class PostgresLeaseStore implements LeaseStore {
       async (client) => {
         committing = false
         // Two round trips per update, so the row lock is held for one round trip plus the mutator: the first
-        // batch takes the lock (and a block of fencing tokens) and loads everything, the second writes and
+        // batch takes the lock, loads everything and then a block of fencing tokens, the second writes and
         // commits (simple-protocol batches, values as escaped literals). The lease rows are not locked: swaps
         // of one row (postgres-lease-swap.ts) go on meanwhile, and every write here is conditional on the row
         // as loaded (`#writeSql`).
@@ -223,15 +223,18 @@ export class PostgresLeaseStore implements LeaseStore {
             'BEGIN',
             // The namespace row is created once per store; the session's lock_timeout bounds the wait (see the constructor).
             ...(this.#namespaceReady ? [] : [`INSERT INTO vm_pool_tables (namespace) VALUES (${ns}) ON CONFLICT (namespace) DO NOTHING`]),
-            `SELECT nextval('vm_pool_tokens')::text AS first_token FROM vm_pool_tables WHERE namespace = ${ns} FOR UPDATE`,
+            `SELECT true AS present FROM vm_pool_tables WHERE namespace = ${ns} FOR UPDATE`,
             // A claim written in this transaction must never be judged ownerless: our heartbeat goes in it when due.
             ...(beatNow ? [this.#beatSql(client)] : []),
             HEARTBEATS_SQL,
             LEASES_SQL(ns),
+            // After the entries are loaded: any claim they show took its token before this, so a VM's tokens
+            // grow with every claim (one in between that changes a row this update writes makes it run again).
+            `SELECT nextval('vm_pool_tokens')::text AS first_token`,
           ].join(';\n'),
         )) as unknown as pg.QueryResult[]
         const lockIndex = this.#namespaceReady ? 1 : 2
-        const [head, beats, leases] = [results[lockIndex]!, results[results.length - 2]!, results[results.length - 1]!]
+        const [head, beats, leases, tokens] = [results[lockIndex]!, results[results.length - 3]!, results[results.length - 2]!, results[results.length - 1]!]
         if (head.rows.length === 0) {
           // The namespace row is gone (tables emptied by hand): create it again on the next attempt, which
           // this one cannot have committed anything for.
@@ -239,7 +242,7 @@ export class PostgresLeaseStore implements LeaseStore {
           throw Object.assign(new Error(`the row of namespace ${this.namespace} in vm_pool_tables disappeared`), { code: 'ENAMESPACE' })
         }
         this.#namespaceReady = true
-        const firstToken = Number((head.rows[0] as { first_token: string }).first_token)
+        const firstToken = Number((tokens.rows[0] as { first_token: string }).first_token)
         let nextToken = firstToken
         const { now, rows } = parseHeartbeats(beats.rows as HeartbeatQueryRow[])
         this.#clockOffset = now - Date.now()
