@@ -111,8 +111,8 @@ export interface LeaseSwap {
    * `claim`: `next` gets a new fencing token (the store writes it in) and is written only while the owner's
    * heartbeat is fresh. `then` runs once the swap is in, before any other update of this process. Returns the entry as
    * written; `'declined'` when nothing was written (the stored entry was not `expected`, or the owner's heartbeat
-   * was not fresh, or the store could not be reached); `'unknown'` when the connection broke after the statement
-   * was sent (it may or may not have happened: the locked update that follows sees which).
+   * was not fresh, or the store could not be reached); `'unknown'` when the connection broke during the
+   * statement (it may or may not have happened: the locked update that follows sees which).
    */
   entry(request: LeaseSwapRequest, then?: (written: LeaseEntry) => void): Promise<{ written: LeaseEntry; sweepDue?: boolean } | 'declined' | 'unknown'>
 }
