@@ -106,6 +106,26 @@ export async function startPostgres(): Promise<StartedPostgres> {
     }
   }
   let stopped = false
+  const stopCluster = () => {
+    if (stopped) return
+    stopped = true
+    process.off('exit', stopAtExit)
+    try {
+      run('pg_ctl', ['-D', data, '-m', 'immediate', '-w', '-t', String(PG_CTL_WAIT_SECONDS), 'stop'])
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }
+  // A test file whose hooks hang or time out may never reach its `stop()`: the cluster must not outlive the
+  // test process (a normal exit of a Vitest worker runs this; a SIGKILL does not).
+  const stopAtExit = () => {
+    try {
+      stopCluster()
+    } catch {
+      // Already down.
+    }
+  }
+  process.once('exit', stopAtExit)
   return {
     port,
     user,
@@ -122,14 +142,6 @@ export async function startPostgres(): Promise<StartedPostgres> {
       await new Promise((resolve) => setTimeout(resolve, 500))
       await runAsync('pg_ctl', ['-D', data, '-o', options, '-l', join(dir, 'log'), '-w', '-t', String(PG_CTL_WAIT_SECONDS), 'start'])
     },
-    stop() {
-      if (stopped) return
-      stopped = true
-      try {
-        run('pg_ctl', ['-D', data, '-m', 'immediate', '-w', '-t', String(PG_CTL_WAIT_SECONDS), 'stop'])
-      } finally {
-        rmSync(dir, { recursive: true, force: true })
-      }
-    },
+    stop: stopCluster,
   }
 }
