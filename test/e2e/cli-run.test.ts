@@ -3,7 +3,7 @@ import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promise
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { execa, type Options } from 'execa'
-import { beforeAll, beforeEach, describe, expect, test } from 'vitest'
+import { afterEach, beforeAll, beforeEach, describe, expect, test } from 'vitest'
 import type { StepResult, WorkflowResult } from '../../src/workflow/run-workflow.js'
 
 // The built bin, run as a user runs it (`npm test` builds first).
@@ -19,6 +19,11 @@ beforeAll(() => {
 
 beforeEach(async () => {
   stateDir = await mkdtemp(join(tmpdir(), 'vm-pool-cli-run-'))
+})
+
+afterEach(async () => {
+  // Retries: a detached watchdog of a killed run may still be finishing as the dir goes.
+  await rm(stateDir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 })
 })
 
 function cliEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {

@@ -1,8 +1,8 @@
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { describe, expect, test } from 'vitest'
+import { afterAll, describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
 import { countingProvider } from '../../src/providers/counting-provider.js'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
@@ -10,7 +10,15 @@ import { PROCESS_KILL_GRACE_MS } from '../../src/transport/process-runner.js'
 import { scaleTimeout } from '../../src/util/timeouts.js'
 import { createProvider } from '../../src/providers/provider-registry.js'
 
-const tempStateDir = () => mkdtempSync(join(tmpdir(), 'vm-pool-fake-'))
+const tempDirs: string[] = []
+const tempStateDir = () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vm-pool-fake-'))
+  tempDirs.push(dir)
+  return dir
+}
+afterAll(() => {
+  for (const dir of tempDirs.splice(0)) rmSync(dir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 })
+})
 
 describe('fakeProvider', () => {
   test('VMs are isolated directories: a file written in one is not in the other', async () => {

@@ -1,7 +1,7 @@
-import { mkdtemp } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { beforeEach, describe, expect, test } from 'vitest'
+import { afterEach, beforeEach, describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
 import { countingProvider, type CountingProvider } from '../../src/providers/counting-provider.js'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
@@ -14,6 +14,10 @@ let provider: CountingProvider
 beforeEach(async () => {
   stateDir = await mkdtemp(join(tmpdir(), 'vm-pool-sessions-'))
   provider = countingProvider(fakeProvider({ stateDir }))
+})
+
+afterEach(async () => {
+  await rm(stateDir, { recursive: true, force: true })
 })
 
 async function rejection(promise: Promise<unknown>) {

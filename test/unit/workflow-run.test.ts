@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process'
-import { mkdtemp } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, test, vi } from 'vitest'
@@ -24,8 +24,9 @@ beforeEach(async () => {
   provider = countingProvider(fakeProvider({ stateDir }))
 })
 
-afterEach(() => {
+afterEach(async () => {
   vi.unstubAllEnvs()
+  await rm(stateDir, { recursive: true, force: true })
 })
 
 function useProvider(options: FakeProviderOptions) {
