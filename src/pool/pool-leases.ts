@@ -107,10 +107,8 @@ export class PoolLeases {
    */
   async trySwap(mine: LeaseEntry, change: (entry: LeaseEntry, now: number) => LeaseEntry | undefined, options: { claim?: boolean; sweep?: boolean; then?: (written: LeaseEntry) => void } = {}): Promise<SwapOutcome> {
     const swap = this.#store.swap
-    const beat = this.#store.heartbeat
     const declined: SwapOutcome = { result: 'declined' }
-    if (!swap) return declined
-    if (beat && (beat.sinceConfirmedMs() > beat.ttlMs / 2 || ((this.#store as { lapses?: number }).lapses ?? 0) > this.#checkedLapses)) return declined
+    if (!swap || this.#tokensNeedCheck() !== undefined) return declined
     const now = swap.now()
     const next = now === undefined ? undefined : change(cloneEntry(mine), now)
     if (!next) return declined
@@ -124,15 +122,23 @@ export class PoolLeases {
    * tokens in one lease update; otherwise this is a map lookup.
    */
   async assertHeld(name: string): Promise<void> {
-    const beat = this.#store.heartbeat
-    if (beat) {
-      const lapses = (this.#store as { lapses?: number }).lapses ?? 0
-      if (lapses > this.#checkedLapses || beat.sinceConfirmedMs() > beat.ttlMs / 2) {
-        await this.update(() => undefined)
-        this.#checkedLapses = lapses
-      }
+    const lapses = this.#tokensNeedCheck()
+    if (lapses !== undefined) {
+      await this.update(() => undefined)
+      this.#checkedLapses = lapses
     }
     this.throwIfLost(name)
+  }
+
+  /**
+   * With a heartbeat store: the store's lapse count when our tokens must be re-checked first (a heartbeat lapsed
+   * since the last check, or the last confirmed one is older than half its TTL), else undefined.
+   */
+  #tokensNeedCheck(): number | undefined {
+    const beat = this.#store.heartbeat
+    if (!beat) return undefined
+    const lapses = (this.#store as { lapses?: number }).lapses ?? 0
+    return lapses > this.#checkedLapses || beat.sinceConfirmedMs() > beat.ttlMs / 2 ? lapses : undefined
   }
 
   throwIfLost(name: string): void {
