@@ -94,7 +94,7 @@ export function replaceRecord(table: LeaseTable, name: string, record: VmRecord,
 
 /**
  * The idle VM to adopt: same provider and spec, unexpired, connectable; among those the highest `rank` (the
- * pool ranks the VMs it still has a connection to first, see pool-vm-lifecycle.ts; `undefined` leaves one out),
+ * pool ranks the VMs it still has a connection to first, see parked-vms.ts; `undefined` leaves one out),
  * then the most recently idle (furthest from its ttl).
  */
 export function pickIdleToAdopt(table: LeaseTable, want: { provider: string; specHash: string }, now: number, rank?: (entry: LeaseEntry) => number | undefined): LeaseEntry | undefined {

@@ -1,23 +1,22 @@
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { afterAll, describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
 import { countingProvider } from '../../src/providers/counting-provider.js'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
 import { PROCESS_KILL_GRACE_MS } from '../../src/transport/process-runner.js'
 import { scaleTimeout } from '../../src/util/timeouts.js'
+import { makeStateDir } from '../../fixtures/pool/harness.js'
 import { createProvider } from '../../src/providers/provider-registry.js'
 
-const tempDirs: string[] = []
+// The harness's temp state dirs (removed with retries: a child process may still be finishing in one).
+const stateDirs: ReturnType<typeof makeStateDir>[] = []
 const tempStateDir = () => {
-  const dir = mkdtempSync(join(tmpdir(), 'vm-pool-fake-'))
-  tempDirs.push(dir)
-  return dir
+  const state = makeStateDir()
+  stateDirs.push(state)
+  return state.dir
 }
 afterAll(() => {
-  for (const dir of tempDirs.splice(0)) rmSync(dir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 })
+  for (const state of stateDirs.splice(0)) state.dispose()
 })
 
 describe('fakeProvider', () => {
