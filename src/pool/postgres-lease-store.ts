@@ -152,7 +152,10 @@ export class PostgresLeaseStore implements LeaseStore {
     this.#warn = options.warn ?? ((message) => process.stderr.write(`[vm-pool] warning: ${message}\n`))
     this.#pool = new (loadPg().Pool)({
       connectionString: options.connectionString,
-      max: 3,
+      // One connection per process: every operation of this store runs in its queue, one at a time, so a second
+      // was opened only by a heartbeat that came while a swap was in flight, a new backend (a fork, SCRAM, the
+      // statements prepared again) in the middle of a busy run. A beat now waits for that swap instead.
+      max: 1,
       idleTimeoutMillis: 10_000,
       allowExitOnIdle: true,
       connectionTimeoutMillis: scaleTimeout(POSTGRES_CONNECT_TIMEOUT_MS),

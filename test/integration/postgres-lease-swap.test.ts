@@ -129,6 +129,30 @@ describe.skipIf(skipReason !== undefined)(`PostgreSQL swaps${skipReason ? ` (ski
     expect(await touch(first, 'a', 200)).toBe(false)
   })
 
+  test('a store keeps one connection: a heartbeat that comes while a swap is in flight waits for it', async () => {
+    const database = `swap_${++databases}`
+    const url = await server.createDatabase(database)
+    // A beat every 2 ms: many of them come while a swap is out.
+    const store = new PostgresLeaseStore({ connectionString: url, namespace: 'fake', heartbeatIntervalMs: 2 })
+    stores.push(store)
+    let entry = await store.update((table, context) => {
+      table.a = makeEntry('a', { token: context.nextToken!() })
+      return structuredClone(table.a)
+    })
+    const beats = async () => (await server.sql(database, 'SELECT beat_at::text AS at FROM vm_pool_heartbeats')).rows.map((row) => row.at as string)
+    const firstBeat = await beats()
+    for (let i = 0; i < 100; i++) {
+      const claimed = await store.swap.entry({ name: 'a', expected: entry, next: leased(entry, 'k'), claim: true })
+      if (typeof claimed !== 'object') throw new Error(`claim ${i} was ${claimed}`)
+      const back = await store.swap.entry({ name: 'a', expected: claimed.written, next: { ...claimed.written, state: 'idle', owner: null } })
+      if (typeof back !== 'object') throw new Error(`hand-back ${i} was ${back}`)
+      entry = back.written
+    }
+    expect(await beats()).not.toEqual(firstBeat)
+    const { rows } = await server.sql(database, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = '${database}' AND application_name = 'vm-pool'`)
+    expect(rows[0].n).toBe(1)
+  })
+
   test('a schema 1 database is migrated: fencing tokens go on above its counter', async () => {
     const { url, database, first } = await open()
     // Back to what schema 1 had: the counter in vm_pool_tables, no sequence, no swept_at.
