@@ -14,6 +14,13 @@ import { getVitestBinaries, runFixture } from '../helpers/vitest-fixture.js'
 const pytest = findPytest()
 const vitest5 = getVitestBinaries().find((binary) => binary.label === '5')!
 
+/**
+ * Each xdist worker's tests wait until both workers hold their VM (fixtures/pytest-slots/tests/vm_record.py):
+ * xdist ends a worker's session as soon as its share is done, and a worker that started late would otherwise
+ * adopt the VM the early one just left warm (which is right, but not what these counts are about).
+ */
+const BOTH_HOLD = { VM_POOL_E2E_HOLDERS: '2' }
+
 const fakeVms = (stateDir: string) => (existsSync(join(stateDir, 'fake')) ? readdirSync(join(stateDir, 'fake')).sort() : [])
 
 describe.skipIf(pytest.missing !== undefined)('warm VMs shared between Vitest and pytest', () => {
@@ -29,7 +36,7 @@ describe.skipIf(pytest.missing !== undefined)('warm VMs shared between Vitest an
     expect(warm).toHaveLength(2)
     for (const name of warm) expect(name).toMatch(/^vitest-worker-/)
     try {
-      const run = await runPytest('slots', { python: pytest.python!, stateDir: first.stateDir, args: ['-n', '2', '-k', 'not fresh', '--vm-pool-keep-warm'] })
+      const run = await runPytest('slots', { python: pytest.python!, stateDir: first.stateDir, args: ['-n', '2', '-k', 'not fresh', '--vm-pool-keep-warm'], env: BOTH_HOLD })
       expect(run.exitCode, run.output()).toBe(0)
       expect(run.stdout).toMatch(/^vm-pool: 0 created, 2 reused, 0 deleted, 0 leaked, 2 kept warm$/m)
       const results = Object.values(run.results())
@@ -48,7 +55,7 @@ describe.skipIf(pytest.missing !== undefined)('warm VMs shared between Vitest an
   })
 
   test('and back: VMs a pytest run booted and left warm are adopted by the next Vitest run, which boots 0', { timeout: 400_000 }, async () => {
-    const run = await runPytest('slots', { python: pytest.python!, args: ['-n', '2', '-k', 'not fresh', '--vm-pool-keep-warm=10m'] })
+    const run = await runPytest('slots', { python: pytest.python!, args: ['-n', '2', '-k', 'not fresh', '--vm-pool-keep-warm=10m'], env: BOTH_HOLD })
     expect(run.exitCode, run.output()).toBe(0)
     expect(run.stdout).toMatch(/^vm-pool: 2 created, 0 reused, 0 deleted, 0 leaked, 2 kept warm$/m)
     const warm = fakeVms(run.stateDir)
