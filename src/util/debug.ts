@@ -5,12 +5,19 @@ import { format } from 'node:util'
  * Callers must never pass secrets: tokens and keys are not logged anywhere.
  */
 export function isDebugEnabled(namespace = 'vm-pool'): boolean {
-  const patterns = (process.env.DEBUG ?? '').split(',').map((p) => p.trim()).filter(Boolean)
-  return patterns.some((pattern) => {
+  return getPatterns().some((pattern) => {
     if (pattern === '*') return true
     if (pattern.endsWith('*')) return namespace.startsWith(pattern.slice(0, -1))
     return namespace === pattern
   })
+}
+
+/** DEBUG's patterns, parsed again only when the variable changes: a debug line that is off costs a lookup (warm cycles call several). */
+let parsed: { raw: string; patterns: string[] } = { raw: '', patterns: [] }
+function getPatterns(): string[] {
+  const raw = process.env.DEBUG ?? ''
+  if (raw !== parsed.raw) parsed = { raw, patterns: raw.split(',').map((p) => p.trim()).filter(Boolean) }
+  return parsed.patterns
 }
 
 export function createDebug(namespace: string): (...args: unknown[]) => void {
