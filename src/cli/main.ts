@@ -47,6 +47,9 @@ Environment:
   VM_POOL_PROVIDER          default provider (default: qemu)
   VM_POOL_PROVIDER_OPTIONS  provider options as a JSON object
   VM_POOL_STATE_DIR         where VMs, images and leases are kept (default: ~/.cache/vm-pool)
+  VM_POOL_LEASE_STORE       the lease table: postgres://user:password@host/db to share warm VMs
+                            between machines (default: the lease file in the state dir)
+  VM_POOL_HOST_ID           this machine's name in lease owners (default: the host name)
   VM_POOL_TIMEOUT_SCALE     multiply every timeout (slow machines)
   VM_POOL_HISTORY_DB        the command history file (default: <state dir>/history.sqlite), or off
   VM_POOL_WEBHOOK_SECRET    the GitHub webhook secret of vm-pool serve

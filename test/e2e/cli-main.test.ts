@@ -20,6 +20,16 @@ describe('vm-pool (the built bin)', () => {
     expect(code).toBe(0)
     expect(stdout).toMatch(/^Usage: vm-pool <command>/)
     expect(stdout).toContain('VM_POOL_TIMEOUT_SCALE')
+    // The shared lease store is found from --help, not only from the docs.
+    expect(stdout).toMatch(/VM_POOL_LEASE_STORE +the lease table: postgres:\/\//)
+    expect(stdout).toContain('VM_POOL_HOST_ID')
+  })
+
+  test('the commands that use the lease store name VM_POOL_LEASE_STORE in their --help', async () => {
+    for (const command of ['run', 'ls', 'gc', 'warm']) {
+      const { stdout } = await run([command, '--help'])
+      expect({ command, named: stdout.includes('VM_POOL_LEASE_STORE') }).toEqual({ command, named: true })
+    }
   })
 
   test('no command prints help and exits 2', async () => {

@@ -29,10 +29,12 @@ Options:
       --prefix P        also sweep names starting with P- (repeatable)
       --all             also delete healthy idle warm VMs
       --assume-dead-host HOST
-                        take every lease owner on host HOST as dead (repeatable): owners on
-                        other hosts (an old CI container sharing the state dir, this host
-                        before a rename) cannot be checked and otherwise count as alive for
-                        ever; \`vm-pool ls\` shows them as PID@HOST (other host)
+                        take every lease owner on host HOST as dead (repeatable): with the
+                        lease file, owners on other hosts (an old CI container sharing the
+                        state dir, this host before a rename) cannot be checked and otherwise
+                        count as alive for ever; \`vm-pool ls\` shows them as PID@HOST (other
+                        host). A PostgreSQL lease store (VM_POOL_LEASE_STORE) judges them by
+                        their heartbeats instead
       --json            print the report as JSON on stdout
 
 Exit status: 0 done, 1 a delete failed, 2 bad usage or provider unavailable.

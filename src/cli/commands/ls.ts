@@ -13,8 +13,9 @@ export const lsCommand: CliCommand = {
 Every VM the provider sees, joined with the lease store: lease state (booting, leased, idle,
 deleting, or - when no vm-pool lease knows it), the holder's pid and whether it is alive, the run id
 and the age. Leases whose VM the provider does not list show the VM state "missing". An owner on
-another host shows as PID@HOST (other host): its liveness cannot be checked from here, so it counts
-as alive; \`vm-pool gc --assume-dead-host HOST\` collects its VMs once you know it is gone.
+another host shows as PID@HOST (other host). With a PostgreSQL lease store (VM_POOL_LEASE_STORE) it is
+judged by its heartbeat; with the lease file its liveness cannot be checked from here, so it counts
+as alive, and \`vm-pool gc --assume-dead-host HOST\` collects its VMs once you know it is gone.
 
 Options:
   -p, --provider NAME   provider (default: VM_POOL_PROVIDER, else qemu)

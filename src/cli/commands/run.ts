@@ -66,6 +66,7 @@ Exit codes:
 
 Environment:
   VM_POOL_PROVIDER, VM_POOL_PROVIDER_OPTIONS (JSON), VM_POOL_STATE_DIR, VM_POOL_TIMEOUT_SCALE,
+  VM_POOL_LEASE_STORE (postgres://... to share the lease table between machines), VM_POOL_HOST_ID,
   VM_POOL_HISTORY_DB (the command history file, or off), DEBUG=vm-pool* (stack traces and debug lines)
 
 Examples:

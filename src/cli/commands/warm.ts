@@ -20,18 +20,22 @@ export const warmCommand: CliCommand = {
   summary: 'boot idle VMs ahead of time for later runs to adopt',
   help: `Usage: vm-pool warm --count N [--provider NAME] [--prefix P] [--ttl 30m] [--max N] [--image I] [--cpus N] [--memory-mib N] [--disk-gib N] [--json]
 
-Make sure N idle warm VMs with this spec exist on this host (a CI setup step): idle VMs that are
-already there and healthy count, the rest are booted. A later createPool({ keepWarm }) (or the Vitest
-plugin) in any process on this host adopts them instead of booting, if it asks for the same spec
-(image, cpus, memory, disk, labels). They are deleted after --ttl by the next pool on this host or
-by vm-pool gc; vm-pool gc --all deletes them now.
+Make sure N idle warm VMs with this spec exist in the lease store (a CI setup step): idle VMs that
+are already there and healthy count, the rest are booted. A later createPool({ keepWarm }) (or the
+Vitest plugin) in any process that shares the store adopts them instead of booting, if it asks for the
+same spec (image, cpus, memory, disk, labels). They are deleted after --ttl by the next pool or by
+vm-pool gc; vm-pool gc --all deletes them now.
+
+The lease store is this host's lease file (in VM_POOL_STATE_DIR), or a PostgreSQL database shared by
+several machines: VM_POOL_LEASE_STORE=postgres://user:password@host/db (docs/pool.md, "Stores"); the VMs
+must then live where those machines reach them (e.g. qemu with {"host": ...} in VM_POOL_PROVIDER_OPTIONS).
 
 Options:
   --count N          how many idle VMs to have (required)
   -p, --provider NAME  provider (default: VM_POOL_PROVIDER, else qemu)
   --prefix P         VM name prefix (default: ${WORKER_PREFIX})
   --ttl AGE          idle lifetime: 90s, 30m, 2h (default: ${DEFAULT_TTL})
-  --max N            at most N idle VMs on this host (default: --count)
+  --max N            at most N idle VMs in the store (default: --count)
   --parallel N       boots at the same time (default: ${DEFAULT_PARALLEL})
   --image I, --cpus N, --memory-mib N, --disk-gib N   the spec (default: the provider's defaults)
   --json             print the result as JSON on stdout
