@@ -152,9 +152,9 @@ export class PostgresLeaseStore implements LeaseStore {
     this.#warn = options.warn ?? ((message) => process.stderr.write(`[vm-pool] warning: ${message}\n`))
     this.#pool = new (loadPg().Pool)({
       connectionString: options.connectionString,
-      // One connection per process: every operation of this store runs in its queue, one at a time, so a second
-      // was opened only by a heartbeat that came while a swap was in flight, a new backend (a fork, SCRAM, the
-      // statements prepared again) in the middle of a busy run. A beat now waits for that swap instead.
+      // One connection per process: updates and swaps run one at a time in the store's queue, and a heartbeat
+      // or a read waits for the connection. (With more, a beat that came while a swap was in flight opened a
+      // second one: a new backend to fork and authenticate, its statements prepared again, mid-run.)
       max: 1,
       idleTimeoutMillis: 10_000,
       allowExitOnIdle: true,
