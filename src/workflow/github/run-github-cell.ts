@@ -11,6 +11,7 @@ import { addToPath } from './file-commands.js'
 import { makeGithubContext, makeGithubEnv, makeRunnerContext, type GithubTrigger, type JobScope } from './github-context.js'
 import { defaultStepName, runGithubStep, skippedStep, stepName, type GithubStepResult } from './github-step.js'
 import type { GithubJob, GithubWorkflow } from './github-workflow-schema.js'
+import { evaluateJobOutputs } from './job-outputs.js'
 import type { MatrixCell } from './matrix.js'
 import type { RunnerSpec } from './runs-on-mapping.js'
 
@@ -44,8 +45,10 @@ export interface CellResult {
   continuedOnError?: boolean
   keptVm?: KeptVm
   releaseError?: StepError
-  /** No VM could be had (create failed, cancelled while queued). */
+  /** No VM could be had (create failed, cancelled while queued), or an `outputs:` value failed to evaluate. */
   error?: StepError
+  /** The job's `outputs:` as this cell substituted them after its steps (absent when the steps did not run). */
+  outputs?: Record<string, string>
 }
 
 /** Progress of a run, for the CLI: the vm-pool workflow events with the cell label as `workflow`. */
@@ -204,6 +207,12 @@ async function runSteps(plan: CellPlan, options: RunCellOptions, vm: Vm, record:
     }
     record(stepResult)
     debug('%s %s: %s', plan.label, name, stepResult.outcome)
+  }
+  try {
+    result.outputs = evaluateJobOutputs(job, { contexts })
+  } catch (error) {
+    failed = true
+    result.error = { code: 'VMPOOL_WORKFLOW_INVALID', message: (error as Error).message }
   }
   result.status = failed ? 'failure' : options.signal?.aborted ? 'cancelled' : 'success'
 }
