@@ -29,8 +29,8 @@ afterEach(async () => {
   await rm(stateDir, { recursive: true, force: true })
 })
 
-async function run(text: string) {
-  const provider = countingProvider(fakeProvider({ stateDir }))
+async function run(text: string, execFault?: string) {
+  const provider = countingProvider(fakeProvider({ stateDir, ...(execFault ? { faults: { exec: execFault } } : {}) }))
   const sessions = new SessionManager({ provider, maxConcurrentSessions: 2 })
   const result = await runGithubWorkflow(parseGithubWorkflow(text, 'files.yml'), { sessions, repo: { dir: repo.dir } })
   expect(provider.stats.live).toBe(0)
@@ -180,5 +180,28 @@ jobs:
     expect(cleanup.stdout).toBe('good=\n')
     expect(cleanup.error?.message).toBe('cleanup: GITHUB_OUTPUT line 1: "v<<EOF": no line "EOF" ends this multi-line value')
     expect(result.status).toBe('failure')
+  })
+
+  test('a read-back that fails (here an injected exec failure) fails the step with that error; its exit code and output stay', async () => {
+    // Only the read-back command contains this line ("Set up job" and the steps do not).
+    const result = await run(
+      `
+on: push
+jobs:
+  lost:
+    steps:
+      - name: prints
+        run: echo out; echo err >&2
+      - name: always
+        if: always()
+        run: echo again; exit 2
+`,
+      'for f in env output path summary',
+    )
+    const cell = cellOf(result, 'lost')
+    expect(cell.status).toBe('failure')
+    expect(stepOf(cell, 'prints')).toMatchObject({ exitCode: 0, stdout: 'out\n', stderr: 'err\n', outcome: 'failure', error: { code: 'VMPOOL_EXEC_FAILED' } })
+    expect(stepOf(cell, 'prints').error!.message).toMatch(/injected exec failure/)
+    expect(stepOf(cell, 'always')).toMatchObject({ exitCode: 2, stdout: 'again\n', outcome: 'failure', error: { code: 'VMPOOL_EXEC_FAILED' } })
   })
 })
