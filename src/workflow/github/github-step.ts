@@ -117,9 +117,8 @@ export async function runGithubStep(step: GithubStep, name: string, context: Ste
     if (exec.timedOut) result.timedOut = true
   } catch (error) {
     // The VM went away, the run was cancelled, or an expression failed at run time: recorded, and the
-    // job goes on to its always() steps instead of unwinding past them.
-    // continue-on-error covers what the command did; a step that could not run (the VM is gone, an
-    // expression failed) fails the job.
+    // job goes on to its always() steps instead of unwinding past them. continue-on-error covers what
+    // a command did, not a step that could not run: that still fails the job.
     continueOnError = false
     const outcome: StepOutcome = context.signal?.aborted ? 'cancelled' : 'failure'
     result = { ...base, command, exitCode: NO_EXIT_CODE, stdout: '', stderr: '', durationMs: Math.round(performance.now() - started), error: toStepError(error, step), outcome }
