@@ -1,5 +1,7 @@
 import { describe, expect, test } from 'vitest'
 import { checkJobGraph, getAncestors, getJobStatus, getReadyJobs, type JobResultValue } from '../../src/workflow/github/job-graph.js'
+import { evaluateJobOutputs, mergeJobOutputs } from '../../src/workflow/github/job-outputs.js'
+import type { GithubJob } from '../../src/workflow/github/github-workflow-schema.js'
 import { cellLabel, expandMatrix, filterMatrixCells, type MatrixInput } from '../../src/workflow/github/matrix.js'
 
 describe('matrix expansion', () => {
@@ -111,5 +113,21 @@ describe('needs: the job graph', () => {
     expect(getJobStatus(jobs, 'test', new Map([['build', 'success']]), true)).toEqual({ success: false, failure: false, cancelled: true })
     // Ancestors not run (not selected) count as succeeded.
     expect(getJobStatus(jobs, 'deploy', new Map(), false).success).toBe(true)
+  })
+})
+
+describe('job outputs', () => {
+  const job = { id: 'build', where: 'o.yml:3:3', outputs: { version: '${{ steps.v.outputs.version }}', os: 'built on ${{ matrix.os }}', none: '${{ steps.missing.outputs.x }}' } } as unknown as GithubJob
+
+  test("each cell substitutes them with its own contexts; a step's missing output is empty", () => {
+    expect(evaluateJobOutputs(job, { contexts: { steps: { v: { outputs: { version: '1.2' } } }, matrix: { os: 'debian' } } })).toEqual({ version: '1.2', os: 'built on debian', none: '' })
+    const failing = { ...job, outputs: { bad: '${{ fromJSON(steps.v.outputs.version) }}' } } as GithubJob
+    expect(() => evaluateJobOutputs(failing, { contexts: { steps: { v: { outputs: { version: '{' } } } } })).toThrow(/^o\.yml:3:3: outputs\.bad: /)
+  })
+
+  test('the last cell to finish wins for a name, but an empty value does not overwrite a set one', () => {
+    expect(mergeJobOutputs([])).toEqual({})
+    expect(mergeJobOutputs([{ a: '1', b: '' }, { a: '2', b: '' }])).toEqual({ a: '2', b: '' })
+    expect(mergeJobOutputs([{ a: '1', linux: 'yes' }, { a: '2', linux: '' }, { a: '', mac: 'yes' }])).toEqual({ a: '2', linux: 'yes', mac: 'yes' })
   })
 })

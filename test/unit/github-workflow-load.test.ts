@@ -121,16 +121,26 @@ jobs:
   })
 
   test('another action is skipped with a warning, or refused with --strict; ignored keys warn', () => {
-    const text = minimal('    outputs: { v: x }\n    steps:\n      - uses: actions/setup-node@v4\n      - uses: actions/checkout@v4\n        with: { fetch-depth: 0 }\n      - run: echo ${{ secrets.TOKEN }}\n')
+    const text = minimal('    environment: production\n    steps:\n      - uses: actions/setup-node@v4\n      - uses: actions/checkout@v4\n        with: { fetch-depth: 0 }\n      - run: echo ${{ secrets.TOKEN }}\n')
     const workflow = parseGithubWorkflow(text, 'w.yml')
     expect(workflow.warnings).toEqual([
-      'w.yml:4:5: jobs.build.outputs: ignored: job outputs are not passed to other jobs: needs.<id>.outputs is empty',
+      'w.yml:4:5: jobs.build.environment: ignored: deployment environments are not used',
       'w.yml:6:9: jobs.build.steps[0].uses: actions/setup-node@v4 is not run by vm-pool (only actions/checkout is): the step is skipped',
       'w.yml:8:17: jobs.build.steps[1].with.fetch-depth: ignored: vm-pool\'s checkout copies the tracked files of the working tree (inputs: path)',
       'w.yml:9:14: jobs.build.steps[2].run: secrets are not passed to VMs: every secrets.* is empty',
     ])
     const strict = errorOf(() => parseGithubWorkflow(text, 'w.yml', { strict: true }))
     expect(strict.message).toContain('w.yml:6:9: jobs.build.steps[0].uses: actions/setup-node@v4 is not run by vm-pool (only actions/checkout is): the step is skipped (an error with --strict)')
+  })
+
+  test('job outputs: a mapping of name to value, its expressions checked like the others', () => {
+    const workflow = parseGithubWorkflow(minimal("    outputs:\n      version: ${{ steps.v.outputs.version }}\n      fixed: 3\n    steps: [{ id: v, run: x }]\n"), 'o.yml')
+    expect(workflow.jobs[0]!.outputs).toEqual({ version: '${{ steps.v.outputs.version }}', fixed: '3' })
+    expect(workflow.warnings).toEqual([])
+    expect(parseGithubWorkflow(minimal('    steps: [{ run: x }]\n'), 'o.yml').jobs[0]!.outputs).toEqual({})
+    expect(errorOf(() => parseGithubWorkflow(minimal('    outputs: [a, b]\n    steps: [{ run: x }]\n'), 'o.yml')).message).toMatch(/o\.yml:4:14: .*expected a mapping of name: value/)
+    expect(errorOf(() => parseGithubWorkflow(minimal('    outputs: { "bad name": x }\n    steps: [{ run: x }]\n'), 'o.yml')).message).toMatch(/jobs\.build\.outputs\.bad name: invalid output name/)
+    expect(errorOf(() => parseGithubWorkflow(minimal('    outputs: { v: "${{ step.x.outputs.y }}" }\n    steps: [{ run: x }]\n'), 'o.yml')).message).toMatch(/o\.yml:4:19: jobs\.build\.outputs\.v: .*unknown context "step"/)
   })
 
   test('the plan: --job and --matrix are checked, cells labelled, runs-on mapped', () => {

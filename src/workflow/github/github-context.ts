@@ -69,7 +69,7 @@ export interface JobScope {
   workspace: string
   /** The VM's name (`runner.name`). */
   vm: string
-  /** A directory of the VM for GITHUB_ENV and friends (written, not read back). */
+  /** A directory of the VM for GITHUB_ENV and friends, read back after each `run:` step (read-file-commands.ts). */
   tempDir: string
 }
 
@@ -127,7 +127,7 @@ export function makeGithubEnv(scope: JobScope): Record<string, string> {
     RUNNER_OS: 'Linux',
     RUNNER_NAME: scope.vm,
     RUNNER_TEMP: scope.tempDir,
-    // Written by steps (echo x >> "$GITHUB_ENV") but not read back: a step must not fail on an unset variable.
+    // Appended to by steps (echo x >> "$GITHUB_ENV"), read back and emptied after each run: step.
     GITHUB_ENV: `${scope.tempDir}/env`,
     GITHUB_OUTPUT: `${scope.tempDir}/output`,
     GITHUB_PATH: `${scope.tempDir}/path`,

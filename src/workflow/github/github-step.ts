@@ -1,18 +1,21 @@
 import { isVmPoolError } from '../../errors.js'
 import type { Vm } from '../../providers/vm-provider.js'
 import { scaleTimeoutBy } from '../../util/timeouts.js'
-import { DEFAULT_STEP_TIMEOUT_MS, NO_EXIT_CODE, type StepError, type StepResult } from '../run-workflow.js'
+import { ABORTED_CLEANUP_TIMEOUT_MS, DEFAULT_STEP_TIMEOUT_MS, NO_EXIT_CODE, type StepError, type StepResult } from '../run-workflow.js'
 import type { EvaluationScope } from './expression-evaluator.js'
 import type { ExpressionValue } from './expression-parser.js'
 import { evaluateValue, substituteTemplate } from './expression-template.js'
 import type { GithubJob, GithubStep, GithubWorkflow } from './github-workflow-schema.js'
+import type { FileCommands } from './file-commands.js'
 import { putTarInVm } from './guest-tar.js'
+import { readFileCommands } from './read-file-commands.js'
 import { buildStepCommand, isCheckout } from './step-shell.js'
 
 /**
  * One step of a job cell: its `${{ }}` substituted (name, env, run, working-directory, timeout,
  * continue-on-error), then run on the cell's VM — a `run:` through its shell, `actions/checkout`
  * as a tar of the repository unpacked into the workspace, any other action skipped with a note.
+ * After a `run:` step, what it wrote to GITHUB_ENV, GITHUB_OUTPUT and GITHUB_PATH is read back.
  */
 
 /** `steps.<id>.outcome` (before continue-on-error) and `.conclusion` (after). */
@@ -45,6 +48,16 @@ export interface StepRunContext {
   signal?: AbortSignal
   /** A cap on this step's timeout (after a cancel). */
   capMs?: number
+  /** GITHUB_PATH directories so far, the most recently added first: put before the guest's PATH. */
+  pathPrefix?: readonly string[]
+  /** Where GITHUB_ENV and friends are, and who takes what a `run:` step wrote to them. */
+  fileCommands?: FileCommandsChannel
+}
+
+export interface FileCommandsChannel {
+  /** The VM directory holding `env`, `output`, `path` and `summary`. */
+  dir: string
+  apply: (commands: FileCommands) => void
 }
 
 /** GitHub's default step name: `Run <first line>` / `Run <action>`. */
@@ -77,6 +90,10 @@ export async function runGithubStep(step: GithubStep, name: string, context: Ste
     return skippedStep(step, name, vm.name, `${step.uses} is not run by vm-pool (only actions/checkout is)`)
   }
   let command = step.uses ?? step.run!
+  let continueOnError = false
+  // Set once a `run:` command went to the VM: from then on it may have written file commands.
+  let ran = false
+  let result: GithubStepResult
   try {
     const env = { ...context.baseEnv, ...(scope.contexts.env as Record<string, string>) }
     for (const [key, value] of Object.entries(step.env)) env[key] = substituteTemplate(value, { ...scope, contexts: { ...scope.contexts, env } })
@@ -84,7 +101,7 @@ export async function runGithubStep(step: GithubStep, name: string, context: Ste
     const timeoutMs = stepTimeoutMs(step, stepScope, context)
     const workingDirectory = step.workingDirectory ?? context.job.defaults.workingDirectory ?? context.workflow.defaults.workingDirectory
     const cwd = workingDirectory === undefined ? context.workspace : inWorkspace(context.workspace, substituteTemplate(workingDirectory, stepScope))
-    const continueOnError = step.continueOnError === true || (typeof step.continueOnError === 'string' && truthy(evaluateValue(step.continueOnError, stepScope)))
+    continueOnError = step.continueOnError === true || (typeof step.continueOnError === 'string' && truthy(evaluateValue(step.continueOnError, stepScope)))
     let exec
     if (step.uses !== undefined) {
       const path = step.with.path === undefined ? '.' : substituteTemplate(step.with.path, stepScope)
@@ -93,17 +110,42 @@ export async function runGithubStep(step: GithubStep, name: string, context: Ste
     } else {
       command = substituteTemplate(step.run!, stepScope)
       const shell = step.shell ?? context.job.defaults.shell ?? context.workflow.defaults.shell
-      exec = await vm.exec(buildStepCommand(command, shell), { cwd, env, timeoutMs, ...(context.signal ? { signal: context.signal } : {}) })
+      ran = true
+      exec = await vm.exec(buildStepCommand(command, shell, context.pathPrefix), { cwd, env, timeoutMs, ...(context.signal ? { signal: context.signal } : {}) })
     }
-    const result: GithubStepResult = { ...base, command, exitCode: exec.exitCode, stdout: exec.stdout, stderr: exec.stderr, durationMs: exec.durationMs, outcome: exec.exitCode === 0 ? 'success' : 'failure' }
+    result = { ...base, command, exitCode: exec.exitCode, stdout: exec.stdout, stderr: exec.stderr, durationMs: exec.durationMs, outcome: exec.exitCode === 0 ? 'success' : 'failure' }
     if (exec.timedOut) result.timedOut = true
-    if (result.outcome === 'failure' && continueOnError) result.continuedOnError = true
-    return result
   } catch (error) {
     // The VM went away, the run was cancelled, or an expression failed at run time: recorded, and the
-    // job goes on to its always() steps instead of unwinding past them.
+    // job goes on to its always() steps instead of unwinding past them. continue-on-error covers what
+    // a command did, not a step that could not run: that still fails the job.
+    continueOnError = false
     const outcome: StepOutcome = context.signal?.aborted ? 'cancelled' : 'failure'
-    return { ...base, command, exitCode: NO_EXIT_CODE, stdout: '', stderr: '', durationMs: Math.round(performance.now() - started), error: toStepError(error, step), outcome }
+    result = { ...base, command, exitCode: NO_EXIT_CODE, stdout: '', stderr: '', durationMs: Math.round(performance.now() - started), error: toStepError(error, step), outcome }
+  }
+  if (ran && context.fileCommands) await applyFileCommands(result, context, context.fileCommands)
+  if (result.outcome === 'failure' && continueOnError) result.continuedOnError = true
+  return result
+}
+
+/**
+ * GitHub processes the file commands of every step that ran, failed ones too. A read-back that fails
+ * (the VM is gone, a malformed line) fails the step, keeping its own exit code and output; a step that
+ * already has an error keeps that one, the first cause.
+ */
+async function applyFileCommands(result: GithubStepResult, context: StepRunContext, fileCommands: FileCommandsChannel): Promise<void> {
+  const aborted = context.signal?.aborted === true
+  try {
+    // After a cancel the read-back runs without the signal (it would stop at once), briefly, like always() steps.
+    const commands = await readFileCommands(context.vm, fileCommands.dir, {
+      scale: context.scale,
+      ...(aborted ? { capMs: scaleTimeoutBy(ABORTED_CLEANUP_TIMEOUT_MS, context.scale) } : context.signal ? { signal: context.signal } : {}),
+    })
+    fileCommands.apply(commands)
+  } catch (error) {
+    if (result.error) return
+    result.error = isVmPoolError(error) ? { code: error.code, message: error.message } : { code: 'VMPOOL_WORKFLOW_INVALID', message: `${result.name}: ${(error as Error)?.message ?? String(error)}` }
+    result.outcome = context.signal?.aborted ? 'cancelled' : 'failure'
   }
 }
 

@@ -98,7 +98,6 @@ export const UNSUPPORTED_JOB_KEYS: Record<string, string> = {
 export const IGNORED_JOB_KEYS: Record<string, string | undefined> = {
   permissions: undefined,
   concurrency: undefined,
-  outputs: 'job outputs are not passed to other jobs: needs.<id>.outputs is empty',
   environment: 'deployment environments are not used',
 }
 
@@ -114,6 +113,9 @@ export const githubJobSchema = z
       'timeout-minutes': minutes.optional(),
       'continue-on-error': boolOrExpression.optional(),
       strategy: strategySchema.optional(),
+      outputs: z.record(z.string().regex(JOB_ID, { error: 'invalid output name: use letters, digits, - and _, starting with a letter or _' }), text, {
+        error: 'expected a mapping of name: value (usually ${{ steps.<id>.outputs.<name> }})',
+      }).optional(),
       steps: z.array(githubStepSchema, { error: 'expected a list of steps (- run: ...)' }).min(1, { error: 'a job needs at least one step' }),
       // Known to GitHub; checked against UNSUPPORTED_JOB_KEYS / IGNORED_JOB_KEYS by the loader.
       container: z.unknown().optional(),
@@ -123,7 +125,6 @@ export const githubJobSchema = z
       secrets: z.unknown().optional(),
       permissions: z.unknown().optional(),
       concurrency: z.unknown().optional(),
-      outputs: z.unknown().optional(),
       environment: z.unknown().optional(),
     },
     { error: 'expected a mapping with `runs-on` and `steps`' },
@@ -227,6 +228,8 @@ export interface GithubJob {
   matrix?: MatrixInput
   failFast: boolean | string
   maxParallel?: number | string
+  /** `outputs:`: name → value, substituted at the end of each cell; `{}` when there are none. */
+  outputs: Record<string, string>
   steps: GithubStep[]
   where: string
 }

@@ -200,6 +200,7 @@ function normalize(input: GithubWorkflowInput, yaml: YamlSource, label: string, 
       matrix: job.strategy?.matrix ? toMatrix(job.strategy.matrix) : undefined,
       failFast: job.strategy?.['fail-fast'] ?? true,
       maxParallel: job.strategy?.['max-parallel'],
+      outputs: { ...job.outputs },
       steps,
       where: where(['jobs', id]),
     }) as GithubJob

@@ -7,9 +7,11 @@ import type { SessionManager, WorkflowSession } from '../session-manager.js'
 import type { EvaluationScope } from './expression-evaluator.js'
 import type { ExpressionValue } from './expression-parser.js'
 import { conditionUsesStatus, evaluateCondition, substituteTemplate } from './expression-template.js'
+import { addToPath } from './file-commands.js'
 import { makeGithubContext, makeGithubEnv, makeRunnerContext, type GithubTrigger, type JobScope } from './github-context.js'
 import { defaultStepName, runGithubStep, skippedStep, stepName, type GithubStepResult } from './github-step.js'
 import type { GithubJob, GithubWorkflow } from './github-workflow-schema.js'
+import { evaluateJobOutputs } from './job-outputs.js'
 import type { MatrixCell } from './matrix.js'
 import type { RunnerSpec } from './runs-on-mapping.js'
 
@@ -43,8 +45,10 @@ export interface CellResult {
   continuedOnError?: boolean
   keptVm?: KeptVm
   releaseError?: StepError
-  /** No VM could be had (create failed, cancelled while queued). */
+  /** No VM could be had (create failed, cancelled while queued), or an `outputs:` value failed to evaluate. */
   error?: StepError
+  /** The job's `outputs:` as this cell substituted them after its steps (absent when the steps did not run). */
+  outputs?: Record<string, string>
 }
 
 /** Progress of a run, for the CLI: the vm-pool workflow events with the cell label as `workflow`. */
@@ -145,6 +149,8 @@ async function runSteps(plan: CellPlan, options: RunCellOptions, vm: Vm, record:
   }
   const deadline = performance.now() + jobTimeoutMs(job, { contexts }, options.scale)
   let failed = false
+  // GITHUB_PATH directories so far, the most recently added first.
+  let pathPrefix: string[] = []
   for (const [key, value] of Object.entries(job.env)) {
     ;(contexts.env as Record<string, string>)[key] = substituteTemplate(value, { contexts })
   }
@@ -164,6 +170,7 @@ async function runSteps(plan: CellPlan, options: RunCellOptions, vm: Vm, record:
       continue
     }
     let stepResult: GithubStepResult
+    let outputs: Record<string, string> = {}
     if (!run) {
       stepResult = skippedStep(step, name, vm.name)
     } else {
@@ -181,15 +188,31 @@ async function runSteps(plan: CellPlan, options: RunCellOptions, vm: Vm, record:
         remainingMs: deadline - performance.now(),
         ...(afterCancel || !options.signal ? {} : { signal: options.signal }),
         ...(afterCancel ? { capMs: scaleTimeoutBy(ABORTED_CLEANUP_TIMEOUT_MS, options.scale) } : {}),
+        pathPrefix,
+        fileCommands: {
+          dir: setup.tempDir,
+          // GITHUB_ENV goes under every later step's own env (GitHub's precedence), and into ${{ env }}.
+          apply: (commands) => {
+            Object.assign(contexts.env as Record<string, string>, commands.env)
+            outputs = commands.output
+            pathPrefix = addToPath(pathPrefix, commands.path)
+          },
+        },
       })
       if (stepResult.outcome === 'failure' && !stepResult.continuedOnError) failed = true
     }
     if (step.id !== undefined) {
       const conclusion = stepResult.continuedOnError ? 'success' : stepResult.outcome
-      ;(contexts.steps as Record<string, ExpressionValue>)[step.id] = { outcome: stepResult.outcome, conclusion, outputs: {} }
+      ;(contexts.steps as Record<string, ExpressionValue>)[step.id] = { outcome: stepResult.outcome, conclusion, outputs }
     }
     record(stepResult)
     debug('%s %s: %s', plan.label, name, stepResult.outcome)
+  }
+  try {
+    result.outputs = evaluateJobOutputs(job, { contexts })
+  } catch (error) {
+    failed = true
+    result.error = { code: 'VMPOOL_WORKFLOW_INVALID', message: (error as Error).message }
   }
   result.status = failed ? 'failure' : options.signal?.aborted ? 'cancelled' : 'success'
 }

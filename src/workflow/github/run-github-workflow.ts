@@ -6,6 +6,7 @@ import { evaluateCondition, evaluateValue, substituteTemplate } from './expressi
 import { localTrigger, makeGithubContext, type GithubTrigger } from './github-context.js'
 import type { GithubWorkflow } from './github-workflow-schema.js'
 import { getAncestors, getJobStatus, getReadyJobs, type JobResultValue } from './job-graph.js'
+import { mergeJobOutputs } from './job-outputs.js'
 import { planGithubWorkflow, type PlanOptions, type PlannedJob } from './plan-github-workflow.js'
 import { getRepoInfo, makeCheckoutTar, type RepoSource } from './repo-source.js'
 import { runGithubCell, type CellResult, type GithubRunEvent, type RunCellOptions } from './run-github-cell.js'
@@ -24,6 +25,8 @@ export interface GithubJobResult {
   /** Why a skipped job did not run. */
   reason?: string
   cells: CellResult[]
+  /** `needs.<id>.outputs` for the jobs that need this one: its cells' `outputs`, the last to finish winning (job-outputs.ts). */
+  outputs: Record<string, string>
 }
 
 export interface GithubWorkflowResult {
@@ -91,32 +94,33 @@ export async function runGithubWorkflow(workflow: GithubWorkflow, options: RunGi
     const { job } = planned
     const aborted = options.signal?.aborted === true
     const status = getJobStatus(nodes, job.id, results, aborted)
-    const needs: Record<string, ExpressionValue> = Object.fromEntries(job.needs.map((need) => [need, { result: results.get(need) ?? 'success', outputs: {} }]))
+    const needs: Record<string, ExpressionValue> = Object.fromEntries(job.needs.map((need) => [need, { result: results.get(need) ?? 'success', outputs: jobResults.get(need)?.outputs ?? {} }]))
     let run: boolean
     try {
       run = evaluateCondition(job.if, { contexts: { ...baseContexts, needs }, status })
     } catch (error) {
-      return { id: job.id, name: planned.name, result: 'failure', reason: `${job.where}: if: ${(error as Error).message}`, cells: [] }
+      return { id: job.id, name: planned.name, result: 'failure', reason: `${job.where}: if: ${(error as Error).message}`, cells: [], outputs: {} }
     }
     if (!run) {
       const unsuccessful = [...getAncestors(nodes, job.id)].filter((id) => (results.get(id) ?? 'success') !== 'success').map((id) => `${id}: ${results.get(id)}`)
       const reason = aborted ? 'the run was cancelled' : !status.success && job.if === undefined ? `not every job it needs succeeded (${unsuccessful.join(', ')})` : `if: ${String(job.if)} is false`
       emit({ type: 'job-skipped', workflow: planned.name, job: job.id, reason })
-      return { id: job.id, name: planned.name, result: 'skipped', reason, cells: [] }
+      return { id: job.id, name: planned.name, result: 'skipped', reason, cells: [], outputs: {} }
     }
-    const cells = await runCells(planned, needs, { ...baseContexts, needs })
+    const { cells, outputs } = await runCells(planned, needs, { ...baseContexts, needs })
     const counted = cells.filter((cell) => !cell.continuedOnError)
     const result: JobResultValue = counted.some((cell) => cell.status === 'failure') ? 'failure' : counted.some((cell) => cell.status === 'cancelled') ? 'cancelled' : 'success'
-    return { id: job.id, name: planned.name, result, cells }
+    return { id: job.id, name: planned.name, result, cells, outputs }
   }
 
-  const runCells = async (planned: PlannedJob, needs: Record<string, ExpressionValue>, contexts: Record<string, ExpressionValue>): Promise<CellResult[]> => {
+  const runCells = async (planned: PlannedJob, needs: Record<string, ExpressionValue>, contexts: Record<string, ExpressionValue>): Promise<{ cells: CellResult[]; outputs: Record<string, string> }> => {
     const { job } = planned
     const failFast = isTruthy(typeof job.failFast === 'string' ? evaluateValue(job.failFast, { contexts }) : job.failFast)
     const maxParallel = job.maxParallel === undefined ? Infinity : Math.max(1, Number(typeof job.maxParallel === 'string' ? evaluateValue(job.maxParallel, { contexts }) : job.maxParallel) || 1)
     const cancel = new AbortController()
     const signal = options.signal ? AbortSignal.any([options.signal, cancel.signal]) : cancel.signal
     const results: CellResult[] = new Array(planned.cells.length)
+    const finished: Record<string, string>[] = []
     let next = 0
     const worker = async () => {
       while (next < planned.cells.length) {
@@ -133,10 +137,11 @@ export async function runGithubWorkflow(workflow: GithubWorkflow, options: RunGi
           else if (failFast && !cancel.signal.aborted) cancel.abort(new Error(`fail-fast: ${cell.label} failed`))
         }
         results[index] = result
+        if (result.outputs) finished.push(result.outputs)
       }
     }
     await Promise.all(Array.from({ length: Math.min(planned.cells.length, maxParallel) }, worker))
-    return results
+    return { cells: results, outputs: mergeJobOutputs(finished) }
   }
 
   const schedule = () => {

@@ -29,8 +29,16 @@ export function checkShell(shell: string): string | undefined {
   return undefined
 }
 
-/** The shell line that runs `script` with `shell` (validated by `checkShell`). */
-export function buildStepCommand(script: string, shell: string | undefined): string {
+/**
+ * The shell line that runs `script` with `shell` (validated by `checkShell`), with `pathPrefix` (the
+ * GITHUB_PATH directories, first first) put before the guest's own PATH, which only the guest knows.
+ */
+export function buildStepCommand(script: string, shell: string | undefined, pathPrefix: readonly string[] = []): string {
+  if (pathPrefix.length === 0) return shellCommand(script, shell)
+  return `PATH=${pathPrefix.map(quoteShellArg).join(':')}:"$PATH"; export PATH\n${shellCommand(script, shell)}`
+}
+
+function shellCommand(script: string, shell: string | undefined): string {
   const quoted = quoteShellArg(script)
   if (shell === undefined) return `s=${quoted}\nif command -v bash >/dev/null 2>&1; then exec bash -e -c "$s"; fi\nexec sh -e -c "$s"`
   switch (shell.trim()) {
