@@ -1,7 +1,7 @@
 import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { afterEach, beforeEach, describe, expect, test } from 'vitest'
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from 'vitest'
 import { countingProvider } from '../../src/providers/counting-provider.js'
 import { fakeProvider } from '../../src/providers/fake-provider.js'
 import { SessionManager } from '../../src/workflow/session-manager.js'
@@ -9,6 +9,7 @@ import { parseGithubWorkflow } from '../../src/workflow/github/load-github-workf
 import type { CellResult } from '../../src/workflow/github/run-github-cell.js'
 import { runGithubWorkflow, type GithubWorkflowResult } from '../../src/workflow/github/run-github-workflow.js'
 import { makeFixtureRepo, type FixtureRepo } from '../helpers/github-repo.js'
+import { getQemuSkipReason, QEMU_TEST_CREATE_TIMEOUT_MS, useQemuTestProvider, type QemuTestProvider } from '../helpers/qemu.js'
 
 /**
  * GITHUB_ENV, GITHUB_OUTPUT, GITHUB_PATH and job outputs, end to end on the fake provider: the steps are
@@ -108,40 +109,46 @@ jobs:
           command -v my-tool || echo "no my-tool on this VM"
 `
 
+/** What WORKFLOW must show, on any provider; `toolPath` is where the script written to GITHUB_PATH's directory is. */
+function checkWorkflow(result: GithubWorkflowResult, toolPath: (cell: CellResult) => string | RegExp): void {
+  expect(result.jobs.map((job) => [job.id, job.result])).toEqual([
+    ['first', 'success'],
+    ['cells', 'success'],
+    ['second', 'success'],
+  ])
+  const first = cellOf(result, 'first')
+  expect(stepOf(first, 'before').stdout).toBe('foo=from-the-workflow\n')
+  expect(stepOf(first, 'write')).toMatchObject({ exitCode: 0, outcome: 'success' })
+  const read = stepOf(first, 'read')
+  // GITHUB_ENV: in the shell and in ${{ env }}; GITHUB_OUTPUT: steps.<id>.outputs, multi-line too.
+  expect(read.stdout).toContain('shell=bar expr=bar x=42\n')
+  expect(read.stdout).toContain('text=[line 1\nline 2]\n')
+  // GITHUB_PATH: the script is found by name, in a directory with a space.
+  const tool = toolPath(first)
+  if (typeof tool === 'string') expect(read.stdout).toContain(`my-tool ran from ${tool}\n`)
+  else expect(read.stdout).toMatch(tool)
+  // The files were emptied after each step (GITHUB_STEP_SUMMARY included).
+  expect(read.stdout).toContain('summary=0 output=0\n')
+  expect(stepOf(first, 'step env wins').stdout).toBe('foo=the-step-own\n')
+  // A failed step's file commands count too.
+  expect(stepOf(first, 'fails but writes')).toMatchObject({ exitCode: 4, outcome: 'failure', continuedOnError: true })
+  expect(stepOf(first, 'after the failure').stdout).toBe('late=after-a-failure z=set before failing outcome=failure\n')
+
+  expect(result.jobs[0]!.outputs).toEqual({ y: 'from-first', text: 'line 1\nline 2', late: 'after-a-failure' })
+  expect(cellOf(result, 'cells', 0).outputs).toEqual({ one: 'cell-1', two: '' })
+  expect(cellOf(result, 'cells', 1).outputs).toEqual({ one: '', two: 'cell-2' })
+  expect(result.jobs[1]!.outputs).toEqual({ one: 'cell-1', two: 'cell-2' })
+
+  // Another job, another VM: the outputs arrive, the env and PATH of the first job's VM do not.
+  const needs = stepOf(cellOf(result, 'second'), 'needs')
+  expect(needs.stdout).toContain('y=from-first late=after-a-failure one=cell-1 two=cell-2\n')
+  expect(needs.stdout).toContain('text=[line 1\nline 2] foo=from-the-workflow\n')
+  expect(needs.stdout).toContain('no my-tool on this VM\n')
+}
+
 describe('GitHub file commands on the fake provider', () => {
   test('GITHUB_ENV, GITHUB_OUTPUT and GITHUB_PATH reach later steps; job outputs reach needs.<id>.outputs', async () => {
-    const result = await run(WORKFLOW)
-    expect(result.jobs.map((job) => [job.id, job.result])).toEqual([
-      ['first', 'success'],
-      ['cells', 'success'],
-      ['second', 'success'],
-    ])
-    const first = cellOf(result, 'first')
-    expect(stepOf(first, 'before').stdout).toBe('foo=from-the-workflow\n')
-    expect(stepOf(first, 'write')).toMatchObject({ exitCode: 0, outcome: 'success' })
-    const read = stepOf(first, 'read')
-    // GITHUB_ENV: in the shell and in ${{ env }}; GITHUB_OUTPUT: steps.<id>.outputs, multi-line too.
-    expect(read.stdout).toContain('shell=bar expr=bar x=42\n')
-    expect(read.stdout).toContain('text=[line 1\nline 2]\n')
-    // GITHUB_PATH: the script is found by name, in a directory with a space.
-    expect(read.stdout).toContain(`my-tool ran from ${join(stateDir, 'fake', first.vm, 'home', 'my tools', 'bin', 'my-tool')}\n`)
-    // The files were emptied after each step (GITHUB_STEP_SUMMARY included).
-    expect(read.stdout).toContain('summary=0 output=0\n')
-    expect(stepOf(first, 'step env wins').stdout).toBe('foo=the-step-own\n')
-    // A failed step's file commands count too.
-    expect(stepOf(first, 'fails but writes')).toMatchObject({ exitCode: 4, outcome: 'failure', continuedOnError: true })
-    expect(stepOf(first, 'after the failure').stdout).toBe('late=after-a-failure z=set before failing outcome=failure\n')
-
-    expect(result.jobs[0]!.outputs).toEqual({ y: 'from-first', text: 'line 1\nline 2', late: 'after-a-failure' })
-    expect(cellOf(result, 'cells', 0).outputs).toEqual({ one: 'cell-1', two: '' })
-    expect(cellOf(result, 'cells', 1).outputs).toEqual({ one: '', two: 'cell-2' })
-    expect(result.jobs[1]!.outputs).toEqual({ one: 'cell-1', two: 'cell-2' })
-
-    // Another job, another VM: the outputs arrive, the env and PATH of the first job's VM do not.
-    const needs = stepOf(cellOf(result, 'second'), 'needs')
-    expect(needs.stdout).toContain('y=from-first late=after-a-failure one=cell-1 two=cell-2\n')
-    expect(needs.stdout).toContain('text=[line 1\nline 2] foo=from-the-workflow\n')
-    expect(needs.stdout).toContain('no my-tool on this VM\n')
+    checkWorkflow(await run(WORKFLOW), (first) => join(stateDir, 'fake', first.vm, 'home', 'my tools', 'bin', 'my-tool'))
   })
 
   test('a malformed GITHUB_ENV line or an unterminated GITHUB_OUTPUT value fails its step with a clear message; the step keeps its output', async () => {
@@ -203,5 +210,26 @@ jobs:
     expect(stepOf(cell, 'prints')).toMatchObject({ exitCode: 0, stdout: 'out\n', stderr: 'err\n', outcome: 'failure', error: { code: 'VMPOOL_EXEC_FAILED' } })
     expect(stepOf(cell, 'prints').error!.message).toMatch(/injected exec failure/)
     expect(stepOf(cell, 'always')).toMatchObject({ exitCode: 2, stdout: 'again\n', outcome: 'failure', error: { code: 'VMPOOL_EXEC_FAILED' } })
+  })
+})
+
+const qemuSkip = getQemuSkipReason()
+
+// The read-back is a shell line: on QEMU it runs under the minimal image's busybox (sh, head -c, printf '\0').
+describe.skipIf(qemuSkip !== undefined)(`GitHub file commands on QEMU${qemuSkip ? ` (skipped: ${qemuSkip})` : ''}`, () => {
+  let qemu: QemuTestProvider
+  beforeAll(() => {
+    qemu = useQemuTestProvider()
+  })
+  afterAll(async () => {
+    await qemu?.cleanup()
+  })
+
+  test('the same workflow: GITHUB_ENV, GITHUB_OUTPUT, GITHUB_PATH and job outputs', { timeout: 4 * QEMU_TEST_CREATE_TIMEOUT_MS }, async () => {
+    const provider = countingProvider(qemu.provider)
+    const sessions = new SessionManager({ provider, maxConcurrentSessions: 2 })
+    const result = await runGithubWorkflow(parseGithubWorkflow(WORKFLOW, 'files.yml'), { sessions, repo: { dir: repo.dir } })
+    expect(provider.stats.live).toBe(0)
+    checkWorkflow(result, () => /my-tool ran from \/[^\n]*\/my tools\/bin\/my-tool\n/)
   })
 })
