@@ -113,6 +113,33 @@ jobs:
     expect(third.message).not.toMatch(/\n\s+at /)
   })
 
+  test("a context GitHub does not offer at a key is refused there, as GitHub refuses the file", () => {
+    const text = `on: push
+env:
+  HOST_ID: \${{ github.run_id }}-\${{ strategy.job-index }}
+jobs:
+  build:
+    if: matrix.os == 'x'
+    strategy: { matrix: { os: [a, b] } }
+    env:
+      FROM_MATRIX: \${{ matrix.os }}
+      FROM_ENV: \${{ env.HOST_ID }}
+    steps:
+      - if: secrets.TOKEN != ''
+        run: echo \${{ env.FROM_MATRIX }} \${{ steps.x.outputs.y }} \${{ job.status }}
+`
+    const error = errorOf(() => parseGithubWorkflow(text, 'ctx.yml'))
+    const lines = error.message.split('\n').filter((line) => line.includes('context is not available'))
+    expect(lines).toEqual([
+      '  ctx.yml:3:12: env.HOST_ID: the strategy context is not available here (GitHub refuses it; allowed: github, secrets, inputs, vars)',
+      '  ctx.yml:6:9: jobs.build.if: the matrix context is not available here (GitHub refuses it; allowed: github, needs, inputs, vars)',
+      '  ctx.yml:10:17: jobs.build.env.FROM_ENV: the env context is not available here (GitHub refuses it; allowed: github, needs, strategy, matrix, inputs, vars, secrets)',
+      '  ctx.yml:12:13: jobs.build.steps[0].if: the secrets context is not available here (GitHub refuses it; allowed: github, needs, strategy, matrix, job, runner, env, steps, inputs, vars)',
+    ])
+    // Where GitHub offers them, the same contexts load.
+    expect(() => parseGithubWorkflow(minimal('    strategy: { matrix: { os: [a] } }\n    env: { M: "${{ matrix.os }}-${{ strategy.job-index }}" }\n    steps:\n      - if: env.M != \'\'\n        run: echo ${{ env.M }} ${{ secrets.T }}\n'), 'ok.yml')).not.toThrow()
+  })
+
   test('needs cycles and a matrix from an expression are refused', () => {
     expect(errorOf(() => parseGithubWorkflow('on: push\njobs:\n  a: { needs: b, steps: [{ run: x }] }\n  b: { needs: a, steps: [{ run: x }] }\n', 'c.yml')).message).toMatch(/form a cycle: a → b → a/)
     expect(errorOf(() => parseGithubWorkflow(minimal('    strategy: { matrix: { os: "${{ fromJSON(needs.x.outputs.m) }}" } }\n    steps: [{ run: x }]\n'), 'm.yml')).message).toMatch(

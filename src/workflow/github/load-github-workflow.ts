@@ -3,6 +3,7 @@ import { z } from 'zod'
 import { VmPoolError } from '../../errors.js'
 import { formatZodError } from '../../config/zod-error.js'
 import { closest, formatPath, lineColAt, parseYamlSource, readWorkflowFile, type KeyPath, type YamlSource } from '../yaml-source.js'
+import { getAllowedContexts } from './context-availability.js'
 import { checkTemplate, contextsUsed } from './expression-template.js'
 import type { ExpressionValue } from './expression-parser.js'
 import { checkJobGraph } from './job-graph.js'
@@ -156,6 +157,10 @@ function checkExpressions(value: unknown, path: KeyPath, yaml: YamlSource, probl
   if (typeof value === 'string') {
     const isCondition = path.at(-1) === 'if'
     for (const problem of checkTemplate(value, isCondition)) problems.push({ where: lineColAt(yaml, path), text: `${formatPath(path)}: ${problem}` })
+    const allowed = getAllowedContexts(path)
+    for (const name of allowed ? contextsUsed(value, isCondition) : []) {
+      if (!allowed!.includes(name)) problems.push({ where: lineColAt(yaml, path), text: `${formatPath(path)}: the ${name} context is not available here (GitHub refuses it; allowed: ${allowed!.join(', ')})` })
+    }
     if (contextsUsed(value, isCondition).has('secrets')) {
       warnings.push({ where: lineColAt(yaml, path), text: `${formatPath(path)}: secrets are not passed to VMs: every secrets.* is empty` })
     }
