@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs'
 import { describe, expect, test } from 'vitest'
 import { isVmPoolError, type VmPoolError } from '../../src/errors.js'
 import { matchesEvent, matchesPatterns } from '../../src/workflow/github/event-filter.js'
@@ -138,6 +139,13 @@ jobs:
     ])
     // Where GitHub offers them, the same contexts load.
     expect(() => parseGithubWorkflow(minimal('    strategy: { matrix: { os: [a] } }\n    env: { M: "${{ matrix.os }}-${{ strategy.job-index }}" }\n    steps:\n      - if: env.M != \'\'\n        run: echo ${{ env.M }} ${{ secrets.T }}\n'), 'ok.yml')).not.toThrow()
+  })
+
+  test("docs/github-actions.md's example loads (the docs show a file GitHub accepts)", () => {
+    const docs = readFileSync(new URL('../../docs/github-actions.md', import.meta.url), 'utf8')
+    const example = /```yaml\n([\s\S]*?)```/.exec(docs)![1]!
+    const workflow = parseGithubWorkflow(example, 'github-actions.md')
+    expect(workflow.jobs.map((job) => job.id)).toEqual(['warm', 'test', 'cleanup'])
   })
 
   test('needs cycles and a matrix from an expression are refused', () => {
