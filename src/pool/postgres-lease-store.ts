@@ -220,7 +220,7 @@ export class PostgresLeaseStore implements LeaseStore {
         // of one row (postgres-lease-swap.ts) go on meanwhile, and every write here is conditional on the row
         // as loaded (`#writeSql`).
         const ns = client.escapeLiteral(this.namespace)
-        const beatNow = performance.now() - this.#confirmedAt > this.#intervalMs / 2
+        const beatNow = this.#beatDue()
         const results = (await client.query(
           [
             'BEGIN',
@@ -292,9 +292,13 @@ export class PostgresLeaseStore implements LeaseStore {
     }
     if (client.listenerCount('error') === 0) client.on('error', () => {})
     try {
-      const swapped = await runSwap(client, this.namespace, request, getCurrentProcessIdentity())
+      // A busy process's heartbeat rides on its swaps (see postgres-lease-swap.ts).
+      const beat = this.#beatDue()
+      if (beat) this.#countLapse()
+      const swapped = await runSwap(client, this.namespace, request, getCurrentProcessIdentity(), beat ? this.#ttlMs : undefined)
       client.release()
-      if (!swapped) return 'declined'
+      if (swapped.beat) this.#confirmBeat()
+      if (!swapped.swapped) return 'declined'
       const written: LeaseEntry = swapped.token === undefined ? request.next : { ...request.next, token: swapped.token }
       then?.(written)
       return { written, ...(swapped.sweepDue ? { sweepDue: true } : {}) }
@@ -439,13 +443,25 @@ export class PostgresLeaseStore implements LeaseStore {
     this.#confirmedAt = performance.now()
   }
 
-  /** The timer: a beat every interval while the store is open; it never keeps the process alive. */
+  /** A beat is due when none was confirmed for half an interval: updates and swaps then carry one. */
+  #beatDue(): boolean {
+    return performance.now() - this.#confirmedAt > this.#intervalMs / 2
+  }
+
+  /**
+   * Later than the TTL since the last confirmed beat: we were paused (SIGSTOP, a frozen VM) or cut off, and
+   * other hosts may have reclaimed what we hold. Counted before any beat confirms a new one, so none hides it.
+   */
+  #countLapse(): void {
+    if (Number.isFinite(this.#confirmedAt) && performance.now() - this.#confirmedAt > this.#ttlMs) this.#lapses++
+  }
+
+  /** The timer: a beat every interval while the store is open, unless a swap or an update carried one; it never keeps the process alive. */
   #startHeartbeat(): void {
     if (this.#timer || this.#closed) return
     this.#timer = setInterval(() => {
-      // Later than the TTL since the last confirmed beat: we were paused (SIGSTOP, a frozen VM) or cut off, and
-      // other hosts may have reclaimed what we hold. Counted before the beat, so no use of a VM slips in between.
-      if (Number.isFinite(this.#confirmedAt) && performance.now() - this.#confirmedAt > this.#ttlMs) this.#lapses++
+      this.#countLapse()
+      if (!this.#beatDue()) return
       this.#beat(this.#pool).then(
         () => this.#confirmBeat(),
         () => {},

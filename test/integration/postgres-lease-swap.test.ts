@@ -6,6 +6,7 @@
  * step (no locked update, no reaper marker) and survives PostgreSQL restarting under it.
  */
 import { readFileSync } from 'node:fs'
+import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import type { LeaseEntry, LeaseStore, LeaseUpdateContext } from '../../src/pool/lease-store.js'
 import { PostgresLeaseStore } from '../../src/pool/postgres-lease-store.js'
@@ -151,6 +152,52 @@ describe.skipIf(skipReason !== undefined)(`PostgreSQL swaps${skipReason ? ` (ski
     expect(await beats()).not.toEqual(firstBeat)
     const { rows } = await server.sql(database, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = '${database}' AND application_name = 'vm-pool'`)
     expect(rows[0].n).toBe(1)
+    await store.close()
+  })
+
+  test('a busy process’s heartbeat rides on its swaps: no beat of its own in the cycle; an idle one beats by its timer', async () => {
+    const database = `swap_${++databases}`
+    const url = await server.createDatabase(database)
+    // Its TTL tells its timer's beats from those of the other stores this file has open.
+    const TTL = 29_999
+    const store = new PostgresLeaseStore({ connectionString: url, namespace: 'fake', heartbeatIntervalMs: 1_000, heartbeatTtlMs: TTL })
+    stores.push(store)
+    let entry = await store.update((table, context) => {
+      table.a = makeEntry('a', { token: context.nextToken!() })
+      return structuredClone(table.a)
+    })
+    // The timer's beats are the store's only plain heartbeat statements (swaps carry theirs in the swap's SQL).
+    let timerBeats = 0
+    const query = pg.Pool.prototype.query
+    pg.Pool.prototype.query = function (this: pg.Pool, ...args: unknown[]) {
+      if (typeof args[0] === 'string' && args[0].includes('INSERT INTO vm_pool_heartbeats') && (args[1] as unknown[] | undefined)?.[3] === TTL) timerBeats++
+      return (query as (...a: unknown[]) => unknown).apply(this, args)
+    } as typeof query
+    try {
+      let confirmations = 0
+      let since = store.heartbeat.sinceConfirmedMs()
+      const started = performance.now()
+      while (performance.now() - started < 3_000) {
+        const claimed = await store.swap.entry({ name: 'a', expected: entry, next: leased(entry, 'k'), claim: true })
+        if (typeof claimed !== 'object') throw new Error(`the claim was ${claimed}`)
+        const back = await store.swap.entry({ name: 'a', expected: claimed.written, next: { ...claimed.written, state: 'idle', owner: null } })
+        if (typeof back !== 'object') throw new Error(`the hand-back was ${back}`)
+        entry = back.written
+        const now = store.heartbeat.sinceConfirmedMs()
+        if (now < since) confirmations++
+        since = now
+      }
+      // A beat is due every half interval: ~6 in 3 s, carried by swaps; the timer (every second) found none due,
+      // but for one that came in the few ms between a beat falling due and the next swap.
+      expect(timerBeats).toBeLessThanOrEqual(1)
+      expect(confirmations - timerBeats).toBeGreaterThanOrEqual(4)
+      // Idle, the timer beats.
+      await new Promise((resolve) => setTimeout(resolve, 2_200))
+      expect(timerBeats).toBeGreaterThanOrEqual(1)
+      expect(store.heartbeat.sinceConfirmedMs()).toBeLessThan(1_500)
+    } finally {
+      pg.Pool.prototype.query = query
+    }
   })
 
   test('a schema 1 database is migrated: fencing tokens go on above its counter', async () => {
