@@ -33,10 +33,14 @@ const CLAIM_SQL = `WITH ${BEAT_CTE('$5', '$6', '$7', '$8')},
     RETURNING l.entry->>'token' AS token)
   SELECT (SELECT token FROM u) AS token, (SELECT count(*) FROM hb)::int AS beat`
 
-/** `sweep_due`: 1 when no sweep was recorded for $5 ms (none asked: null); then swept_at is set now, so only this swap gets it. */
+/**
+ * `sweep_due`: 1 when no sweep was recorded for $5 ms (none asked: null) and this swap wrote its row; then swept_at
+ * is set now, so only this swap gets it. A declined swap leaves the duty: its caller takes the locked path, which
+ * does not run the sweep.
+ */
 const SWAP_SQL = `WITH ${BEAT_CTE('$6', '$7', '$8', '$9')},
   u AS (UPDATE vm_pool_leases l SET entry = $4::jsonb WHERE l.namespace = $1 AND l.name = $2 AND l.entry = $3::jsonb RETURNING 1),
-  d AS (UPDATE vm_pool_tables SET swept_at = clock_timestamp() WHERE $5::float8 IS NOT NULL AND namespace = $1
+  d AS (UPDATE vm_pool_tables SET swept_at = clock_timestamp() WHERE $5::float8 IS NOT NULL AND namespace = $1 AND EXISTS (SELECT 1 FROM u)
           AND (swept_at IS NULL OR swept_at < clock_timestamp() - make_interval(secs => $5::float8 / 1000)) RETURNING 1)
   SELECT (SELECT count(*) FROM u)::int AS swapped, (SELECT count(*) FROM d)::int AS sweep_due, (SELECT count(*) FROM hb)::int AS beat`
 
@@ -61,5 +65,5 @@ export async function runSwap(client: pg.ClientBase, namespace: string, request:
     return { swapped: token != null, ...(token != null ? { token: Number(token) } : {}), beat: rows[0]?.beat === 1 }
   }
   const { rows } = await client.query<{ swapped: number; sweep_due: number; beat: number }>({ name: 'vm-pool-swap-v3', text: SWAP_SQL, values: [...common, request.sweepEveryMs ?? null, ...beat] })
-  return { swapped: rows[0]?.swapped === 1, ...(rows[0]?.swapped === 1 && rows[0].sweep_due > 0 ? { sweepDue: true } : {}), beat: rows[0]?.beat === 1 }
+  return { swapped: rows[0]?.swapped === 1, ...(rows[0]?.sweep_due === 1 ? { sweepDue: true } : {}), beat: rows[0]?.beat === 1 }
 }

@@ -128,6 +128,12 @@ describe.skipIf(skipReason !== undefined)(`PostgreSQL swaps${skipReason ? ` (ski
     expect(await touch(second, 'b', 200)).toBe(true)
     await second.update((_table, context: LeaseUpdateContext) => context.swept?.())
     expect(await touch(first, 'a', 200)).toBe(false)
+    // A swap that is declined (its row changed) leaves the duty to the next one that writes.
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    const stale = (await first.read()).a!
+    await touch(second, 'a')
+    expect(await first.swap.entry({ name: 'a', expected: stale, next: { ...stale, runId: 'late' }, sweepEveryMs: 200 })).toBe('declined')
+    expect(await touch(second, 'b', 200)).toBe(true)
   })
 
   test('a store keeps one connection: a heartbeat that comes while a swap is in flight waits for it', async () => {
