@@ -119,6 +119,8 @@ export class PostgresLeaseStore implements LeaseStore {
   /** performance.now() of the last heartbeat the database confirmed (a beat, or an update that wrote one). */
   #confirmedAt = Number.NEGATIVE_INFINITY
   #lapses = 0
+  /** Swaps on their way that carry a heartbeat: the timer does not send another meanwhile. */
+  #beatsInFlight = 0
   #closed = false
   /** The database's clock minus ours, from the last update (`swap.now()`). */
   #clockOffset: number | undefined
@@ -295,7 +297,13 @@ export class PostgresLeaseStore implements LeaseStore {
       // A busy process's heartbeat rides on its swaps (see postgres-lease-swap.ts).
       const beat = this.#beatDue()
       if (beat) this.#countLapse()
-      const swapped = await runSwap(client, this.namespace, request, getCurrentProcessIdentity(), beat ? this.#ttlMs : undefined)
+      this.#beatsInFlight += beat ? 1 : 0
+      let swapped
+      try {
+        swapped = await runSwap(client, this.namespace, request, getCurrentProcessIdentity(), beat ? this.#ttlMs : undefined)
+      } finally {
+        this.#beatsInFlight -= beat ? 1 : 0
+      }
       client.release()
       if (swapped.beat) this.#confirmBeat()
       if (!swapped.swapped) return 'declined'
@@ -461,7 +469,8 @@ export class PostgresLeaseStore implements LeaseStore {
     if (this.#timer || this.#closed) return
     this.#timer = setInterval(() => {
       this.#countLapse()
-      if (!this.#beatDue()) return
+      // A swap on its way carries one already.
+      if (!this.#beatDue() || this.#beatsInFlight > 0) return
       this.#beat(this.#pool).then(
         () => this.#confirmBeat(),
         () => {},
