@@ -157,11 +157,12 @@ function checkExpressions(value: unknown, path: KeyPath, yaml: YamlSource, probl
   if (typeof value === 'string') {
     const isCondition = path.at(-1) === 'if'
     for (const problem of checkTemplate(value, isCondition)) problems.push({ where: lineColAt(yaml, path), text: `${formatPath(path)}: ${problem}` })
+    const used = contextsUsed(value, isCondition)
     const allowed = getAllowedContexts(path)
-    for (const name of allowed ? contextsUsed(value, isCondition) : []) {
-      if (!allowed!.includes(name)) problems.push({ where: lineColAt(yaml, path), text: `${formatPath(path)}: the ${name} context is not available here (GitHub refuses it; allowed: ${allowed!.join(', ')})` })
+    for (const name of used) {
+      if (allowed && !allowed.includes(name)) problems.push({ where: lineColAt(yaml, path), text: `${formatPath(path)}: the ${name} context is not available here (GitHub refuses it; allowed: ${allowed.join(', ')})` })
     }
-    if (contextsUsed(value, isCondition).has('secrets')) {
+    if (used.has('secrets')) {
       warnings.push({ where: lineColAt(yaml, path), text: `${formatPath(path)}: secrets are not passed to VMs: every secrets.* is empty` })
     }
   } else if (Array.isArray(value)) {
