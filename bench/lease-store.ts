@@ -118,12 +118,25 @@ async function waitUntilIdle(pid: number): Promise<void> {
 async function warmAcrossProcesses(dist: string, mode: 'exec' | 'lease-only' = 'exec', shared?: { leaseStore: string; hosts: number; perHost?: number }): Promise<number[]> {
   const stateDir = mkdtempSync(join(tmpdir(), 'vm-pool-bench-warm-'))
   const hosts = shared?.hosts ?? 1
-  const children = Array.from({ length: (shared?.perHost ?? PROCESSES) * hosts }, (_, i) =>
-    spawn(process.execPath, [fileURLToPath(import.meta.url), '--worker', dist, stateDir, `p${i}`, mode, ...(shared ? [shared.leaseStore] : [])], {
-      stdio: ['pipe', 'pipe', 'inherit'],
-      env: { ...process.env, ...(shared ? { VM_POOL_HOST_ID: `bench-host-${i % hosts}` } : {}) },
-    }),
-  )
+  try {
+    return await timeAcrossProcesses((shared?.perHost ?? PROCESSES) * hosts, (i) => ({
+      args: ['--worker', dist, stateDir, `p${i}`, mode, ...(shared ? [shared.leaseStore] : [])],
+      env: shared ? { VM_POOL_HOST_ID: `bench-host-${i % hosts}` } : ({} as Record<string, string>),
+    }))
+  } finally {
+    rmSync(stateDir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 })
+  }
+}
+
+/**
+ * `count` processes running this file with `argsOf(i)`: each says it is ready (a JSON line), runs its cycles on
+ * `go`, prints its samples, and ends on `stop` (held back until every process has printed). The samples of all.
+ */
+async function timeAcrossProcesses(count: number, argsOf: (index: number) => { args: string[]; env: Record<string, string> }): Promise<number[]> {
+  const children = Array.from({ length: count }, (_, i) => {
+    const { args, env } = argsOf(i)
+    return spawn(process.execPath, [fileURLToPath(import.meta.url), ...args], { stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, ...env } })
+  })
   const messages = children.map((child) => {
     const lines: Record<string, unknown>[] = []
     const waiters: (() => void)[] = []
@@ -146,8 +159,65 @@ async function warmAcrossProcesses(dist: string, mode: 'exec' | 'lease-only' = '
     return results.flatMap((result) => result.samples as number[])
   } finally {
     for (const child of children) if (child.exitCode === null) child.kill('SIGKILL')
-    rmSync(stateDir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 })
   }
+}
+
+/**
+ * The floor row's worker: no vm-pool code, only what any two-write warm cycle must do on this machine. Its own
+ * row in a table like the lease table, an entry of a lease entry's size, and per cycle two prepared UPDATEs,
+ * each a compare-and-set on the whole entry (the claim, then the hand-back), on one connection.
+ */
+async function floorWorker(url: string, key: string): Promise<void> {
+  const signals = createInterface({ input: process.stdin })[Symbol.asyncIterator]()
+  const signal = async (name: string) => {
+    for (let line = await signals.next(); !line.done; line = await signals.next()) if (line.value === name) return
+    throw new Error(`stdin closed before "${name}"`)
+  }
+  const { default: pg } = await import('pg')
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  const stamp = () => new Date().toISOString()
+  const base = { name: `vitest-worker-bench-${key}`, provider: 'fake', specHash: '5f0c9e3a1b2d4c6e', kind: 'slot', runId: 'r7k2m9q4', key, record: { name: `vitest-worker-bench-${key}`, provider: 'fake', dir: '/tmp/vm-pool-bench-warm-xxxxxx/fake/vitest-worker-bench' }, createdAt: stamp(), token: 1 }
+  let current = JSON.stringify({ ...base, state: 'idle', owner: null, updatedAt: stamp(), idleSince: stamp(), expiresAt: stamp() })
+  await client.query('INSERT INTO bench_floor VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET entry = EXCLUDED.entry', [base.name, current])
+  const cas = { name: 'floor-cas', text: 'UPDATE bench_floor SET entry = $3::jsonb WHERE name = $1 AND entry = $2::jsonb RETURNING 1' }
+  let token = 1
+  const write = async (next: object) => {
+    const text = JSON.stringify(next)
+    const { rowCount } = await client.query({ ...cas, values: [base.name, current, text] })
+    if (rowCount !== 1) throw new Error('floor: the row changed under its only writer')
+    current = text
+  }
+  const cycle = async () => {
+    await write({ ...base, token: ++token, state: 'leased', owner: { host: 'bench', pid: process.pid, startTime: 1 }, updatedAt: stamp() })
+    await write({ ...base, token, state: 'idle', owner: null, updatedAt: stamp(), idleSince: stamp(), expiresAt: stamp() })
+  }
+  for (let i = 0; i < WARMUP_CYCLES; i++) await cycle()
+  process.stdout.write(`${JSON.stringify({ ready: true })}\n`)
+  await signal('go')
+  for (let i = 0; i < WARMUP_CYCLES; i++) await cycle()
+  const samples: number[] = []
+  for (let i = 0; i < CYCLES_PER_PROCESS; i++) {
+    const started = performance.now()
+    await cycle()
+    samples.push(performance.now() - started)
+  }
+  process.stdout.write(`${JSON.stringify({ samples })}\n`)
+  await signal('stop')
+  await client.end()
+}
+
+/** The floor row: `count` floor workers (`floorWorker`) on the database at `url`. */
+async function floorAcrossProcesses(url: string, count: number): Promise<number[]> {
+  const { default: pg } = await import('pg')
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  try {
+    await client.query('CREATE TABLE bench_floor (name text PRIMARY KEY, entry jsonb NOT NULL)')
+  } finally {
+    await client.end()
+  }
+  return timeAcrossProcesses(count, (i) => ({ args: ['--floor-worker', url, `p${i}`], env: {} }))
 }
 
 export async function runLeaseStoreBench(): Promise<LeaseBenchRow[]> {
@@ -195,8 +265,9 @@ export async function runLeaseStoreBench(): Promise<LeaseBenchRow[]> {
 
 /**
  * The same warm cycle across 2 "hosts" × 8 processes sharing a PostgreSQL lease store, on a cluster started
- * for the run (test/helpers/postgres.ts); next to the file-store rows above (one host). Without PostgreSQL
- * here the rows say why instead.
+ * for the run (test/helpers/postgres.ts); next to the file-store rows above (one host), and to the machine's
+ * floor: the same number of processes doing only two bare compare-and-set UPDATEs per cycle on that server
+ * (`floorWorker`). Without PostgreSQL here the rows say why instead.
  */
 export async function postgresBench(): Promise<LeaseBenchRow[]> {
   const { getPostgresSkipReason, startPostgres } = await import('../test/helpers/postgres.ts')
@@ -217,12 +288,15 @@ export async function postgresBench(): Promise<LeaseBenchRow[]> {
   process.once('SIGINT', stopOnSignal).once('SIGTERM', stopOnSignal)
   try {
     const warm = await warmAcrossProcesses(OUR_DIST, 'exec', { leaseStore: await server.createDatabase('bench_warm'), hosts: 2 })
+    // Right after the goal row, on the same server: what the machine gives any protocol of two writes per cycle.
+    const floor = await floorAcrossProcesses(await server.createDatabase('bench_floor'), 2 * PROCESSES)
     const lease = await warmAcrossProcesses(OUR_DIST, 'lease-only', { leaseStore: await server.createDatabase('bench_lease'), hosts: 2 })
     // As many processes as the file-store rows above, for a like-for-like comparison on this one machine.
     const half = PROCESSES / 2
     const fewer = await warmAcrossProcesses(OUR_DIST, 'exec', { leaseStore: await server.createDatabase('bench_half'), hosts: 2, perHost: half })
     return [
       row(`${base} (goal: p99 <= 50 ms)`, warm),
+      row(`the machine's floor: ${2 * PROCESSES} processes, 2 bare compare-and-set UPDATEs per cycle on their own rows (no vm-pool code), same server`, floor),
       row(`${base}, exec answered in-process (lease protocol only)`, lease),
       row(`pool acquire+release of a warm VM, 2 hosts × ${half} processes (${PROCESSES} in all, as in the file-store rows), PostgreSQL store`, fewer),
     ]
@@ -233,7 +307,9 @@ export async function postgresBench(): Promise<LeaseBenchRow[]> {
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  if (process.argv[2] === '--worker') {
+  if (process.argv[2] === '--floor-worker') {
+    await floorWorker(process.argv[3]!, process.argv[4]!)
+  } else if (process.argv[2] === '--worker') {
     await worker(process.argv[3]!, process.argv[4]!, process.argv[5]!, process.argv[6] ?? 'exec', process.argv[7])
   } else {
     const rows = await runLeaseStoreBench()
