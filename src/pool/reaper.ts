@@ -155,9 +155,10 @@ export async function reapOwner(options: { provider: VmProvider; store: LeaseSto
 }
 
 /**
- * The watchdog loop: poll the owner; when it is gone (SIGKILL, Ctrl-C, exit without drain) reap its VMs
- * and exit; when the marker is gone (the owner drained) exit. Liveness is checked before the marker, so an
- * owner that dies right after removing its marker is still reaped (and there is then nothing left to reap).
+ * The watchdog loop: poll the owner; when the marker is gone (the owner drained) exit; when the owner is gone
+ * (SIGKILL, Ctrl-C, exit without drain) reap its VMs and exit. The marker is checked first: the owner removes it
+ * last, once it holds nothing, so an owner that drained and then exited leaves nothing to reap. (Reaping it
+ * anyway opened its lease file, and so made the state dir again when a test or a user had removed it meanwhile.)
  */
 export async function runReaper(
   config: ReaperConfig,
@@ -165,6 +166,7 @@ export async function runReaper(
 ): Promise<'drained' | 'reaped'> {
   const liveness = deps.liveness ?? localProcessLiveness
   for (;;) {
+    if (!existsSync(config.markerPath)) return 'drained'
     if (!liveness.isAlive(config.owner, Date.now())) {
       const names = await readMarkerNames(config.markerPath)
       const provider = await deps.provider()
@@ -175,7 +177,6 @@ export async function runReaper(
       if (result.failed.length === 0) await rm(config.markerPath, { force: true })
       return 'reaped'
     }
-    if (!existsSync(config.markerPath)) return 'drained'
     await sleep(REAPER_POLL_INTERVAL_MS)
   }
 }

@@ -3,7 +3,7 @@ import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promise
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { execa, type Options } from 'execa'
-import { afterEach, beforeAll, beforeEach, describe, expect, test } from 'vitest'
+import { afterEach, beforeAll, beforeEach, describe, expect, onTestFinished, test } from 'vitest'
 import type { StepResult, WorkflowResult } from '../../src/workflow/run-workflow.js'
 
 // The built bin, run as a user runs it (`npm test` builds first).
@@ -293,6 +293,7 @@ cleanup:
     run: touch ${cleaned} && echo cleaned
 `,
     )
+    onTestFinished(() => rm(dir, { recursive: true, force: true }))
     const child = vmPool(['run', '-p', 'fake', file])
     await waitForFile(started, child)
     const stepPid = Number((await readFile(started, 'utf8')).trim())
