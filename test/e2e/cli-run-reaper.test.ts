@@ -1,9 +1,9 @@
 import { existsSync } from 'node:fs'
-import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { execa } from 'execa'
-import { afterEach, expect, test } from 'vitest'
+import { afterEach, expect, onTestFinished, test } from 'vitest'
 import { isPidAlive } from '../../src/util/process-info.js'
 
 // `vm-pool run` takes its VMs from the cross-process pool: when the CLI is SIGKILLed (no cleanup of
@@ -35,6 +35,8 @@ async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, dea
 test('SIGKILL of vm-pool run: the reaper deletes the workflow VM within seconds', async () => {
   expect(existsSync(bin), 'run npm run build first').toBe(true)
   const stateDir = await mkdtemp(join(tmpdir(), 'vm-pool-run-reaper-'))
+  // After the afterEach above has killed what is left: then nothing writes here any more.
+  onTestFinished(() => rm(stateDir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 }))
   const pidFile = join(stateDir, 'step.pid')
   const workflow = join(stateDir, 'long.yml')
   await writeFile(workflow, `name: long\nsteps:\n  - name: sleep\n    run: echo $$ > ${pidFile}; exec sleep 60\n`)

@@ -159,9 +159,23 @@ export async function runFixture(fixture: string, options: FixtureRunOptions): P
     clearTimeout(timer)
     killGroup(child)
     // Not before the test ends: after a kill, the reaper still loads provider code from this copy.
-    onTestFinished(cleanup)
+    onTestFinished(() => {
+      cleanup()
+      removeIfNothingLeft(temp, stateDir)
+    })
   }
   return run
+}
+
+/**
+ * The run's temp dir goes once nothing in its state dir is still someone's: no VM dir and no watchdog marker
+ * (a run killed on purpose may still be reaped). Otherwise it stays, for `vm-pool gc` and for a look.
+ */
+function removeIfNothingLeft(temp: string, stateDir: string): void {
+  const entries = (dir: string) => (existsSync(dir) ? readdirSync(dir, { withFileTypes: true }) : [])
+  const markers = entries(join(stateDir, 'reapers')).filter((entry) => entry.name.endsWith('.json'))
+  const vms = ['fake', 'qemu'].flatMap((provider) => entries(join(stateDir, provider)).filter((entry) => entry.isDirectory()))
+  if (markers.length === 0 && vms.length === 0) rmSync(temp, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 })
 }
 
 /** Wait for `condition`, polling; a deadline, not a timed assertion: fast machines return early. */

@@ -99,7 +99,7 @@ describe.skipIf(Boolean(skipReason))('qemu provider with real VMs', () => {
     const refused = ssh(help.reach.replace(join(String(record.data.vmDir), 'known_hosts'), forged))
     expect(refused.status).not.toBe(0)
     expect(refused.stderr).toMatch(/Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED/)
-    rmSync(forged, { force: true })
+    rmSync(join(forged, '..'), { recursive: true, force: true })
 
     await vms[0]!.close()
     const pid = record.data.pid as number

@@ -1,7 +1,7 @@
-import { mkdtemp, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { describe, expect, test } from 'vitest'
+import { describe, expect, onTestFinished, test } from 'vitest'
 import { isVmPoolError, type VmPoolError } from '../../src/errors.js'
 import { defineWorkflow, loadWorkflow, parseWorkflow } from '../../src/workflow/load-workflow.js'
 
@@ -155,6 +155,7 @@ describe('loadWorkflow', () => {
 
   test('a missing file and a directory are VMPOOL_WORKFLOW_INVALID naming the path', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'vm-pool-wf-load-'))
+    onTestFinished(() => rm(dir, { recursive: true, force: true }))
     const missing = await catchAsync(loadWorkflow(join(dir, 'nope.yml')))
     expect(missing.code).toBe('VMPOOL_WORKFLOW_INVALID')
     expect(missing.message).toContain(`cannot read workflow file ${join(dir, 'nope.yml')}: no such file`)
