@@ -19,7 +19,8 @@ const isProvider = (value: unknown): value is VmProvider =>
 export const KEEP_WARM_DEFAULTS = Object.freeze({ ttlMs: 30 * 60_000, max: 4 })
 
 const keepWarmSchema = z.union([
-  z.literal(true),
+  // `false`: off, as left out (the Vitest plugin's and the pytest plugin's default spelled out).
+  z.boolean(),
   z
     .object({
       /** An idle VM older than this is deleted by the next pool operation on this host or by `vm-pool gc`. */
@@ -79,9 +80,10 @@ export interface PoolOptions {
    * restore the VM to the provider's snapshot (`provider.reset`); left out, it is `'snapshot'` when the
    * provider can reset (so the next holder never sees this one's files) and nothing otherwise; `false`
    * hands the VM over as it is.
+   * `false` is the same as leaving it out.
    * @default undefined (release deletes)
    */
-  keepWarm?: true | { ttlMs?: number; max?: number; reset?: string | false }
+  keepWarm?: boolean | { ttlMs?: number; max?: number; reset?: string | false }
   /** Where the lease file (`leases/<provider>.json`) and reaper markers live. @default `VM_POOL_STATE_DIR` or `~/.cache/vm-pool` */
   stateDir?: string
   /**
@@ -166,9 +168,9 @@ export function resolvePoolOptions(options: PoolOptions): { config: ResolvedPool
   return { config, warn }
 }
 
-/** `true` → the defaults; a left-out `reset` → `'snapshot'` where the provider can reset; `false` → none. */
+/** `true` → the defaults, `false` → off; a left-out `reset` → `'snapshot'` where the provider can reset; `false` → none. */
 function resolveKeepWarm(keepWarm: z.output<typeof keepWarmSchema> | undefined, provider: VmProvider): ResolvedPoolOptions['keepWarm'] {
-  if (keepWarm === undefined) return undefined
+  if (keepWarm === undefined || keepWarm === false) return undefined
   const given = keepWarm === true ? { ...KEEP_WARM_DEFAULTS } : keepWarm
   const { reset, ...rest } = given as { ttlMs: number; max: number; reset?: string | false }
   const resolved = reset === false ? undefined : (reset ?? (typeof provider.reset === 'function' ? RESET_TO_SNAPSHOT : undefined))

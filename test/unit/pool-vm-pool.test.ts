@@ -131,6 +131,14 @@ describe('createPool', () => {
     expect(isVmPoolError(error, 'VMPOOL_POOL_CLOSED')).toBe(true)
   })
 
+  test('keepWarm: false is off, as in the Vitest plugin: release deletes the VM', async () => {
+    const pool = make({ keepWarm: false })
+    const lease = await pool.acquire('a')
+    await lease.release()
+    expect(await vmNames()).toEqual([])
+    expect(pool.stats).toMatchObject({ created: 1, deleted: 1, warmed: 0 })
+  })
+
   test('drain() during a fresh() boot waits for that VM to be deleted before it resolves', async () => {
     state = makeStateDir()
     const fake = fakeProvider({ stateDir: state.dir, bootDelayMs: 200 })
