@@ -20,9 +20,33 @@ export function formatZodError(error: z.ZodError, input?: unknown): string {
       const path = issue.path.reduce<string>((out, key) => (typeof key === 'number' ? `${out}[${key}]` : out ? `${out}.${String(key)}` : String(key)), '')
       const quoted = input === undefined || issue.code === 'unrecognized_keys' || issue.path.length === 0 ? '' : quoteValue(issue.path, input)
       // Keys and quoted values are input: escaped, so a key with a line break cannot print a line of its own.
-      return `${path ? `${printable(path)}: ` : ''}${issue.message}${printable(quoted)}`
+      const message = issue.code === 'invalid_union' ? (describeUnion(issue) ?? issue.message) : issue.message
+      return `${path ? `${printable(path)}: ` : ''}${message}${printable(quoted)}`
     })
     .join('; ')
+}
+
+const ARTICLE: Record<string, string> = { object: 'an object', array: 'an array', integer: 'an integer' }
+
+/**
+ * A value that fits none of a union's shapes: zod says only "Invalid input". When the value has the type of
+ * exactly one alternative, that alternative's complaint (`Too small: ...`); when it has none of their types, the
+ * shapes, e.g. `expected a boolean or an object`. Otherwise (failures deeper, inside an object) zod's words.
+ */
+function describeUnion(issue: z.core.$ZodIssueInvalidUnion): string | undefined {
+  const wanted: string[] = []
+  const nearMisses: string[] = []
+  for (const alternative of issue.errors) {
+    const first = alternative[0]
+    if (!first || first.path.length > 0) return undefined
+    if (first.code === 'invalid_type') wanted.push(ARTICLE[first.expected] ?? `a ${first.expected}`)
+    else if (first.code === 'invalid_value') wanted.push(...first.values.map((value) => JSON.stringify(value) ?? String(value)))
+    else nearMisses.push(first.message)
+  }
+  if (nearMisses.length > 0) return nearMisses.length === 1 ? nearMisses[0] : undefined
+  const unique = [...new Set(wanted)]
+  if (unique.length === 0) return undefined
+  return `expected ${unique.length === 1 ? unique[0] : `${unique.slice(0, -1).join(', ')} or ${unique.at(-1)}`}`
 }
 
 function quoteValue(path: readonly PropertyKey[], input: unknown): string {

@@ -36,8 +36,8 @@ describe('parseRequest', () => {
 
   test.for([
     { line: 'not json', id: null, message: 'a request line is not JSON' },
-    { line: '{"op":"acquire"}', id: null, message: 'invalid request: id: Invalid input' },
-    { line: '{"id":{"x":1},"op":"acquire"}', id: null, message: 'invalid request: id: Invalid input' },
+    { line: '{"op":"acquire"}', id: null, message: 'invalid request: id: expected a number or a string' },
+    { line: '{"id":{"x":1},"op":"acquire"}', id: null, message: 'invalid request: id: expected a number or a string' },
     { line: '{"id":1}', id: 1, message: 'invalid request: op: Invalid input: expected string, received undefined' },
     { line: '{"id":1,"op":"toString"}', id: 1, message: 'unknown op "toString"' },
     { line: '{"id":1,"op":"exec","vm":"v","command":""}', id: 1, message: 'invalid exec request: command: Too small: expected string to have >=1 characters, got ""' },

@@ -16,6 +16,19 @@ describe('formatZodError', () => {
     expect(message).toContain('got 7')
   })
 
+  test('a value that fits no shape of a union: the shapes are named, or the one whose type it has says why', () => {
+    const union = z.object({ keepWarm: z.union([z.boolean(), z.object({ ttlMs: z.number() }).strict()]), command: z.union([z.string().min(1), z.array(z.string()).min(1)]), mode: z.union([z.literal('a'), z.literal('b')]) })
+    const input = { keepWarm: 'yes', command: '', mode: 'c' }
+    const message = formatZodError(union.safeParse(input).error!, input)
+    expect(message).toContain('keepWarm: expected a boolean or an object, got "yes"')
+    expect(message).toContain('command: Too small: expected string to have >=1 characters, got ""')
+    expect(message).toContain('mode: expected "a" or "b", got "c"')
+    expect(message).not.toContain('Invalid input')
+    // A failure inside an object alternative: zod's own words, with the deeper path.
+    const deeper = { keepWarm: { ttlMs: 'x' }, command: 'ls', mode: 'a' }
+    expect(formatZodError(union.safeParse(deeper).error!, deeper)).toMatch(/^keepWarm/)
+  })
+
   test('never quotes values of secret-looking keys', () => {
     const input = { cpus: 1, nested: { list: [] }, token: 1234567890, privateKey: ['-----BEGIN OPENSSH PRIVATE KEY-----'] }
     const message = formatZodError(schema.safeParse(input).error!, input)
