@@ -79,8 +79,7 @@ export interface PoolOptions {
    * `{ ttlMs: 30 minutes, max: 4 }`. `reset` runs before a VM goes idle: a shell line, or `'snapshot'` to
    * restore the VM to the provider's snapshot (`provider.reset`); left out, it is `'snapshot'` when the
    * provider can reset (so the next holder never sees this one's files) and nothing otherwise; `false`
-   * hands the VM over as it is.
-   * `false` is the same as leaving it out.
+   * hands the VM over as it is. `keepWarm: false` is the same as leaving `keepWarm` out.
    * @default undefined (release deletes)
    */
   keepWarm?: boolean | { ttlMs?: number; max?: number; reset?: string | false }
@@ -168,7 +167,7 @@ export function resolvePoolOptions(options: PoolOptions): { config: ResolvedPool
   return { config, warn }
 }
 
-/** `true` → the defaults, `false` → off; a left-out `reset` → `'snapshot'` where the provider can reset; `false` → none. */
+/** `keepWarm: true` → the defaults, `keepWarm: false` → off; a left-out `reset` → `'snapshot'` where the provider can reset; `reset: false` → none. */
 function resolveKeepWarm(keepWarm: z.output<typeof keepWarmSchema> | undefined, provider: VmProvider): ResolvedPoolOptions['keepWarm'] {
   if (keepWarm === undefined || keepWarm === false) return undefined
   const given = keepWarm === true ? { ...KEEP_WARM_DEFAULTS } : keepWarm
