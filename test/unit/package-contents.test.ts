@@ -65,3 +65,14 @@ test("the README's first screen is for users; the fresh-machine commands stay, l
   expect(readme).toContain('./scripts/example.sh   # installs what is missing')
   expect(readme).toMatch(/^npm test {15}# the project's own suite$/m)
 })
+
+test("the copy-paste examples a user may run with the fake provider touch nothing outside the VM user's home", () => {
+  // The fake provider runs commands on the host (README, "Providers"): an example with `rm -rf /tmp/*`,
+  // run as printed with `provider: 'fake'`, emptied the host's /tmp.
+  for (const page of ['README.md', 'docs/vitest.md']) {
+    const text = readFileSync(join(REPO, page), 'utf8')
+    const blocks = [...text.matchAll(/```ts\n([\s\S]*?)```/g)].map((match) => match[1]!)
+    expect(blocks.length, page).toBeGreaterThan(0)
+    for (const block of blocks) expect(block, page).not.toMatch(/exec\([^)]*rm -[a-z]*\s+\//)
+  }
+})
