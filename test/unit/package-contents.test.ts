@@ -76,3 +76,32 @@ test("the copy-paste examples a user may run with the fake provider touch nothin
     for (const block of blocks) expect(block, page).not.toMatch(/exec\([^)]*rm -[a-z]*\s+\//)
   }
 })
+
+test('every package the shipped declarations import has its types installed with vm-pool (a user without skipLibCheck)', { timeout: 60_000 }, () => {
+  // dist/transport/*.d.ts import 'ssh2', which ships no types: with @types/ssh2 only a devDependency,
+  // `tsc` in a user's project failed with TS7016 (and with skipLibCheck the ssh types were `any`).
+  const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { dependencies: Record<string, string>; peerDependencies: Record<string, string> }
+  const installed = { ...pkg.dependencies, ...pkg.peerDependencies }
+  // The declarations a user's tsc reads: the entry points' and everything they import, relatively.
+  const imported = new Set<string>()
+  const seen = new Set<string>()
+  const visit = (file: string): void => {
+    if (seen.has(file)) return
+    seen.add(file)
+    for (const match of readFileSync(join(REPO, file), 'utf8').matchAll(/(?:from|import) '([^']+)'/g)) {
+      const specifier = match[1]!
+      if (specifier.startsWith('.')) visit(normalize(join(dirname(file), specifier.replace(/\.js$/, '.d.ts'))))
+      else if (!specifier.startsWith('node:')) imported.add(specifier.startsWith('@') ? specifier.split('/').slice(0, 2).join('/') : specifier.split('/')[0]!)
+    }
+  }
+  visit('dist/index.d.ts')
+  visit('dist/vitest/index.d.ts')
+  expect(seen.size).toBeGreaterThan(20)
+  expect(imported).toContain('ssh2')
+  for (const name of imported) {
+    expect(installed, name).toHaveProperty([name])
+    const manifest = JSON.parse(readFileSync(join(REPO, 'node_modules', name, 'package.json'), 'utf8')) as Record<string, unknown>
+    const shipsTypes = 'types' in manifest || 'typings' in manifest || JSON.stringify(manifest.exports ?? {}).includes('types')
+    if (!shipsTypes) expect(installed, `${name} ships no types: @types/${name} must be a dependency`).toHaveProperty([`@types/${name}`])
+  }
+})
