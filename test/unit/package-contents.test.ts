@@ -105,3 +105,20 @@ test('every package the shipped declarations import has its types installed with
     if (!shipsTypes) expect(installed, `${name} ships no types: @types/${name} must be a dependency`).toHaveProperty([`@types/${name}`])
   }
 })
+
+test('every package the shipped code imports is a dependency (or the peer vitest)', { timeout: 60_000 }, () => {
+  // execa was a devDependency while dist/workflow/github/repo-source.js imports it: `vm-pool serve` in a
+  // user's project died with ERR_MODULE_NOT_FOUND and a stack trace.
+  const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { dependencies: Record<string, string>; peerDependencies: Record<string, string> }
+  const installed = { ...pkg.dependencies, ...pkg.peerDependencies }
+  const imported = new Set<string>()
+  for (const file of packedFiles()) {
+    if (!file.startsWith('dist/') || !file.endsWith('.js')) continue
+    for (const match of readFileSync(join(REPO, file), 'utf8').matchAll(/(?:from|import\()\s*['"]([^'"./][^'"]*)['"]/g)) {
+      const specifier = match[1]!
+      if (!specifier.startsWith('node:')) imported.add(specifier.startsWith('@') ? specifier.split('/').slice(0, 2).join('/') : specifier.split('/')[0]!)
+    }
+  }
+  expect(imported).toContain('zod')
+  for (const name of imported) expect(installed, name).toHaveProperty([name])
+})
