@@ -62,6 +62,10 @@ test("the README's first screen is for users; the fresh-machine commands stay, l
   expect(firstScreen).toContain("import { vmPool } from 'vm-pool/vitest'")
   expect(firstScreen).toContain("import { test, expect, freshVm } from 'vm-pool/vitest'")
   expect(firstScreen).not.toContain('./scripts/example.sh')
+  // Up to the repository's own section, a user of the package is never sent to a script only a clone has.
+  const forUsers = readme.split('## On a fresh machine (this repository)')[0]!
+  expect(forUsers.length).toBeLessThan(readme.length)
+  expect(forUsers.replaceAll('in a clone of this repository `./scripts/example.sh`', '')).not.toContain('./scripts/')
   expect(readme).toContain('./scripts/example.sh   # installs what is missing')
   expect(readme).toMatch(/^npm test {15}# the project's own suite$/m)
 })
