@@ -37,8 +37,11 @@ export function parseCommandArgs<T extends OptionsConfig>(args: string[], option
 
 /** Node's own message for an unknown option is long and ends in an unbalanced quote: say it plainly, with a suggestion. */
 function describeParseError(error: Error & { code?: string }, options: OptionsConfig): string {
+  // Node's three-line message for `--count -1` (a value starting with a dash) was printed as one line with \n escapes.
+  const ambiguous = /^Option '(-[^' ]+)' argument is ambiguous/.exec(error.message)?.[1]
+  if (ambiguous !== undefined) return `${ambiguous} needs a value; to give one starting with a dash, write ${ambiguous}=-VALUE`
   const unknown = error.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? /^Unknown option '([^']+)'/.exec(error.message)?.[1] : undefined
-  if (unknown === undefined) return error.message
+  if (unknown === undefined) return error.message.replaceAll('\n', ' ')
   const flag = unknown.replace(/=.*$/, '')
   const known = Object.entries(options).flatMap(([name, option]) => [`--${name}`, ...(option.short ? [`-${option.short}`] : [])])
   // Compare without the dashes, so `--keepvm` finds `--keep-vm` and `-keep-vm` finds it too.

@@ -81,5 +81,10 @@ describe('vm-pool (the built bin)', () => {
     expect(option).toMatchObject({ code: 2, stderr: `vm-pool run: unknown option --keepvm (did you mean --keep-vm?)\nRun 'vm-pool run --help' for usage.\n` })
     expect((await run(['gc', '--dryrun'])).stderr).toContain('unknown option --dryrun (did you mean --dry-run?)')
     expect((await run(['ls', '--bogus'])).stderr).toMatch(/^vm-pool ls: unknown option --bogus\n/)
+    // A value starting with a dash: one plain line saying how to write it, not Node's message with \n escapes.
+    expect(await run(['warm', '--count', '-1'])).toMatchObject({ code: 2, stderr: `vm-pool warm: --count needs a value; to give one starting with a dash, write --count=-VALUE\nRun 'vm-pool warm --help' for usage.\n` })
+    // A GitHub option with a file that does not exist: the file is missing, not "not a GitHub file".
+    expect(await run(['run', '/nonexistent/ci.yml', '--job', 'x'])).toMatchObject({ code: 2, stderr: `vm-pool run: cannot read workflow file /nonexistent/ci.yml: no such file\nRun 'vm-pool run --help' for usage.\n` })
+    expect(await run(['warm', '--count=-1'])).toMatchObject({ code: 2, stderr: expect.stringContaining('--count must be an integer >= 1, got "-1"') })
   })
 })
