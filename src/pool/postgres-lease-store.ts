@@ -119,8 +119,6 @@ export class PostgresLeaseStore implements LeaseStore {
   /** performance.now() of the last heartbeat the database confirmed (a beat, or an update that wrote one). */
   #confirmedAt = Number.NEGATIVE_INFINITY
   #lapses = 0
-  /** Swaps on their way that carry a heartbeat: the timer does not send another meanwhile. */
-  #beatsInFlight = 0
   #closed = false
   /** The database's clock minus ours, from the last update (`swap.now()`). */
   #clockOffset: number | undefined
@@ -297,15 +295,10 @@ export class PostgresLeaseStore implements LeaseStore {
       // A busy process's heartbeat rides on its swaps (see postgres-lease-swap.ts).
       const beat = this.#beatDue()
       if (beat) this.#countLapse()
-      this.#beatsInFlight += beat ? 1 : 0
-      let swapped
-      try {
-        swapped = await runSwap(client, this.namespace, request, getCurrentProcessIdentity(), beat ? this.#ttlMs : undefined)
-      } finally {
-        this.#beatsInFlight -= beat ? 1 : 0
-      }
-      client.release()
+      const swapped = await runSwap(client, this.namespace, request, getCurrentProcessIdentity(), beat ? this.#ttlMs : undefined)
+      // Before the connection goes back: a timer beat waiting for it then finds none due.
       if (swapped.beat) this.#confirmBeat()
+      client.release()
       if (!swapped.swapped) return 'declined'
       const written: LeaseEntry = swapped.token === undefined ? request.next : { ...request.next, token: swapped.token }
       then?.(written)
@@ -438,13 +431,28 @@ export class PostgresLeaseStore implements LeaseStore {
        ON CONFLICT (host, pid, start_time) DO UPDATE SET beat_at = clock_timestamp(), ttl_ms = EXCLUDED.ttl_ms`
   }
 
-  async #beat(client: pg.ClientBase | pg.Pool): Promise<void> {
-    const me = getCurrentProcessIdentity()
-    await client.query(
-      `INSERT INTO vm_pool_heartbeats (host, pid, start_time, ttl_ms, beat_at) VALUES ($1, $2, $3, $4, clock_timestamp())
-       ON CONFLICT (host, pid, start_time) DO UPDATE SET beat_at = clock_timestamp(), ttl_ms = EXCLUDED.ttl_ms`,
-      [me.host, me.pid, me.startTime ?? -1, this.#ttlMs],
-    )
+  /**
+   * The timer's beat. Due or not is decided once it has the connection: a swap or an update that held it
+   * meanwhile may have carried one (each confirms its beat before it gives the connection back).
+   */
+  async #timerBeat(): Promise<void> {
+    const client = await this.#pool.connect()
+    if (client.listenerCount('error') === 0) client.on('error', () => {})
+    try {
+      if (this.#beatDue()) {
+        const me = getCurrentProcessIdentity()
+        await client.query(
+          `INSERT INTO vm_pool_heartbeats (host, pid, start_time, ttl_ms, beat_at) VALUES ($1, $2, $3, $4, clock_timestamp())
+           ON CONFLICT (host, pid, start_time) DO UPDATE SET beat_at = clock_timestamp(), ttl_ms = EXCLUDED.ttl_ms`,
+          [me.host, me.pid, me.startTime ?? -1, this.#ttlMs],
+        )
+        this.#confirmBeat()
+      }
+      client.release()
+    } catch (error) {
+      client.release(true)
+      throw error
+    }
   }
 
   #confirmBeat(): void {
@@ -469,12 +477,7 @@ export class PostgresLeaseStore implements LeaseStore {
     if (this.#timer || this.#closed) return
     this.#timer = setInterval(() => {
       this.#countLapse()
-      // A swap on its way carries one already.
-      if (!this.#beatDue() || this.#beatsInFlight > 0) return
-      this.#beat(this.#pool).then(
-        () => this.#confirmBeat(),
-        () => {},
-      )
+      if (this.#beatDue()) this.#timerBeat().catch(() => {})
     }, this.#intervalMs)
     this.#timer.unref()
   }

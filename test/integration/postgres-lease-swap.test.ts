@@ -174,8 +174,9 @@ describe.skipIf(skipReason !== undefined)(`PostgreSQL swaps${skipReason ? ` (ski
     })
     // The timer's beats are the store's only plain heartbeat statements (swaps carry theirs in the swap's SQL).
     let timerBeats = 0
-    const query = pg.Pool.prototype.query
-    pg.Pool.prototype.query = function (this: pg.Pool, ...args: unknown[]) {
+    // On the client: every statement goes through it, whether sent by pool.query or on a checked-out client.
+    const query = pg.Client.prototype.query
+    pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
       if (typeof args[0] === 'string' && args[0].includes('INSERT INTO vm_pool_heartbeats') && (args[1] as unknown[] | undefined)?.[3] === TTL) timerBeats++
       return (query as (...a: unknown[]) => unknown).apply(this, args)
     } as typeof query
@@ -202,7 +203,7 @@ describe.skipIf(skipReason !== undefined)(`PostgreSQL swaps${skipReason ? ` (ski
       expect(timerBeats).toBeGreaterThanOrEqual(1)
       expect(store.heartbeat.sinceConfirmedMs()).toBeLessThan(1_500)
     } finally {
-      pg.Pool.prototype.query = query
+      pg.Client.prototype.query = query
     }
   })
 
