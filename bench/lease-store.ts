@@ -54,14 +54,6 @@ function row(name: string, samples: number[]): LeaseBenchRow {
  * shell for every adoption check spend most of their CPU there (about 12 ms of Node CPU per spawn, measured).
  */
 async function worker(dist: string, stateDir: string, key: string, mode: string, leaseStore?: string): Promise<void> {
-  // The parent's signals (`go`, then `stop`) come as lines on stdin: a process waiting for them sleeps. (Polling
-  // a file every few ms, as this did before, woke each finished process ~200 times a second while the others
-  // were still in their timed cycles.)
-  const signals = createInterface({ input: process.stdin })[Symbol.asyncIterator]()
-  const signal = async (name: string) => {
-    for (let line = await signals.next(); !line.done; line = await signals.next()) if (line.value === name) return
-    throw new Error(`stdin closed before "${name}"`)
-  }
   const { createPool, fakeProvider } = (await import(pathToFileURL(join(dist, 'index.js')).href)) as Dist
   const fake = fakeProvider({ stateDir })
   const provider: typeof fake =
@@ -78,19 +70,33 @@ async function worker(dist: string, stateDir: string, key: string, mode: string,
   // The watchdog is a new Node process (~0.3 s of CPU to start): 8 of them starting on 2 cores during the timed
   // cycles made most of the p99. The rows measure the steady state, so wait until ours is idle.
   if (pool.reaperPid !== undefined) await waitUntilIdle(pool.reaperPid)
+  await timedCycles(async () => (await pool.acquire(key)).release(), () => ({ stats: { ...pool.stats } }))
+  await pool.drain()
+}
+
+/**
+ * A worker's part once it is set up: says it is ready, waits for `go`, runs WARMUP_CYCLES untimed and
+ * CYCLES_PER_PROCESS timed `cycle`s, prints the samples (with `extra()`), and returns on `stop`. The parent's
+ * signals come as lines on stdin: a process waiting for them sleeps. (Polling a file every few ms, as the
+ * workers did before, woke each finished process ~200 times a second while the others were still timed.)
+ */
+async function timedCycles(cycle: () => Promise<unknown>, extra: () => Record<string, unknown> = () => ({})): Promise<void> {
+  const signals = createInterface({ input: process.stdin })[Symbol.asyncIterator]()
+  const signal = async (name: string) => {
+    for (let line = await signals.next(); !line.done; line = await signals.next()) if (line.value === name) return
+    throw new Error(`stdin closed before "${name}"`)
+  }
   process.stdout.write(`${JSON.stringify({ ready: true })}\n`)
   await signal('go')
-  for (let i = 0; i < WARMUP_CYCLES; i++) await (await pool.acquire(key)).release()
+  for (let i = 0; i < WARMUP_CYCLES; i++) await cycle()
   const samples: number[] = []
   for (let i = 0; i < CYCLES_PER_PROCESS; i++) {
     const started = performance.now()
-    const lease = await pool.acquire(key)
-    await lease.release()
+    await cycle()
     samples.push(performance.now() - started)
   }
-  process.stdout.write(`${JSON.stringify({ samples, stats: { ...pool.stats } })}\n`)
+  process.stdout.write(`${JSON.stringify({ samples, ...extra() })}\n`)
   await signal('stop')
-  await pool.drain()
 }
 
 /** Until `pid` has used no CPU for 3 polls 50 ms apart (its start-up is over), or it is gone. */
@@ -168,11 +174,6 @@ async function timeAcrossProcesses(count: number, argsOf: (index: number) => { a
  * each a compare-and-set on the whole entry (the claim, then the hand-back), on one connection.
  */
 async function floorWorker(url: string, key: string): Promise<void> {
-  const signals = createInterface({ input: process.stdin })[Symbol.asyncIterator]()
-  const signal = async (name: string) => {
-    for (let line = await signals.next(); !line.done; line = await signals.next()) if (line.value === name) return
-    throw new Error(`stdin closed before "${name}"`)
-  }
   const { default: pg } = await import('pg')
   const client = new pg.Client({ connectionString: url })
   await client.connect()
@@ -192,18 +193,11 @@ async function floorWorker(url: string, key: string): Promise<void> {
     await write({ ...base, token: ++token, state: 'leased', owner: { host: 'bench', pid: process.pid, startTime: 1 }, updatedAt: stamp() })
     await write({ ...base, token, state: 'idle', owner: null, updatedAt: stamp(), idleSince: stamp(), expiresAt: stamp() })
   }
+  // Before it says ready, as many cycles as it then runs untimed (its statement is prepared by the first): a pool
+  // worker's set-up runs one cycle, so by the timed cycles the floor's processes have run their cycle code more
+  // often. If anything, that favours the floor.
   for (let i = 0; i < WARMUP_CYCLES; i++) await cycle()
-  process.stdout.write(`${JSON.stringify({ ready: true })}\n`)
-  await signal('go')
-  for (let i = 0; i < WARMUP_CYCLES; i++) await cycle()
-  const samples: number[] = []
-  for (let i = 0; i < CYCLES_PER_PROCESS; i++) {
-    const started = performance.now()
-    await cycle()
-    samples.push(performance.now() - started)
-  }
-  process.stdout.write(`${JSON.stringify({ samples })}\n`)
-  await signal('stop')
+  await timedCycles(cycle)
   await client.end()
 }
 
