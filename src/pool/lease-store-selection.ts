@@ -3,7 +3,7 @@ import type { VmProvider } from '../providers/vm-provider.js'
 import { redactConnectionString } from '../util/redact.js'
 import { FileLeaseStore } from './file-lease-store.js'
 import type { LeaseStore } from './lease-store.js'
-import { PostgresLeaseStore } from './postgres-lease-store.js'
+import { PostgresLeaseStore, parsesAsConnectionString } from './postgres-lease-store.js'
 
 /** Selects the lease store for `createPool`, the CLI and the watchdog when no `leaseStore` option says: `file` or a `postgres://` URL. */
 export const LEASE_STORE_ENV = 'VM_POOL_LEASE_STORE'
@@ -32,22 +32,8 @@ export function openLeaseStore(option: LeaseStoreOption | undefined, context: { 
   if (/^postgres(ql)?:\/\//.test(chosen)) {
     // pg parses the string only when it first connects, and its "Invalid URL" was retried as an outage for
     // POSTGRES_RECONNECT_TIMEOUT_MS: refuse it here, at once, naming where it came from (password redacted).
-    if (!isParsableUrl(chosen)) throw invalidOptions(`${option === undefined ? LEASE_STORE_ENV : 'leaseStore'} is not a valid connection string: ${JSON.stringify(redactConnectionString(chosen))}`, { hint: 'expected postgres://user:password@host[:port]/database (percent-encode special characters in the password)' })
+    if (!parsesAsConnectionString(chosen)) throw invalidOptions(`${option === undefined ? LEASE_STORE_ENV : 'leaseStore'} is not a valid connection string: ${JSON.stringify(redactConnectionString(chosen))}`, { hint: 'expected postgres://user:password@host[:port]/database (percent-encode special characters in the password)' })
     return { store: new PostgresLeaseStore({ connectionString: chosen, namespace: context.provider.name, ...(context.warn ? { warn: context.warn } : {}) }), owned: true, connectionString: chosen }
   }
   throw invalidOptions(`unknown lease store ${JSON.stringify(redactConnectionString(chosen))}${option === undefined ? ` (from ${LEASE_STORE_ENV})` : ''}: expected 'file' or a postgres:// connection string`)
-}
-
-/** As pg-connection-string parses a URL-form string: spaces encoded, an empty host (`@/`, a socket via ?host=) allowed. */
-function isParsableUrl(value: string): boolean {
-  const encoded = / |%[^a-f0-9]|%[a-f0-9][^a-f0-9]/i.test(value) ? encodeURI(value).replace(/%25(\d\d)/g, '%$1') : value
-  for (const candidate of [encoded, encoded.replace('@/', '@___DUMMY___/')]) {
-    try {
-      new URL(candidate, 'postgres://base')
-      return true
-    } catch {
-      // try the next form, as pg does
-    }
-  }
-  return false
 }

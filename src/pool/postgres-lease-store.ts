@@ -45,6 +45,19 @@ export interface PostgresLeaseStoreOptions {
   warn?: (message: string) => void
 }
 
+/**
+ * Whether pg parses `value` as a connection string: it does so only when it first connects, and its
+ * "Invalid URL" then looks like an outage. A Client parses it when made; making one opens nothing.
+ */
+export function parsesAsConnectionString(value: string): boolean {
+  try {
+    new (loadPg().Client)({ connectionString: value })
+    return true
+  } catch {
+    return false
+  }
+}
+
 /** A locked update found a lease row changed under it by a swap (raised by `vm_pool_expect_rows`, before COMMIT). */
 function isConflict(error: unknown): boolean {
   return (error as { code?: unknown }).code === '40001'
