@@ -36,9 +36,9 @@ export async function isGithubRun(paths: string[], values: GithubRunValues): Pro
   if (kinds.every(Boolean)) return true
   if (kinds.some(Boolean)) throw new UsageError('GitHub Actions workflow files and vm-pool workflow files cannot be mixed in one run: run them separately')
   const given = Object.keys(GITHUB_RUN_OPTIONS).filter((option) => values[option] !== undefined)
+  if (given.length === 0) return false
   // A missing file is not "not a GitHub file": say it is missing, as run does without these options.
   const missing = paths.filter((path) => !existsSync(path))
-  if (given.length > 0 && missing.length > 0) throw new UsageError(`cannot read workflow file ${missing.join(', ')}: no such file`)
-  if (given.length > 0) throw new UsageError(`--${given[0]} applies to GitHub Actions workflow files (with jobs:), and ${paths.join(', ')} ${paths.length === 1 ? 'is' : 'are'} not`)
-  return false
+  if (missing.length > 0) throw new UsageError(`cannot read workflow file ${missing.join(', ')}: no such file`)
+  throw new UsageError(`--${given[0]} applies to GitHub Actions workflow files (with jobs:), and ${paths.join(', ')} ${paths.length === 1 ? 'is' : 'are'} not`)
 }
