@@ -2,7 +2,7 @@ import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
 import { findPytest, REPO, runPytest } from '../helpers/pytest-fixture.js'
 
-/** The plugin's own tests in python/tests (helper lookup, the Node.js check, options and ini values), run by real pytest against the pip-installed package. */
+/** The plugin's own tests in python/tests (helper lookup, the Node.js check, options and ini values, the protocol client against a helper that dies), run by real pytest against the pip-installed package. */
 const pytest = findPytest()
 
 describe.skipIf(pytest.missing !== undefined)('python/tests', () => {

@@ -77,7 +77,8 @@ class ProtocolClient:
             ) from None
         self._reader = threading.Thread(target=self._read_stdout, name="vm-pool-helper-stdout", daemon=True)
         self._reader.start()
-        threading.Thread(target=self._read_stderr, name="vm-pool-helper-stderr", daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._read_stderr, name="vm-pool-helper-stderr", daemon=True)
+        self._stderr_reader.start()
 
     @property
     def pid(self) -> int:
@@ -138,7 +139,20 @@ class ProtocolClient:
     def stderr_tail(self) -> str:
         return " | ".join(line for line in self._stderr if line.strip())
 
+    def _settle(self) -> None:
+        """A moment for a helper that is going to exit and for its last stderr lines, which explain why.
+
+        Its stdout closing (or a broken pipe) races its stderr: without this, the message could say
+        "exited with 3" without the line the helper printed about it.
+        """
+        try:
+            self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            return
+        self._stderr_reader.join(2)
+
     def _died_error(self) -> HelperUnavailableError:
+        self._settle()
         code = self._process.poll()
         tail = self.stderr_tail()
         said = f": {tail}" if tail else ""
@@ -175,11 +189,8 @@ class ProtocolClient:
                 self._waiters.pop(request_id, None)
             waiter.answer = message
             waiter.done.set()
-        # The helper is gone (or going): nobody will answer the rest. A moment for its exit code, for the message.
-        try:
-            self._process.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+        # The helper is gone (or going): nobody will answer the rest. A moment for its exit code and last words, for the message.
+        self._settle()
         with self._waiters_lock:
             self._closed = True
             waiters = list(self._waiters.values())
