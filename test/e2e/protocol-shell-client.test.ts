@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { afterEach, beforeAll, describe, expect, test } from 'vitest'
 import { ensureDistBuilt, makeStateDir } from '../../fixtures/pool/harness.js'
 import { CLI, REPO } from '../helpers/protocol-client.js'
+import { childEnded } from '../helpers/child-ended.js'
 
 /**
  * docs/protocol.md's runnable example, examples/protocol/client.sh (bash + jq, no JavaScript or Python),
@@ -29,7 +30,7 @@ describe.skipIf(reason !== undefined)('examples/protocol/client.sh', () => {
     let stderr = ''
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
-    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))
+    const { code } = await childEnded(child)
     expect(code, `${stdout}\n${stderr}`).toBe(0)
     const vm = /^leased (vm-pool-runner-[a-z0-9]+-demo)$/m.exec(stdout)?.[1]
     expect(vm, stdout).toBeDefined()

@@ -7,6 +7,7 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { dirname, join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
+import { childEnded } from './child-ended.js'
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
 export const CLI = join(REPO, 'dist/cli/main.js')
@@ -56,7 +57,7 @@ export class ProtocolClient {
     const argv = [...(options.wrapper ?? []), process.execPath, CLI, 'protocol', ...(options.args ?? [])]
     this.child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, ...options.env }, stdio: ['pipe', 'pipe', 'pipe'] })
     this.child.stderr.setEncoding('utf8').on('data', (chunk: string) => (this.stderr += chunk))
-    this.exited = new Promise((done) => this.child.once('exit', (code, signal) => done({ code, signal })))
+    this.exited = childEnded(this.child)
     createInterface({ input: this.child.stdout }).on('line', (line) => this.#onLine(line))
     void this.exited.then(() => {
       for (const waiter of this.#waiting.values()) waiter.reject(new Error(`the helper exited before answering; stderr: ${this.stderr}`))

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { onTestFinished } from 'vitest'
+import { childEnded } from './child-ended.js'
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
 const FIXTURES = join(REPO, 'fixtures')
@@ -188,12 +189,9 @@ export async function runPytest(project: string, options: PytestRunOptions): Pro
   const child = spawn(options.python, ['-m', 'pytest', '-p', 'no:cacheprovider', ...(options.args ?? [])], { cwd: projectDir, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
   child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (run.stdout += chunk))
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (run.stderr += chunk))
-  const exited = new Promise<void>((done) => {
-    child.on('exit', (code, signal) => {
-      run.exitCode = code
-      run.signal = signal
-      done()
-    })
+  const exited = childEnded(child).then(({ code, signal }) => {
+    run.exitCode = code
+    run.signal = signal
   })
   const timer = setTimeout(() => killGroup(child), PYTEST_RUN_TIMEOUT_MS)
   try {
@@ -252,6 +250,6 @@ function runQuiet(command: string, args: string[], env: NodeJS.ProcessEnv = proc
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
     child.once('error', fail)
-    child.once('exit', (code) => done({ code, stdout, stderr, output: `${stdout}${stderr}` }))
+    void childEnded(child).then(({ code }) => done({ code, stdout, stderr, output: `${stdout}${stderr}` }))
   })
 }

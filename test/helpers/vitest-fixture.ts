@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { onTestFinished } from 'vitest'
+import { childEnded } from './child-ended.js'
 
 /**
  * Runs real Vitest (a child process) on a fixture project under fixtures/vitest-<name>/, with the
@@ -144,12 +145,9 @@ export async function runFixture(fixture: string, options: FixtureRunOptions): P
   const child = spawn(process.execPath, [options.vitest.bin, 'run'], { cwd, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
   child.stdout.setEncoding('utf8').on('data', (chunk: string) => (run.stdout += chunk))
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => (run.stderr += chunk))
-  const exited = new Promise<void>((done) => {
-    child.on('exit', (code, signal) => {
-      run.exitCode = code
-      run.signal = signal
-      done()
-    })
+  const exited = childEnded(child).then(({ code, signal }) => {
+    run.exitCode = code
+    run.signal = signal
   })
   const timer = setTimeout(() => killGroup(child), FIXTURE_RUN_TIMEOUT_MS)
   try {

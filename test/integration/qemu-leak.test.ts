@@ -14,6 +14,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
 import { BIN, ensureDistBuilt } from '../../fixtures/pool/harness.js'
 import { getProcessStartTime, isPidAlive } from '../../src/util/process-info.js'
 import { findOnPath, getQemuSkipReason, livePidsWhere, useQemuTestProvider, type QemuTestProvider } from '../helpers/qemu.js'
+import { childEnded } from '../helpers/child-ended.js'
 
 const skipReason = getQemuSkipReason()
 const DIST_INDEX = join(import.meta.dirname, '../../dist/index.js')
@@ -40,7 +41,7 @@ function runCreator(script: string, args: string[]): Promise<{ code: number | nu
   const child: ChildProcess = spawn(process.execPath, ['--input-type=module', '-e', script, ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
   let stderr = ''
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
-  return new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal, stderr })))
+  return childEnded(child).then(({ code, signal }) => ({ code, signal, stderr }))
 }
 
 describe.skipIf(Boolean(skipReason))('a QEMU whose creator died before process.json', () => {

@@ -19,6 +19,7 @@ import type { VmRecord } from '../../src/providers/vm-provider.js'
 // Zombie-aware: a killed, daemonized QEMU may stay a zombie where PID 1 does not reap.
 import { isPidAlive } from '../../src/util/process-info.js'
 import { getQemuSkipReason, QEMU_TEST_CREATE_TIMEOUT_MS, qemuPidsFor, useQemuTestProvider, type QemuTestProvider } from '../helpers/qemu.js'
+import { childEnded } from '../helpers/child-ended.js'
 
 const skipReason = getQemuSkipReason()
 /** A first create waits for a template boot (or for the other process's) and then restores. */
@@ -61,7 +62,7 @@ describe.skipIf(Boolean(skipReason))('qemu snapshot restore', () => {
       let stderr = ''
       child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
       child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
-      child.on('exit', (code) => {
+      void childEnded(child).then(({ code }) => {
         if (stderrOut) stderrOut.text = stderr
         return code === 0 ? resolve(JSON.parse(stdout) as VmRecord) : reject(new Error(`child create exited with ${code}: ${stderr}`))
       })
