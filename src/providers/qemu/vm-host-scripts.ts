@@ -53,11 +53,20 @@ age=$(( $(date +%s) - $(stat -c %Y -- "$1.lock" 2>/dev/null || date +%s) ))
 if [ "$age" -gt "$2" ]; then rm -rf -- "$1.lock"; mkdir -- "$1.lock" 2>/dev/null && exit 0; fi
 exit 75`
 
-/** `$1` slot dir: its manifest, when its state file is there too (exit 3 otherwise). */
-export const READ_SNAPSHOT_SCRIPT = '[ -f "$1/state" ] && [ -f "$1/snapshot.json" ] || exit 3; cat -- "$1/snapshot.json"'
+/** `$1` slot dir: its manifest, when the state file of the id it names is there too (exit 3 otherwise). */
+export const READ_SNAPSHOT_SCRIPT = `[ -f "$1/snapshot.json" ] || exit 3
+id=$(sed -n 's/.*"id":"\\([0-9a-f]*\\)".*/\\1/p' "$1/snapshot.json")
+[ -n "$id" ] && [ -f "$1/state-$id" ] || exit 3
+cat -- "$1/snapshot.json"`
 
-/** `$1` slot dir, `$2` manifest JSON: the saved state becomes the slot's snapshot. */
-export const COMMIT_SNAPSHOT_SCRIPT = 'mv -f -- "$1/state.partial" "$1/state" && printf %s "$2" > "$1/snapshot.json.tmp" && mv -f -- "$1/snapshot.json.tmp" "$1/snapshot.json"'
+/**
+ * `$1` slot dir, `$2` snapshot id, `$3` manifest JSON: the saved state becomes the slot's snapshot, and the
+ * states of the ones before it go (a restore that already opened one keeps reading it).
+ */
+export const COMMIT_SNAPSHOT_SCRIPT = `mv -f -- "$1/state.partial" "$1/state-$2" || exit $?
+printf %s "$3" > "$1/snapshot.json.tmp" && mv -f -- "$1/snapshot.json.tmp" "$1/snapshot.json" || exit $?
+for old in "$1"/state-*; do [ "$old" = "$1/state-$2" ] || rm -f -- "$old"; done
+exit 0`
 
 /** `$1` slot dir, `$2` snapshot id: forget that snapshot (only if it is still the slot's one). */
 export const INVALIDATE_SNAPSHOT_SCRIPT = 'grep -qF -- "\\"id\\":\\"$2\\"" "$1/snapshot.json" 2>/dev/null && rm -f -- "$1/snapshot.json"; exit 0'
