@@ -59,6 +59,14 @@ function formatOutput(result: StepResult): string {
   return `${lines.join('\n')}\n`
 }
 
+/** A step's GITHUB_STEP_SUMMARY under its line, as written (Markdown is meant to be read as text too): its first lines, the rest in `--json`. */
+export function formatStepSummary(summary: string): string {
+  const all = printable(summary.replace(/\s+$/, ''), { multiline: true }).split('\n')
+  const lines = all.slice(0, MAX_OUTPUT_LINES).map((line) => `    summary | ${cutLine(line)}`)
+  if (all.length > MAX_OUTPUT_LINES) lines.push(`    summary | … ${all.length - MAX_OUTPUT_LINES} more lines (all of it: --json)`)
+  return `${lines.join('\n')}\n`
+}
+
 function cutLine(line: string): string {
   if (line.length <= MAX_OUTPUT_LINE_CHARS) return line
   return `${line.slice(0, MAX_OUTPUT_LINE_CHARS)} … (${line.length - MAX_OUTPUT_LINE_CHARS} more characters: --json)`

@@ -75,7 +75,8 @@ describe('vm-pool run on a GitHub Actions file (built bin, fake provider)', () =
     }
     expect(stdout).toMatch(/\[test\]\s+step\s+FAIL\s+exit 3\s+\d+ m?s\s+Unit tests\n    stdout \| vm=vm-pool-wf-\S+\n    stderr \| 2 of 40 tests failed\n/)
     expect(stdout).toMatch(/\[test\]\s+step\s+skip\s+Skipped after a failure\n/)
-    expect(stdout).toMatch(/\[test\]\s+step\s+ok\s+exit 0\s+\d+ m?s\s+Upload logs\n/)
+    // What the step wrote to GITHUB_STEP_SUMMARY is shown under its line.
+    expect(stdout).toMatch(/\[test\]\s+step\s+ok\s+exit 0\s+\d+ m?s\s+Upload logs\n    summary \| ### Logs\n    summary \| \n    summary \| - unit\.log: 2 failures\n/)
     expect(stdout).toMatch(/\[deploy\]\s+job deploy skipped: not every job it needs succeeded \(test: failure\)\n/)
     expect(stdout.trimEnd().split('\n').at(-1)).toMatch(/^vm-pool run: ci: 4 jobs on 6 VMs, 2 succeeded, 1 failed \(test: step "Unit tests"\), 1 skipped \(deploy\) in \d/)
     expect(await leftoverVms()).toEqual([])

@@ -109,6 +109,8 @@ describe('GitHub workflow files on the fake provider', () => {
     ])
     expect(stepOf(test!, 'Unit tests').stderr).toContain('2 of 40 tests failed')
     expect(stepOf(test!, 'Upload logs').stdout).toContain('always')
+    expect(stepOf(test!, 'Upload logs').summary).toBe('### Logs\n\n- unit.log: 2 failures\n')
+    expect(stepOf(test!, 'Unit tests').summary).toBeUndefined()
 
     // report ran (if: always()) and saw test's result; deploy needs report, whose ancestor failed: skipped.
     expect(cellsOf(result, 'report')[0]!.steps[1]!.stdout).toContain('test=failure')

@@ -87,24 +87,27 @@ describe('GitHub file commands: reading back in the VM (real sh)', () => {
 
   const readBack = async (maxBytes?: number) => (await run('sh', ['-c', makeReadBackCommand(quoteShellArg(dir), maxBytes)], { encoding: 'utf8' })).stdout
 
-  test('prints env, output and path framed by NULs, then empties all four; a removed file counts as empty', async () => {
+  test('prints env, output, path and summary framed by NULs, then empties all four; a removed file counts as empty', async () => {
     await writeFile(join(dir, 'env'), 'FOO=bar\nT<<EOF\na\nb\nEOF\n')
     await writeFile(join(dir, 'output'), 'x=1\n')
     await writeFile(join(dir, 'summary'), '# summary\n')
     // `path` does not exist: a step removed it.
     const stdout = await readBack()
-    expect(stdout).toBe('FOO=bar\nT<<EOF\na\nb\nEOF\n\0x=1\n\0\0')
-    expect(parseFileCommands(splitReadBack(stdout))).toEqual({ env: { FOO: 'bar', T: 'a\nb' }, output: { x: '1' }, path: [] })
+    expect(stdout).toBe('FOO=bar\nT<<EOF\na\nb\nEOF\n\0x=1\n\0\0# summary\n\0')
+    expect(parseFileCommands(splitReadBack(stdout))).toEqual({ env: { FOO: 'bar', T: 'a\nb' }, output: { x: '1' }, path: [], summary: '# summary\n' })
     for (const file of ['env', 'output', 'path', 'summary']) expect((await stat(join(dir, file))).size, file).toBe(0)
     // Read again: nothing is applied twice.
-    expect(parseFileCommands(splitReadBack(await readBack()))).toEqual({ env: {}, output: {}, path: [] })
+    expect(parseFileCommands(splitReadBack(await readBack()))).toEqual({ env: {}, output: {}, path: [], summary: '' })
   })
 
   test('a file over the cap fails with its name; a NUL in a file is refused, not misread', async () => {
     await writeFile(join(dir, 'output'), `big=${'x'.repeat(100)}\n`)
-    expect(errorOf(() => splitReadBack('', 50)).message).toMatch(/expected 3 files, got 0 parts/)
+    expect(errorOf(() => splitReadBack('', 50)).message).toMatch(/expected 4 files, got 0 parts/)
     const big = await readBack(50)
     expect(errorOf(() => splitReadBack(big, 50)).message).toBe('GITHUB_OUTPUT: the step wrote more than 50 bytes to it, the most vm-pool reads back')
+    // A summary over the cap does not fail the step (GitHub would just not show it): its head is kept.
+    await writeFile(join(dir, 'summary'), `# ${'y'.repeat(100)}\n`)
+    expect(splitReadBack(await readBack(50), 50).summary).toBe(`# ${'y'.repeat(48)}\n… (the step wrote more than 50 bytes to GITHUB_STEP_SUMMARY: the rest is not read back)\n`)
     await writeFile(join(dir, 'env'), 'A=1\0B=2\n')
     const withNul = await readBack()
     const error = errorOf(() => splitReadBack(withNul))

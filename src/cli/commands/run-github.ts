@@ -15,7 +15,7 @@ import { isCheckout } from '../../workflow/github/step-shell.js'
 import { UsageError, getProviderName, getProviderOptions, type CliIo } from '../cli-command.js'
 import type { GithubRunValues } from './run-github-options.js'
 import { openHistory } from '../open-history.js'
-import { formatDuration, formatEvent, formatKeptVm } from '../run-output.js'
+import { formatDuration, formatEvent, formatKeptVm, formatStepSummary } from '../run-output.js'
 import { openRunSessions, parseMaxConcurrent } from '../run-sessions.js'
 
 /** `vm-pool run` on GitHub Actions workflow files (docs/workflows.md, "GitHub Actions files"), loaded by run.ts only for them. */
@@ -101,7 +101,8 @@ function formatGithubEvent(tag: string, event: GithubRunEvent, workflow: GithubW
   if (event.type === 'job-skipped') return `${tag} job ${printable(event.job)} skipped: ${printable(event.reason, { multiline: true })}\n`
   if (event.type === 'cell-no-vm') return `${tag} no VM: ${printable(event.reason, { multiline: true })}\n`
   const note = event.type === 'command-end' ? record(workflow.name, event.workflow, event.result) : undefined
-  return formatEvent(tag, event, note)
+  const summary = event.type === 'command-end' ? event.result.summary : undefined
+  return formatEvent(tag, event, note) + (summary === undefined ? '' : formatStepSummary(summary))
 }
 
 /** `--matrix node=20 --matrix os=debian` → `{ node: '20', os: 'debian' }`. */

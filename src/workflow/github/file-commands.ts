@@ -1,7 +1,7 @@
 /**
  * GitHub's file commands, as pure functions: after each `run:` step the runner reads back the files
- * the step may have appended to — GITHUB_ENV, GITHUB_OUTPUT, GITHUB_PATH — and empties them (with
- * GITHUB_STEP_SUMMARY, which vm-pool does not show). This module builds the one shell command that does
+ * the step may have appended to — GITHUB_ENV, GITHUB_OUTPUT, GITHUB_PATH, GITHUB_STEP_SUMMARY — and
+ * empties them. This module builds the one shell command that does
  * that in the VM, splits its output, and parses each file the way GitHub's runner does
  * (docs/workflows.md, "In the VM"):
  *   NAME=value            one line; the first `=` ends the name (when it comes before any `<<`)
@@ -13,11 +13,11 @@
 /** Bytes read back of each file; a step that wrote more fails (a runaway `>> "$GITHUB_ENV"`, a binary). */
 export const FILE_COMMAND_MAX_BYTES = 1024 * 1024
 
-/** The files, in the order the read-back prints them; `summary` is only emptied. */
-export const FILE_COMMAND_FILES = ['env', 'output', 'path'] as const
+/** The files, in the order the read-back prints them. */
+export const FILE_COMMAND_FILES = ['env', 'output', 'path', 'summary'] as const
 export type FileCommandFile = (typeof FILE_COMMAND_FILES)[number]
 
-const VARIABLE = { env: 'GITHUB_ENV', output: 'GITHUB_OUTPUT', path: 'GITHUB_PATH' } as const
+const VARIABLE = { env: 'GITHUB_ENV', output: 'GITHUB_OUTPUT', path: 'GITHUB_PATH', summary: 'GITHUB_STEP_SUMMARY' } as const
 
 /** What one step wrote: later lines of a name win. */
 export interface FileCommands {
@@ -25,6 +25,8 @@ export interface FileCommands {
   output: Record<string, string>
   /** Directories in the order they were written. */
   path: string[]
+  /** The step's summary (Markdown, as written), '' when it wrote none. */
+  summary: string
 }
 
 /** Thrown for a file the step wrote wrong; the step fails with this message. */
@@ -36,7 +38,7 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
 
 /**
  * The shell command (sh, busybox included) that prints each file's first `maxBytes + 1` bytes followed
- * by a NUL, then empties all four. A file a step removed counts as empty and is made again. NUL cannot
+ * by a NUL, then empties them. A file a step removed counts as empty and is made again. NUL cannot
  * be written to a file through `echo`/`printf` by accident, so it frames the files safely; a file that
  * does hold one is refused by `splitReadBack`.
  */
@@ -49,7 +51,7 @@ export function makeReadBackCommand(quotedDir: string, maxBytes = FILE_COMMAND_M
   ].join('\n')
 }
 
-/** The read-back's stdout, split into the three files' texts. Throws `FileCommandError`. */
+/** The read-back's stdout, split into the four files' texts. Throws `FileCommandError`. */
 export function splitReadBack(stdout: string, maxBytes = FILE_COMMAND_MAX_BYTES): Record<FileCommandFile, string> {
   const parts = stdout.split('\0')
   if (parts.length !== FILE_COMMAND_FILES.length + 1 || parts.at(-1) !== '') {
@@ -58,15 +60,17 @@ export function splitReadBack(stdout: string, maxBytes = FILE_COMMAND_MAX_BYTES)
   const files = {} as Record<FileCommandFile, string>
   FILE_COMMAND_FILES.forEach((file, index) => {
     const text = parts[index]!
-    if (Buffer.byteLength(text) > maxBytes) throw new FileCommandError(`${VARIABLE[file]}: the step wrote more than ${maxBytes} bytes to it, the most vm-pool reads back`)
-    files[file] = text
+    if (Buffer.byteLength(text) <= maxBytes) files[file] = text
+    // A summary too big is GitHub's to refuse (it shows none, the step does not fail): its head is shown here.
+    else if (file === 'summary') files[file] = `${Buffer.from(text).subarray(0, maxBytes).toString()}\n… (the step wrote more than ${maxBytes} bytes to ${VARIABLE[file]}: the rest is not read back)\n`
+    else throw new FileCommandError(`${VARIABLE[file]}: the step wrote more than ${maxBytes} bytes to it, the most vm-pool reads back`)
   })
   return files
 }
 
-/** All three files of one step, parsed. Throws `FileCommandError`. */
+/** All four files of one step, parsed (the summary is kept as written). Throws `FileCommandError`. */
 export function parseFileCommands(files: Record<FileCommandFile, string>): FileCommands {
-  return { env: parseKeyValueFile(files.env, 'env'), output: parseKeyValueFile(files.output, 'output'), path: parsePathFile(files.path) }
+  return { env: parseKeyValueFile(files.env, 'env'), output: parseKeyValueFile(files.output, 'output'), path: parsePathFile(files.path), summary: files.summary }
 }
 
 /** GITHUB_ENV or GITHUB_OUTPUT: `NAME=value` and `NAME<<DELIMITER` blocks. Throws `FileCommandError`. */

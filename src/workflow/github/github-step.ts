@@ -15,7 +15,7 @@ import { buildStepCommand, isCheckout } from './step-shell.js'
  * One step of a job cell: its `${{ }}` substituted (name, env, run, working-directory, timeout,
  * continue-on-error), then run on the cell's VM — a `run:` through its shell, `actions/checkout`
  * as a tar of the repository unpacked into the workspace, any other action skipped with a note.
- * After a `run:` step, what it wrote to GITHUB_ENV, GITHUB_OUTPUT and GITHUB_PATH is read back.
+ * After a `run:` step, what it wrote to GITHUB_ENV, GITHUB_OUTPUT, GITHUB_PATH and GITHUB_STEP_SUMMARY is read back.
  */
 
 /** `steps.<id>.outcome` (before continue-on-error) and `.conclusion` (after). */
@@ -27,6 +27,8 @@ export interface GithubStepResult extends StepResult {
   outcome: StepOutcome
   /** Why a step did not run as written (another action's `uses:`). */
   note?: string
+  /** What the step wrote to GITHUB_STEP_SUMMARY (Markdown), when it wrote anything. */
+  summary?: string
 }
 
 export interface StepRunContext {
@@ -142,6 +144,7 @@ async function applyFileCommands(result: GithubStepResult, context: StepRunConte
       ...(aborted ? { capMs: scaleTimeoutBy(ABORTED_CLEANUP_TIMEOUT_MS, context.scale) } : context.signal ? { signal: context.signal } : {}),
     })
     fileCommands.apply(commands)
+    if (commands.summary.trim() !== '') result.summary = commands.summary
   } catch (error) {
     if (result.error) return
     result.error = isVmPoolError(error) ? { code: error.code, message: error.message } : { code: 'VMPOOL_WORKFLOW_INVALID', message: `${result.name}: ${(error as Error)?.message ?? String(error)}` }

@@ -16,8 +16,8 @@ export interface ReadFileCommandsOptions {
 }
 
 /**
- * One command on the step's VM: print GITHUB_ENV, GITHUB_OUTPUT and GITHUB_PATH of `dir` (see
- * file-commands.ts for the framing), empty them and GITHUB_STEP_SUMMARY, and parse what the step wrote.
+ * One command on the step's VM: print GITHUB_ENV, GITHUB_OUTPUT, GITHUB_PATH and GITHUB_STEP_SUMMARY of
+ * `dir` (see file-commands.ts for the framing), empty them, and parse what the step wrote.
  * Throws a `VmPoolError` (the exec failed, timed out) or a `FileCommandError` (a file written wrong).
  */
 export async function readFileCommands(vm: Vm, dir: string, options: ReadFileCommandsOptions): Promise<FileCommands> {
@@ -29,7 +29,7 @@ export async function readFileCommands(vm: Vm, dir: string, options: ReadFileCom
     maxOutputBytes: FILE_COMMAND_FILES.length * (FILE_COMMAND_MAX_BYTES + 1) + 64,
     ...(options.signal ? { signal: options.signal } : {}),
   })
-  const what = `reading back GITHUB_ENV, GITHUB_OUTPUT and GITHUB_PATH from ${dir}`
+  const what = `reading back GITHUB_ENV, GITHUB_OUTPUT, GITHUB_PATH and GITHUB_STEP_SUMMARY from ${dir}`
   if (exec.timedOut) {
     throw new VmPoolTimeoutError({ operation: 'file-commands', vm: vm.name, timeoutName: 'FILE_COMMANDS_TIMEOUT_MS', timeoutMs, message: `${what} took longer than FILE_COMMANDS_TIMEOUT_MS (${timeoutMs} ms)`, hint: 'a busy machine: raise VM_POOL_TIMEOUT_SCALE' })
   }

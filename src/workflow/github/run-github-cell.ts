@@ -53,7 +53,8 @@ export interface CellResult {
 
 /** Progress of a run, for the CLI: the vm-pool workflow events with the cell label as `workflow`. */
 export type GithubRunEvent =
-  | (WorkflowEvent & { job: string })
+  | (Exclude<WorkflowEvent, { type: 'command-end' }> & { job: string })
+  | { type: 'command-end'; workflow: string; job: string; vm: string; result: GithubStepResult }
   | { type: 'job-skipped'; workflow: string; job: string; reason: string }
   | { type: 'cell-no-vm'; workflow: string; job: string; reason: string }
 
@@ -102,11 +103,11 @@ export async function runGithubCell(plan: CellPlan, options: RunCellOptions): Pr
   }
   const vm = session.vm
   result.vm = vm.name
-  const emit = (event: WorkflowEvent) => options.emit({ ...event, job: job.id })
+  const emit = (event: Exclude<WorkflowEvent, { type: 'command-end' }>) => options.emit({ ...event, job: job.id })
   emit({ type: 'session-open', workflow: label, vm: vm.name, durationMs: Math.round(performance.now() - started) })
   const record = (step: GithubStepResult) => {
     result.steps.push(step)
-    emit({ type: 'command-end', workflow: label, vm: vm.name, result: step })
+    options.emit({ type: 'command-end', workflow: label, job: job.id, vm: vm.name, result: step })
   }
   try {
     await runSteps(plan, options, vm, record, result)
