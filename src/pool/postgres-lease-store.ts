@@ -70,8 +70,28 @@ const TOKENS_PER_UPDATE = 16
 function isTransient(error: unknown): boolean {
   const code = (error as { code?: unknown }).code
   if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return code.startsWith('08') || code.startsWith('57P')
+  // TLS that cannot be set up is the connection string's or the server's configuration: waiting does not help.
+  if (tlsSetupHint(error) !== undefined) return false
   // Socket errors (ECONNREFUSED, ECONNRESET, EPIPE, ENOENT on a unix socket) and pg's "Connection terminated".
   return true
+}
+
+/** pg's words (an Error without a code) when the connection string asks for TLS (sslmode, ssl=true) and the server has none. */
+const PG_NO_SSL_MESSAGE = 'The server does not support SSL connections'
+
+/**
+ * What to do about a TLS set-up failure, or undefined for other errors: the server has no TLS, or Node refused
+ * its certificate (DEPTH_ZERO_SELF_SIGNED_CERT, CERT_HAS_EXPIRED, ERR_TLS_CERT_ALTNAME_INVALID, ...). Both were
+ * retried as an outage for POSTGRES_RECONNECT_TIMEOUT_MS and then blamed on the host and port.
+ */
+function tlsSetupHint(error: unknown): string | undefined {
+  const code = (error as { code?: unknown }).code
+  const message = error instanceof Error ? error.message : ''
+  if (message.includes(PG_NO_SSL_MESSAGE)) return 'the server does not accept TLS: drop sslmode=... (or ssl=true) from the connection string, or turn ssl on in the server'
+  if (typeof code === 'string' && /CERT|^ERR_TLS_|^ERR_SSL_|^UNABLE_TO_|^INVALID_CA$|^HOSTNAME_MISMATCH$/.test(code)) {
+    return `the server's TLS certificate was refused (${code}): name its CA with sslrootcert=FILE in the connection string, or connect by the name the certificate is for`
+  }
+  return undefined
 }
 
 const HINTS: Record<string, string> = {
@@ -505,7 +525,7 @@ export class PostgresLeaseStore implements LeaseStore {
       code: 'VMPOOL_LEASE_STORE',
       operation,
       message: `lease store ${this.location}: ${operation} failed: ${message}${extra ? ` (${extra})` : ''}`,
-      hint: (typeof code === 'string' && HINTS[code]) || (isTransient(error) ? `PostgreSQL was not reachable for ${scaleTimeout(POSTGRES_RECONNECT_TIMEOUT_MS)} ms (POSTGRES_RECONNECT_TIMEOUT_MS): is it running, and is the host and port right?` : undefined),
+      hint: (typeof code === 'string' && HINTS[code]) || tlsSetupHint(error) || (isTransient(error) ? `PostgreSQL was not reachable for ${scaleTimeout(POSTGRES_RECONNECT_TIMEOUT_MS)} ms (POSTGRES_RECONNECT_TIMEOUT_MS): is it running, and is the host and port right?` : undefined),
       details: { ...(typeof code === 'string' ? { pgCode: code } : {}) },
       cause,
     })

@@ -110,9 +110,10 @@ export class ProtocolSession {
     const config = resolveHelperPoolConfig(params.pool, this.#options.env)
     const provider = await createProvider(config.providerName, config.providerOptions)
     let probe: ProviderProbe | undefined
+    let pool: VmPool | undefined
     try {
       if (params.check) probe = await checkProvider(provider, config)
-      this.#pool = createPool({
+      pool = createPool({
         provider,
         prefix: config.prefix,
         freshPrefix: config.freshPrefix,
@@ -123,10 +124,15 @@ export class ProtocolSession {
         reaper: { providerName: config.providerName, providerOptions: { ...config.providerOptions } },
         warn: this.#options.warn,
       })
+      // The lease store (VM_POOL_LEASE_STORE) is part of the setup too: a wrong password or database must stop
+      // the run at the check, not fail every test that asks for a VM. Reading the table opens it (and makes its schema).
+      if (params.check) await pool.store.read()
     } catch (error) {
+      await pool?.drain().catch(() => {})
       await provider.close?.().catch(() => {})
       throw error
     }
+    this.#pool = pool
     this.#provider = provider
     this.#config = config
     debug('hello from %s: provider %s, run %s', params.client ?? 'a client', provider.name, this.#pool.runId)

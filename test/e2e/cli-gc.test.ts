@@ -163,6 +163,9 @@ describe('vm-pool gc (the built bin)', () => {
     expect(help.code).toBe(0)
     expect(help.stdout).toContain('Usage: vm-pool gc')
     expect(help.stdout).toContain('pytest-worker-')
+    // Which leases it works on: with VM_POOL_LEASE_STORE set, a user must be able to tell from --help.
+    expect(help.stdout).toMatch(/lease file \(in VM_POOL_STATE_DIR\), or\s+the PostgreSQL database in VM_POOL_LEASE_STORE/)
+    expect(help.stdout).toMatch(/1 a delete failed or the lease store could not be used/)
     const bad = gc('--older-than', 'soon')
     expect(bad.code).toBe(2)
     expect(bad.stderr).toContain('invalid --older-than "soon"')

@@ -37,6 +37,7 @@ describe('vm-pool ls (the built bin)', () => {
     const help = runBin(['ls', '--help'], { VM_POOL_STATE_DIR: state.dir })
     expect(help.code).toBe(0)
     expect(help.stdout).toContain('Usage: vm-pool ls [--provider NAME] [--json]')
+    expect(help.stdout).toMatch(/lease file in VM_POOL_STATE_DIR, or\s+the PostgreSQL database in VM_POOL_LEASE_STORE/)
     const bad = runBin(['ls', '-p', 'fake', '--bogus'], { VM_POOL_STATE_DIR: state.dir })
     expect(bad.code).toBe(2)
     expect(bad.stderr).toContain("Run 'vm-pool ls --help' for usage.")

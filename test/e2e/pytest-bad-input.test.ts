@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { ensureDistBuilt } from '../../fixtures/pool/harness.js'
+import { getPostgresSkipReason, startPostgres, type StartedPostgres } from '../helpers/postgres.js'
 import { CLI, findPytest, REPO, runPytest, type PytestRun } from '../helpers/pytest-fixture.js'
 
 /**
@@ -24,7 +25,8 @@ function expectOneLineError(run: PytestRun, message: RegExp, hint: RegExp): stri
   expect(line).toMatch(message)
   expect(line.slice(line.indexOf('(hint: '))).toMatch(hint)
   expect(output).not.toMatch(/Traceback|INTERNALERROR|^E\s/m)
-  expect(output).not.toMatch(/passed|failed/)
+  // pytest's counts ("1 passed"), not words of the message ("password authentication failed").
+  expect(output).not.toMatch(/\d+ (passed|failed)/)
   return line
 }
 
@@ -70,5 +72,33 @@ describe.skipIf(pytest.missing !== undefined)('pytest-vm-pool: a bad setup is on
     const run = await runPytest('bad', { python: pytest.python!, args: ['-k', 'without_a_vm'], env: { VM_POOL_PROVIDER: 'nope', PATH: emptyDir, VM_POOL_HELPER: '' } })
     expect(run.exitCode, run.output()).toBe(0)
     expect(run.stdout).toMatch(/1 passed, 2 deselected/)
+  })
+})
+
+/**
+ * The lease store is part of the setup: VM_POOL_LEASE_STORE with a wrong password or a database that does not
+ * exist stops the run at the check (it used to pass and fail every test that needed a VM), and the password
+ * is nowhere in pytest's output.
+ */
+describe.skipIf(pytest.missing !== undefined || getPostgresSkipReason() !== undefined)('pytest-vm-pool: a bad lease store is one line', () => {
+  let server: StartedPostgres
+
+  beforeAll(async () => {
+    await ensureDistBuilt()
+    server = await startPostgres()
+  }, 180_000)
+
+  afterAll(() => server?.stop())
+
+  test.for([
+    { how: 'a wrong password', url: () => server.url('postgres', 'not-the-password'), message: /lease store postgres:\/\/vmpool_test:\*\*\*@127\.0\.0\.1:\d+\/postgres .*password authentication failed/, hint: /user or password is wrong/, secret: 'not-the-password' },
+    { how: 'a database that does not exist', url: () => server.url('no_such_db'), message: /database "no_such_db" does not exist/, hint: /createdb/, secret: () => server.password },
+  ])('$how, with xdist and without', { timeout: 300_000 }, async ({ url, message, hint, secret }) => {
+    const password = typeof secret === 'string' ? secret : secret()
+    for (const args of [['-p', 'no:xdist'], ['-n', '2']]) {
+      const run = await runPytest('bad', { python: pytest.python!, args, env: { VM_POOL_LEASE_STORE: url() } })
+      expectOneLineError(run, message, hint)
+      expect(run.output()).not.toContain(password)
+    }
   })
 })

@@ -5,6 +5,11 @@
  * selecting the store with VM_POOL_LEASE_STORE, and rows changed behind the store's back (it skips re-validating unchanged rows).
  */
 import { execFile } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { createServer, type AddressInfo, type Socket } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { TLSSocket } from 'node:tls'
 import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { isVmPoolError, type VmPoolError } from '../../src/errors.js'
@@ -203,4 +208,48 @@ describe.skipIf(skipReason !== undefined)(`PostgresLeaseStore failures${skipReas
       state.dispose()
     }
   }, 120_000)
+
+  test('TLS the server does not have: a configuration error with what to do, not retried as an outage', async () => {
+    const store = new PostgresLeaseStore({ connectionString: `${server.url('postgres')}?sslmode=verify-full` })
+    try {
+      const error = await failure(store.read())
+      expect(error.code).toBe('VMPOOL_LEASE_STORE')
+      expect(error.message).toMatch(/The server does not support SSL connections/)
+      expect(error.hint).toMatch(/does not accept TLS: drop sslmode/)
+      expect(error.hint).not.toMatch(/not reachable/)
+      expect(shown(error)).not.toContain(server.password)
+    } finally {
+      await store.close()
+    }
+  }, 60_000)
+
+  test('a server certificate Node refuses (self-signed): a configuration error naming it, not retried as an outage', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vm-pool-pg-tls-'))
+    // A TLS server on loopback that answers PostgreSQL's SSLRequest with 'S', then shows a self-signed certificate.
+    await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', '/CN=localhost', '-days', '1', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')])
+    const context = { key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) }
+    const sockets = new Set<Socket>()
+    const tlsServer = createServer((socket) => {
+      sockets.add(socket)
+      socket.on('error', () => {})
+      socket.once('data', () => {
+        socket.write('S')
+        new TLSSocket(socket, { isServer: true, ...context }).on('error', () => {})
+      })
+    })
+    await new Promise<void>((resolve) => tlsServer.listen(0, '127.0.0.1', resolve))
+    const { port } = tlsServer.address() as AddressInfo
+    const store = new PostgresLeaseStore({ connectionString: `postgres://someone:S3cret-Tls@127.0.0.1:${port}/db?sslmode=verify-full` })
+    try {
+      const error = await failure(store.read())
+      expect(error.code).toBe('VMPOOL_LEASE_STORE')
+      expect(error.hint).toMatch(/TLS certificate was refused \((DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN)\): name its CA with sslrootcert/)
+      expect(shown(error)).not.toContain('S3cret-Tls')
+    } finally {
+      await store.close()
+      for (const socket of sockets) socket.destroy()
+      await new Promise((resolve) => tlsServer.close(resolve))
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }, 60_000)
 })

@@ -9,7 +9,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFile
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { isVmPoolError } from '../../src/errors.js'
+import { isVmPoolError, type VmPoolError } from '../../src/errors.js'
 import type { QemuVm } from '../../src/providers/qemu/qemu-vm.js'
 import { DEFAULT_IMAGE_NAME, getImageDir, loadImage } from '../../src/providers/qemu/qemu-image.js'
 import type { VmRecord } from '../../src/providers/vm-provider.js'
@@ -166,6 +166,8 @@ describe.skipIf(Boolean(skipReason))('qemu boots that cannot succeed', () => {
     expect(isVmPoolError(error, 'VMPOOL_BOOT_TIMEOUT')).toBe(true)
     expect((error as Error).message).toMatch(new RegExp(`timed out after ${bootTimeoutMs} ms waiting for SSH on 127\\.0\\.0\\.1:\\d+ \\(BOOT_TIMEOUT_MS`))
     expect((error as Error).message).toContain('guest network up (not really)')
+    // This provider was given bootTimeoutMs, which VM_POOL_TIMEOUT_SCALE does not scale: the hint says which knob works.
+    expect((error as VmPoolError).hint).toMatch(/the bootTimeoutMs provider option set this timeout.*raise bootTimeoutMs/)
     expect(qemuPidsFor(name)).toEqual([])
     expect(await qemu.provider.list()).toEqual([])
   }, 60_000 + 2 * bootTimeoutMs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, NoReturn
 
 import pytest
 
@@ -128,7 +128,13 @@ def _readable_errors() -> Iterator[None]:
     try:
         yield
     except VmPoolError as error:
-        pytest.fail(str(error), pytrace=False)
+        _fail(error)
+
+
+def _fail(error: VmPoolError) -> NoReturn:
+    # `from None`: raised inside the `except`, the Failed would carry the VmPoolError as its context, and pytest
+    # prints the chain ("During handling of the above exception...") with the same line twice.
+    raise pytest.fail.Exception(str(error), pytrace=False) from None
 
 
 @pytest.fixture(scope="session")
@@ -143,7 +149,7 @@ def worker_vm(vm_pool: VmPoolSession) -> Vm:
     try:
         return vm_pool.worker_vm()
     except VmPoolError as error:
-        pytest.fail(str(error), pytrace=False)
+        _fail(error)
 
 
 @pytest.fixture

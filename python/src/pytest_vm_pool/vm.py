@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Union
@@ -28,6 +29,9 @@ class ExecResult:
     timed_out: bool
     #: Set when the command was ended by a signal, e.g. ``'SIGKILL'``.
     signal: Optional[str] = None
+    #: What ran (as given to ``Vm.exec``) and where: ``check()`` names them when it fails.
+    command: Optional[Command] = None
+    vm: Optional[str] = None
 
     @property
     def ok(self) -> bool:
@@ -35,6 +39,8 @@ class ExecResult:
 
     def check(self) -> "ExecResult":
         """Return self when the command succeeded, else raise ``ExecFailed`` with its output."""
+        # pytest's traceback then ends at the test's `.check()` line, not in the plugin.
+        __tracebackhide__ = True
         if not self.ok:
             raise ExecFailed(self)
         return self
@@ -46,7 +52,24 @@ class ExecFailed(AssertionError):
     def __init__(self, result: ExecResult) -> None:
         self.result = result
         why = "timed out" if result.timed_out else f"exited with {result.exit_code}"
-        super().__init__(f"command {why}\n--- stdout\n{result.stdout}--- stderr\n{result.stderr}")
+        if result.signal:
+            why += f" ({result.signal})"
+        what = f"command {_one_line(result.command)}" if result.command is not None else "command"
+        where = f" in {result.vm}" if result.vm else ""
+        super().__init__(f"{what}{where} {why}\n--- stdout\n{result.stdout}--- stderr\n{result.stderr}")
+
+
+#: ``ExecFailed``'s first line is what pytest's short summary shows: a long script is cut there.
+COMMAND_SHOWN_CHARS = 120
+
+
+def _one_line(command: Command) -> str:
+    text = command if isinstance(command, str) else shlex.join(command)
+    lines = text.strip().splitlines() or [""]
+    shown = lines[0]
+    if len(lines) > 1 or len(shown) > COMMAND_SHOWN_CHARS:
+        shown = shown[:COMMAND_SHOWN_CHARS] + "..."
+    return f"`{shown}`"
 
 
 class PortForward:
@@ -144,6 +167,8 @@ class Vm:
             duration=float(result.get("durationMs", 0)) / 1000.0,
             timed_out=bool(result.get("timedOut", False)),
             signal=result.get("signal"),
+            command=command if isinstance(command, str) else list(command),
+            vm=self.name,
         )
 
     def put_file(self, path: str, data: Union[bytes, str, None] = None, *, local_path: Union[str, "os.PathLike[str]", None] = None) -> None:

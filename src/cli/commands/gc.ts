@@ -21,6 +21,9 @@ VMs (unless --all), pytest-worker-<pid>-<unix time> VMs whose pid is alive and s
 and VMs younger than --older-than. Everything else is deleted: VMs whose holder died, idle VMs past
 their ttl or failing a health check, VMs no lease knows about.
 
+Leases are read from, and deleted VMs removed from, this host's lease file (in VM_POOL_STATE_DIR), or
+the PostgreSQL database in VM_POOL_LEASE_STORE (postgres://...; its password is never printed).
+
 Options:
   -p, --provider NAME   provider (default: VM_POOL_PROVIDER, else qemu)
       --dry-run         decide and print, delete nothing
@@ -37,7 +40,8 @@ Options:
                         their heartbeats instead
       --json            print the report as JSON on stdout
 
-Exit status: 0 done, 1 a delete failed, 2 bad usage or provider unavailable.
+Exit status: 0 done, 1 a delete failed or the lease store could not be used, 2 bad usage or provider
+unavailable.
 `,
   async run(args, io) {
     const { values, positionals } = parseCommandArgs(args, {

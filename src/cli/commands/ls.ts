@@ -10,7 +10,8 @@ export const lsCommand: CliCommand = {
   summary: 'list VMs with their lease state, owner and age',
   help: `Usage: vm-pool ls [--provider NAME] [--json]
 
-Every VM the provider sees, joined with the lease store: lease state (booting, leased, idle,
+Every VM the provider sees, joined with the lease store (this host's lease file in VM_POOL_STATE_DIR, or
+the PostgreSQL database in VM_POOL_LEASE_STORE, whose password is never printed): lease state (booting, leased, idle,
 deleting, or - when no vm-pool lease knows it), the holder's pid and whether it is alive, the run id
 and the age. Leases whose VM the provider does not list show the VM state "missing". An owner on
 another host shows as PID@HOST (other host). With a PostgreSQL lease store (VM_POOL_LEASE_STORE) it is

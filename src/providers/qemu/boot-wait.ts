@@ -25,6 +25,8 @@ export interface WaitForBootOptions {
   /** The name of the timeout that set `timeoutMs`, for the message (`BOOT_TIMEOUT_MS`, `RESTORE_TIMEOUT_MS`). */
   timeoutName: string
   timeoutMs: number
+  /** The caller's `bootTimeoutMs` option set `timeoutMs`: VM_POOL_TIMEOUT_SCALE does not scale it, so the hint says to raise the option. */
+  timeoutFromOption?: boolean
   /** `performance.now()` when QEMU was started: the deadline counts from there. */
   startedAt: number
   /** Wait for this console line before trying SSH; undefined: try SSH at once (a restored guest is already up). */
@@ -112,7 +114,9 @@ export async function waitForBoot(options: WaitForBootOptions): Promise<void> {
     timeoutName: options.timeoutName,
     timeoutMs: options.timeoutMs,
     message: `timed out after ${options.timeoutMs} ms waiting for SSH on 127.0.0.1:${identity.port} (${options.timeoutName}, ${identity.accel})${options.context ?? ''}; last error: ${(lastError as Error | undefined)?.message ?? 'none'}; the guest's console ended with:\n${await probe.consoleTail()}`,
-    hint: 'on a slow or busy machine set VM_POOL_TIMEOUT_SCALE=2 (or higher); the VM was killed',
+    hint: options.timeoutFromOption
+      ? 'the bootTimeoutMs provider option set this timeout, and VM_POOL_TIMEOUT_SCALE does not scale a timeout you set: raise bootTimeoutMs (or leave it out); the VM was killed'
+      : 'on a slow or busy machine set VM_POOL_TIMEOUT_SCALE=2 (or higher); the VM was killed',
     cause: lastError,
   })
 }

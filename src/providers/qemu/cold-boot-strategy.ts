@@ -39,6 +39,7 @@ export class ColdBootStrategy implements StartStrategy {
         serialLog: dir.path('serial'),
         timeoutName: 'BOOT_TIMEOUT_MS',
         timeoutMs: this.#context.bootTimeoutMs,
+        timeoutFromOption: this.#context.bootTimeoutFromOption,
         startedAt,
         bootMarker: image.bootMarker,
         readyCommand: () => this.#readyCommand(request.vm),

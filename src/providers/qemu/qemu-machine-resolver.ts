@@ -63,9 +63,10 @@ export class QemuMachineResolver {
   /** A snapshot restore when the machine allows it (its template a cold boot), else a cold boot. */
   startStrategy(machine: QemuMachine, binary: string): StartStrategy {
     const bootTimeoutMs = this.#config.bootTimeoutMs()
-    const vmContext = { binary, bootTimeoutMs, pathHint: 'use a shorter stateDir / VM_POOL_STATE_DIR' }
+    const bootTimeoutFromOption = this.#config.options.bootTimeoutMs !== undefined
+    const vmContext = { binary, bootTimeoutMs, bootTimeoutFromOption, pathHint: 'use a shorter stateDir / VM_POOL_STATE_DIR' }
     if (!this.canSnapshot(machine)) return new ColdBootStrategy(vmContext, machine)
-    const template = new ColdBootStrategy({ binary, bootTimeoutMs, pathHint: 'use a shorter snapshotDir (or VM_POOL_IMAGE_DIR)' }, machine, { readyCommand: () => 'true' })
+    const template = new ColdBootStrategy({ binary, bootTimeoutMs, bootTimeoutFromOption, pathHint: 'use a shorter snapshotDir (or VM_POOL_IMAGE_DIR)' }, machine, { readyCommand: () => 'true' })
     return new SnapshotRestoreStrategy(vmContext, machine, { snapshotDir: this.#config.snapshotDir(), template })
   }
 }

@@ -79,7 +79,7 @@ export class SnapshotRestoreStrategy implements StartStrategy {
   async #restore(slot: SnapshotSlot, snapshot: SnapshotManifest, request: StartRequest, onQemuExited: () => void): Promise<StartedQemu> {
     const { dir, vm } = request
     const restoreMs = scaleTimeout(RESTORE_TIMEOUT_MS)
-    const timeout = restoreMs <= this.#context.bootTimeoutMs ? { name: 'RESTORE_TIMEOUT_MS', ms: restoreMs } : { name: 'BOOT_TIMEOUT_MS', ms: this.#context.bootTimeoutMs }
+    const timeout = restoreMs <= this.#context.bootTimeoutMs ? { name: 'RESTORE_TIMEOUT_MS', ms: restoreMs } : { name: 'BOOT_TIMEOUT_MS', ms: this.#context.bootTimeoutMs, fromOption: this.#context.bootTimeoutFromOption }
     const startedAt = performance.now()
     let identity: QemuProcessFile | undefined
     let transport: SshTransport | undefined
@@ -89,7 +89,7 @@ export class SnapshotRestoreStrategy implements StartStrategy {
       await resumeRestoredGuest({ qmpSocket: dir.path('qmp'), identity, deadline: startedAt + timeout.ms, timeoutName: timeout.name, timeoutMs: timeout.ms, vm })
       const image = this.#machine.image
       transport = makeGuestTransport({ vm, port: identity.port, username: image.username, hostKey: image.hostKey, privateKey: request.privateKey, maxChannels: image.sshMaxSessions, booting: true })
-      await waitForBoot({ vm, transport, identity, serialLog: dir.path('serial'), timeoutName: timeout.name, timeoutMs: timeout.ms, startedAt, bootMarker: undefined, readyCommand: () => identityCommand(vm, true), context: ` (restored from snapshot ${snapshot.id})` })
+      await waitForBoot({ vm, transport, identity, serialLog: dir.path('serial'), timeoutName: timeout.name, timeoutMs: timeout.ms, timeoutFromOption: 'fromOption' in timeout && timeout.fromOption, startedAt, bootMarker: undefined, readyCommand: () => identityCommand(vm, true), context: ` (restored from snapshot ${snapshot.id})` })
       return { identity, transport, bootMs: Math.round(performance.now() - startedAt), restoredFrom: snapshot.id }
     } catch (error) {
       // Judged before we stop it: did QEMU end on its own?

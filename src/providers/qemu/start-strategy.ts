@@ -44,6 +44,8 @@ export interface StrategyContext {
   binary: string
   /** From QEMU start to a command in the guest (`bootTimeoutMs`, or BOOT_TIMEOUT_MS scaled). */
   bootTimeoutMs: number
+  /** `bootTimeoutMs` came from the provider option (not scaled), for the timeout's hint. */
+  bootTimeoutFromOption: boolean
   /** Where to shorten a path when the monitor socket's path is too long. */
   pathHint: string
 }
