@@ -17,6 +17,13 @@ import { identityCommand, type StartedQemu, type StartRequest, type StartStrateg
 
 /** From starting a QEMU that loads a snapshot to the first finished command in the restored guest (about 1 s here under TCG). */
 export const RESTORE_TIMEOUT_MS = 60_000
+
+/** What bounds a restore: RESTORE_TIMEOUT_MS (scaled), or the boot timeout when that is shorter (locally and on a VM host). */
+export function restoreTimeout(boot: { bootTimeoutMs: number; bootTimeoutFromOption: boolean }): { timeoutName: string; timeoutMs: number; timeoutFromOption: boolean } {
+  const restoreMs = scaleTimeout(RESTORE_TIMEOUT_MS)
+  if (restoreMs <= boot.bootTimeoutMs) return { timeoutName: 'RESTORE_TIMEOUT_MS', timeoutMs: restoreMs, timeoutFromOption: false }
+  return { timeoutName: 'BOOT_TIMEOUT_MS', timeoutMs: boot.bootTimeoutMs, timeoutFromOption: boot.bootTimeoutFromOption }
+}
 /** After the template's SSH session closed, time for the guest's dropbear to end that session before the save. */
 const SNAPSHOT_SETTLE_MS = 300
 
@@ -78,18 +85,17 @@ export class SnapshotRestoreStrategy implements StartStrategy {
 
   async #restore(slot: SnapshotSlot, snapshot: SnapshotManifest, request: StartRequest, onQemuExited: () => void): Promise<StartedQemu> {
     const { dir, vm } = request
-    const restoreMs = scaleTimeout(RESTORE_TIMEOUT_MS)
-    const timeout = restoreMs <= this.#context.bootTimeoutMs ? { name: 'RESTORE_TIMEOUT_MS', ms: restoreMs } : { name: 'BOOT_TIMEOUT_MS', ms: this.#context.bootTimeoutMs, fromOption: this.#context.bootTimeoutFromOption }
+    const timeout = restoreTimeout(this.#context)
     const startedAt = performance.now()
     let identity: QemuProcessFile | undefined
     let transport: SshTransport | undefined
     try {
       const diskBacking = snapshot.diskFile === undefined ? undefined : join(slot.dir, snapshot.diskFile)
       identity = await launchQemu({ binary: this.#context.binary, machine: this.#machine, dir, vm, incoming: `exec:cat ${quoteShellArg(join(slot.dir, snapshot.stateFile))}`, preferredPort: request.preferredPort, pathHint: this.#context.pathHint, diskBacking })
-      await resumeRestoredGuest({ qmpSocket: dir.path('qmp'), identity, deadline: startedAt + timeout.ms, timeoutName: timeout.name, timeoutMs: timeout.ms, vm })
+      await resumeRestoredGuest({ qmpSocket: dir.path('qmp'), identity, deadline: startedAt + timeout.timeoutMs, timeoutName: timeout.timeoutName, timeoutMs: timeout.timeoutMs, vm })
       const image = this.#machine.image
       transport = makeGuestTransport({ vm, port: identity.port, username: image.username, hostKey: image.hostKey, privateKey: request.privateKey, maxChannels: image.sshMaxSessions, booting: true })
-      await waitForBoot({ vm, transport, identity, serialLog: dir.path('serial'), timeoutName: timeout.name, timeoutMs: timeout.ms, timeoutFromOption: 'fromOption' in timeout && timeout.fromOption, startedAt, bootMarker: undefined, readyCommand: () => identityCommand(vm, true), context: ` (restored from snapshot ${snapshot.id})` })
+      await waitForBoot({ vm, transport, identity, serialLog: dir.path('serial'), ...timeout, startedAt, bootMarker: undefined, readyCommand: () => identityCommand(vm, true), context: ` (restored from snapshot ${snapshot.id})` })
       return { identity, transport, bootMs: Math.round(performance.now() - startedAt), restoredFrom: snapshot.id }
     } catch (error) {
       // Judged before we stop it: did QEMU end on its own?

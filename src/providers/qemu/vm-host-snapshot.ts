@@ -18,7 +18,7 @@ import { buildMachineArgs, type QemuMachine } from './qemu-command.js'
 import type { QemuConfig } from './qemu-provider-options.js'
 import { resumeRestoredGuest, saveGuestState, SNAPSHOT_LOCK_WAIT_MS } from './qemu-snapshot.js'
 import { VM_DIR_FILES } from './qemu-vm-dir.js'
-import { judgeRestoreFailure, RESTORE_TIMEOUT_MS } from './snapshot-restore-strategy.js'
+import { judgeRestoreFailure, restoreTimeout } from './snapshot-restore-strategy.js'
 import { identityCommand } from './start-strategy.js'
 import type { SshVmHost } from './ssh-vm-host.js'
 import type { HostQemu, VmHostLauncher } from './vm-host-launcher.js'
@@ -92,9 +92,7 @@ export class VmHostSnapshots {
 
   async #restoreOnce(slot: string, id: string, request: { vm: string; dir: string; machine: QemuMachine; privateKey: Buffer; preferredPort?: number }, onQemuExited: () => void): Promise<RestoredHostQemu> {
     const { vm, dir, machine } = request
-    const restoreMs = scaleTimeout(RESTORE_TIMEOUT_MS)
-    const bootMs = this.#config.bootTimeoutMs()
-    const timeout = restoreMs <= bootMs ? { name: 'RESTORE_TIMEOUT_MS', ms: restoreMs } : { name: 'BOOT_TIMEOUT_MS', ms: bootMs }
+    const timeout = restoreTimeout({ bootTimeoutMs: this.#config.bootTimeoutMs(), bootTimeoutFromOption: this.#config.options.bootTimeoutMs !== undefined })
     const startedAt = performance.now()
     let qemu: HostQemu | undefined
     let transport: SshTransport | undefined
@@ -103,9 +101,9 @@ export class VmHostSnapshots {
       const probe = this.#launcher.bootProbe(qemu, dir)
       const identity = { pid: qemu.pid, host: this.#host.id, startTime: null, port: qemu.port, accel: machine.accel }
       const qmpSocket = posix.join(dir, VM_DIR_FILES.qmp)
-      await resumeRestoredGuest({ qmpSocket: () => this.#host.openUnix(qmpSocket), identity, isAlive: probe.isAlive, deadline: startedAt + timeout.ms, timeoutName: timeout.name, timeoutMs: timeout.ms, vm })
+      await resumeRestoredGuest({ qmpSocket: () => this.#host.openUnix(qmpSocket), identity, isAlive: probe.isAlive, deadline: startedAt + timeout.timeoutMs, timeoutName: timeout.timeoutName, timeoutMs: timeout.timeoutMs, vm })
       transport = this.#launcher.guestTransport(vm, qemu.port, machine.image, request.privateKey, true)
-      await waitForBoot({ vm, transport, identity, serialLog: posix.join(dir, VM_DIR_FILES.serial), timeoutName: timeout.name, timeoutMs: timeout.ms, startedAt, bootMarker: undefined, readyCommand: () => identityCommand(vm, true), context: ` (restored from snapshot ${id} on VM host ${this.#host.id})`, probe })
+      await waitForBoot({ vm, transport, identity, serialLog: posix.join(dir, VM_DIR_FILES.serial), ...timeout, startedAt, bootMarker: undefined, readyCommand: () => identityCommand(vm, true), context: ` (restored from snapshot ${id} on VM host ${this.#host.id})`, probe })
       return { ...qemu, transport, bootMs: Math.round(performance.now() - startedAt), restoredFrom: id }
     } catch (error) {
       // Judged before we stop it: did QEMU end on its own?
