@@ -28,7 +28,8 @@ function section(output: string, title: RegExp): string {
   return lines.slice(start, end).join('\n')
 }
 
-describe.skipIf(pytest.missing !== undefined)('pytest-vm-pool: what a failing test shows', () => {
+// Outside CI only (findPytest throws in CI): the title says what is missing.
+describe.skipIf(pytest.missing !== undefined)(`pytest-vm-pool: what a failing test shows${pytest.missing ? ` (skipped: ${pytest.missing})` : ''}`, () => {
   beforeAll(async () => {
     await ensureDistBuilt()
   }, 180_000)
