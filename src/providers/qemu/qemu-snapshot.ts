@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises'
-import { basename, join } from 'node:path'
+import { join } from 'node:path'
 import lockfile from 'proper-lockfile'
 import { z } from 'zod'
 import { VmPoolError, VmPoolTimeoutError } from '../../errors.js'
@@ -12,6 +12,7 @@ import { isProcessAlive, type ProcessIdentity } from '../../util/process-info.js
 import { scaleTimeout, sleep } from '../../util/timeouts.js'
 import { buildMachineArgs, type QemuMachine } from './qemu-command.js'
 import { IMAGE_MANIFEST_FILE } from './qemu-image.js'
+import { snapshotSlotName } from './snapshot-slot-name.js'
 import type { JsonValue } from '../vm-provider.js'
 import { runQmpCommand, type QmpTarget } from './qmp-client.js'
 
@@ -114,11 +115,7 @@ export async function getSnapshotSlot(options: { snapshotDir: string; machine: Q
   // Disk images only (initramfs snapshot keys stay as they were); machineArgs holds a placeholder for each VM's own overlay.
   if (image.disk) Object.assign(facts, { disk: await describeFile(image.disk), diskBytes: machine.diskBytes ?? null })
   const key = createHash('sha256').update(JSON.stringify(facts)).digest('hex')
-  const where = createHash('sha256').update(`${options.qemuBinary}\0${image.dir}`).digest('hex').slice(0, 8)
-  const imageName = basename(image.dir).toLowerCase().replace(/[^a-z0-9-]/g, '-').slice(0, 24) || 'image'
-  const diskSize = machine.diskBytes === undefined ? '' : `-${Math.round(machine.diskBytes / 1024 ** 3)}g`
-  const dir = join(options.snapshotDir, `${imageName}-${machine.accel}-${machine.cpus}c-${machine.memoryMiB}m${diskSize}-${where}`)
-  return { dir, key, facts }
+  return { dir: join(options.snapshotDir, snapshotSlotName(machine, options.qemuBinary)), key, facts }
 }
 
 /** Is there a usable snapshot in the slot? A manifest with another key, or a state file of the wrong size, is stale. */

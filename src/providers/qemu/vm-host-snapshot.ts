@@ -17,6 +17,7 @@ import { waitForBoot } from './boot-wait.js'
 import { buildMachineArgs, type QemuMachine } from './qemu-command.js'
 import type { QemuConfig } from './qemu-provider-options.js'
 import { resumeRestoredGuest, saveGuestState, SNAPSHOT_LOCK_WAIT_MS } from './qemu-snapshot.js'
+import { snapshotSlotName } from './snapshot-slot-name.js'
 import { VM_DIR_FILES } from './qemu-vm-dir.js'
 import { judgeRestoreFailure, restoreTimeout } from './snapshot-restore-strategy.js'
 import { identityCommand } from './start-strategy.js'
@@ -127,8 +128,7 @@ export class VmHostSnapshots {
       .update(JSON.stringify({ format: FORMAT, version: (await this.#version).trim(), args: buildMachineArgs(machine), image: machine.image }))
       .digest('hex')
       .slice(0, 16)
-    const where = createHash('sha256').update(`${this.#machines.binary}\0${machine.image.dir}`).digest('hex').slice(0, 8)
-    return { dir: posix.join(await this.#dir(), `${posix.basename(machine.image.dir)}-${machine.accel}-${machine.cpus}c-${machine.memoryMiB}m-${where}`), key }
+    return { dir: posix.join(await this.#dir(), snapshotSlotName(machine, this.#machines.binary)), key }
   }
 
   /** The slot's snapshot id, when it has one made from this key (one of another key is stale: rebuilt under the lock). */
