@@ -10,7 +10,7 @@ import { buildDebianImage } from '../../src/providers/qemu/images/debian-image-b
 import type { BuildImageResult } from '../../src/providers/qemu/images/image-build-slot.js'
 import { findOnPath } from '../../src/providers/qemu/images/host-tools.js'
 import { getStateDir } from '../../src/util/state-dir.js'
-import { getQemuSkipReason } from './qemu.js'
+import { getQemuSkipReason } from './qemu.ts'
 
 /** `VM_POOL_TEST_IMAGE_DIR`, else `<state dir>/test-images`. */
 export function getTestImageDir(): string {

@@ -7,7 +7,7 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { dirname, join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import { childEnded } from './child-ended.js'
+import { childEnded } from './child-ended.ts'
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
 export const CLI = join(REPO, 'dist/cli/main.js')

@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { onTestFinished } from 'vitest'
-import { childEnded } from './child-ended.js'
+import { childEnded } from './child-ended.ts'
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
 const FIXTURES = join(REPO, 'fixtures')

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { onTestFinished } from 'vitest'
-import { childEnded } from './child-ended.js'
+import { childEnded } from './child-ended.ts'
 
 /**
  * Runs real Vitest (a child process) on a fixture project under fixtures/vitest-<name>/, with the

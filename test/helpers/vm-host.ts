@@ -9,8 +9,8 @@ import { join } from 'node:path'
 import { qemuProvider, type QemuProvider } from '../../src/providers/qemu/qemu-provider.js'
 import type { QemuProviderOptions } from '../../src/providers/qemu/qemu-provider-options.js'
 import { getImageDir } from '../../src/providers/qemu/qemu-image.js'
-import { getQemuSkipReason } from './qemu.js'
-import { getSshdSkipReason, startSshd, type StartedSshd } from './sshd.js'
+import { getQemuSkipReason } from './qemu.ts'
+import { getSshdSkipReason, startSshd, type StartedSshd } from './sshd.ts'
 
 /** Why VM-host tests cannot run here, or undefined; in CI a missing QEMU, image or sshd throws instead. */
 export function getVmHostSkipReason(): string | undefined {
