@@ -72,6 +72,17 @@ describe.skipIf(Boolean(skipReason))('raw file transfer to a QEMU guest', () => 
     expect((await vm.exec('grep -c "^-l " /tmp/nc-listen')).stdout.trim()).toBe('1')
   }, 300_000)
 
+  test('getFile when the guest\'s bytes reach this host after its command ended: they are still taken (an empty file too)', async () => {
+    // The exit status comes back over SSH, the bytes over the guest's own TCP connection: in CI the status once
+    // won, and an empty file went to SSH. Here the guest's nc sends a second after its command ended.
+    await vm.putFile('/tmp/late.txt', 'arrives late')
+    await vm.putFile('/tmp/late-empty.bin', Buffer.alloc(0))
+    const late = new GuestRawTransfer((command, options) => vm.exec(`nc() { (sleep 1; busybox nc "$@") </dev/null >/dev/null 2>&1 & }\n${command}`, options), vm.name)
+    expect((await late.get('/tmp/late.txt'))?.toString()).toBe('arrives late')
+    expect((await late.get('/tmp/late-empty.bin'))?.length).toBe(0)
+    expect(late.counts).toEqual({ puts: 0, gets: 2, forwardedGets: 0 })
+  }, 300_000)
+
   test('getFile through a hostfwd: a local process that reaches the guest first gets nothing, and the Vm falls back to SSH', async () => {
     const data = randomBytes(RAW_GET_MIN_BYTES * 2)
     await vm.putFile('/tmp/guarded-get.bin', data)

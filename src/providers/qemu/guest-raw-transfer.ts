@@ -37,6 +37,11 @@ export const RAW_GET_MIN_BYTES = RAW_PUT_MIN_BYTES
 export const RAW_TRANSFER_TIMEOUT_MS = 600_000
 /** getFile: how long the host keeps trying to reach the guest's listener, and the guest waits for the token; scaled. */
 export const RAW_GET_CONNECT_TIMEOUT_MS = 30_000
+/**
+ * getFile, the guest connecting out: how long after its command ended (exit 0: its nc connected and sent) the
+ * bytes may still take to reach this host. The exit status comes over SSH and can arrive first; scaled.
+ */
+export const RAW_GET_LATE_PEER_MS = 5_000
 /** Pause between attempts to reach a guest listener that is not up yet (QEMU accepts, then closes). */
 const CONNECT_RETRY_MS = 50
 /** The guest command's exit code when it has no `nc`. */
@@ -106,6 +111,8 @@ export class GuestRawTransfer {
     const token = newToken()
     const guestPort = GUEST_PORT_MIN + Math.floor(Math.random() * GUEST_PORT_SPAN)
     const sent: { chunks: Buffer[]; ended?: Promise<void> } = { chunks: [] }
+    let peerArrived = () => {}
+    const peer = new Promise<void>((resolve) => (peerArrived = resolve))
     // Both ends ready before the one exec: the guest picks by size (a small file does not wait for a
     // listener to come up; a big one is worth it).
     const [listener, forward] = await Promise.all([
@@ -115,6 +122,7 @@ export class GuestRawTransfer {
           socket.on('data', (chunk: Buffer) => sent.chunks.push(chunk))
           socket.once('close', () => resolve())
         })
+        peerArrived()
       }),
       this.#openForward?.(guestPort).catch((error: unknown) => {
         debug('%s: raw getFile %s: no hostfwd (%s): the guest connects out', this.#vm, path, (error as Error).message)
@@ -156,10 +164,12 @@ export class GuestRawTransfer {
       const [result, viaForward] = await Promise.all([running, forwarded])
       if (result === undefined || !this.#judge(result, 'getFile', path)) return undefined
       let data = viaForward
+      if (data === undefined && sent.ended === undefined) await waitFor(peer, scaleTimeout(RAW_GET_LATE_PEER_MS))
       if (data === undefined && sent.ended !== undefined) {
         await sent.ended
         data = Buffer.concat(sent.chunks)
       }
+      if (data === undefined) debug('%s: raw getFile %s: the guest sent nothing this host received: using SSH', this.#vm, path)
       const checked = data === undefined ? undefined : this.#checkSize(path, data, result.stdout)
       if (checked) {
         this.counts.gets++
@@ -196,6 +206,13 @@ export class GuestRawTransfer {
 const sizeOf = (quotedPath: string) => `stat -c %s -- ${quotedPath} 2>/dev/null || wc -c < ${quotedPath}`
 
 const newToken = () => randomBytes(TOKEN_BYTES).toString('hex')
+
+/** `promise`, or `ms` without it. */
+async function waitFor(promise: Promise<void>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  await Promise.race([promise, new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))])
+  clearTimeout(timer)
+}
 
 /**
  * Connect to QEMU's forward of the guest listener, send the token, read until the guest closes. QEMU
