@@ -8,8 +8,9 @@ import { expect, test } from 'vitest'
 /**
  * `npm run bench` runs bench/*.ts under plain Node (type stripping, no Vite resolver), so a `.js`
  * specifier for a `.ts` file, which Vitest resolves, fails there at import time. Each section module
- * is imported here the way bench/run.ts imports it, and so is each test helper a section imports when it runs. run.ts itself is left out: importing it runs
- * the benchmarks. Needs dist/ (test/setup/build-dist.ts builds it).
+ * is imported here the way bench/run.ts imports it, and so is each test helper a section imports when
+ * it runs. run.ts itself is left out: importing it runs the benchmarks. Needs dist/ (test/setup/build-dist.ts
+ * builds it).
  */
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
 const modules = readdirSync(join(REPO, 'bench')).filter((name) => name.endsWith('.ts') && name !== 'run.ts')
