@@ -63,7 +63,7 @@ export class QemuMachineResolver {
   /** A snapshot restore when the machine allows it (its template a cold boot), else a cold boot. */
   startStrategy(machine: QemuMachine, binary: string): StartStrategy {
     const bootTimeoutMs = this.#config.bootTimeoutMs()
-    const bootTimeoutFromOption = this.#config.options.bootTimeoutMs !== undefined
+    const bootTimeoutFromOption = this.#config.bootTimeoutFromOption()
     const vmContext = { binary, bootTimeoutMs, bootTimeoutFromOption, pathHint: 'use a shorter stateDir / VM_POOL_STATE_DIR' }
     if (!this.canSnapshot(machine)) return new ColdBootStrategy(vmContext, machine)
     const template = new ColdBootStrategy({ binary, bootTimeoutMs, bootTimeoutFromOption, pathHint: 'use a shorter snapshotDir (or VM_POOL_IMAGE_DIR)' }, machine, { readyCommand: () => 'true' })

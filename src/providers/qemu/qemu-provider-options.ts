@@ -102,6 +102,8 @@ export interface QemuConfig {
   imageDir(): string
   snapshotDir(): string
   bootTimeoutMs(): number
+  /** The `bootTimeoutMs` option set `bootTimeoutMs()`: VM_POOL_TIMEOUT_SCALE does not scale it (a timeout's hint then names the option). */
+  bootTimeoutFromOption(): boolean
   /** Set when QEMU runs on a VM host (the `host` option). */
   readonly vmHost: VmHostConfig | undefined
 }
@@ -118,6 +120,7 @@ export function resolveQemuConfig(raw: QemuProviderOptions): QemuConfig {
     imageDir,
     snapshotDir: () => (options.snapshotDir ? resolve(options.snapshotDir) : join(imageDir(), '.snapshots')),
     bootTimeoutMs: () => options.bootTimeoutMs ?? scaleTimeout(BOOT_TIMEOUT_MS),
+    bootTimeoutFromOption: () => options.bootTimeoutMs !== undefined,
   })
 }
 

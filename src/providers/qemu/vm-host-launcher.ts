@@ -114,7 +114,7 @@ export class VmHostLauncher {
         serialLog: posix.join(options.dir, VM_DIR_FILES.serial),
         timeoutName: 'BOOT_TIMEOUT_MS',
         timeoutMs: this.#config.bootTimeoutMs(),
-        timeoutFromOption: this.#config.options.bootTimeoutMs !== undefined,
+        timeoutFromOption: this.#config.bootTimeoutFromOption(),
         startedAt,
         bootMarker: options.machine.image.bootMarker,
         readyCommand: () => options.readyCommand,

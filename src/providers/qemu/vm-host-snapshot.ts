@@ -93,7 +93,7 @@ export class VmHostSnapshots {
 
   async #restoreOnce(slot: string, id: string, request: { vm: string; dir: string; machine: QemuMachine; privateKey: Buffer; preferredPort?: number }, onQemuExited: () => void): Promise<RestoredHostQemu> {
     const { vm, dir, machine } = request
-    const timeout = restoreTimeout({ bootTimeoutMs: this.#config.bootTimeoutMs(), bootTimeoutFromOption: this.#config.options.bootTimeoutMs !== undefined })
+    const timeout = restoreTimeout({ bootTimeoutMs: this.#config.bootTimeoutMs(), bootTimeoutFromOption: this.#config.bootTimeoutFromOption() })
     const startedAt = performance.now()
     let qemu: HostQemu | undefined
     let transport: SshTransport | undefined
