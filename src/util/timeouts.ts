@@ -84,6 +84,17 @@ export async function withTimeout<T>(promise: Promise<T>, options: WithTimeoutOp
   }
 }
 
+/** `promise`'s value, or undefined when it has not settled within `ms`: no error, the caller decides what late means. */
+export async function settleWithin<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined
+  const expired = new Promise<undefined>((resolve) => (timer = setTimeout(resolve, clampTimerMs(ms), undefined)))
+  try {
+    return await Promise.race([promise, expired])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(signal.reason)

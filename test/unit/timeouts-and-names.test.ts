@@ -1,7 +1,7 @@
 import { describe, expect, test } from 'vitest'
 import { isVmPoolError } from '../../src/errors.js'
 import { getStateDir } from '../../src/util/state-dir.js'
-import { getTimeoutScale, MAX_TIMER_MS, scaleTimeout, scaleTimeoutBy, withTimeout } from '../../src/util/timeouts.js'
+import { getTimeoutScale, MAX_TIMER_MS, scaleTimeout, scaleTimeoutBy, settleWithin, withTimeout } from '../../src/util/timeouts.js'
 import { validateVmName } from '../../src/util/vm-name.js'
 
 describe('timeouts', () => {
@@ -28,6 +28,13 @@ describe('timeouts', () => {
     expect(isVmPoolError(error, 'VMPOOL_BOOT_TIMEOUT')).toBe(true)
     expect(error.message).toContain('[vm-pool] [qemu] timed out after 30 ms waiting for ssh to answer (SSH_READY_TIMEOUT_MS)')
     expect(error.message).toContain('VM_POOL_TIMEOUT_SCALE')
+  })
+
+  test('settleWithin gives the value, undefined when late, and passes a rejection through', async () => {
+    await expect(settleWithin(Promise.resolve(7), 1000)).resolves.toBe(7)
+    await expect(settleWithin(new Promise(() => {}), 30)).resolves.toBeUndefined()
+    await expect(settleWithin(new Promise((resolve) => setTimeout(resolve, 500, 'late')), 30)).resolves.toBeUndefined()
+    await expect(settleWithin(Promise.reject(new Error('refused')), 1000)).rejects.toThrow('refused')
   })
 })
 

@@ -7,7 +7,7 @@ import { open, readFile } from 'node:fs/promises'
 import { VmPoolError, VmPoolTimeoutError, isVmPoolError } from '../../errors.js'
 import type { SshTransport } from '../../transport/ssh-transport.js'
 import { isProcessAlive } from '../../util/process-info.js'
-import { sleep } from '../../util/timeouts.js'
+import { settleWithin, sleep } from '../../util/timeouts.js'
 import type { QemuProcessFile } from './qemu-vm-dir.js'
 
 /** Pause between boot checks. */
@@ -90,9 +90,7 @@ export async function waitForBoot(options: WaitForBootOptions): Promise<void> {
       // An attempt may not outlast the boot deadline (the handshake timeout alone could).
       const remainingMs = Math.max(1, deadline - performance.now())
       const attempt = transport.exec(options.readyCommand())
-      let timer: NodeJS.Timeout | undefined
-      const expired = new Promise<undefined>((resolve) => (timer = setTimeout(resolve, remainingMs, undefined)))
-      const result = await Promise.race([attempt, expired]).finally(() => clearTimeout(timer))
+      const result = await settleWithin(attempt, remainingMs)
       if (result === undefined) {
         attempt.catch(() => {})
         await transport.close()

@@ -24,7 +24,7 @@ import { randomBytes } from 'node:crypto'
 import { connect, createServer, type Server, type Socket } from 'node:net'
 import { quoteShellArg } from '../../transport/shell.js'
 import { createDebug } from '../../util/debug.js'
-import { scaleTimeout } from '../../util/timeouts.js'
+import { scaleTimeout, settleWithin } from '../../util/timeouts.js'
 import type { ExecOptions, ExecResult } from '../vm-provider.js'
 
 /** The host as a QEMU user-mode guest sees it. */
@@ -164,7 +164,7 @@ export class GuestRawTransfer {
       const [result, viaForward] = await Promise.all([running, forwarded])
       if (result === undefined || !this.#judge(result, 'getFile', path)) return undefined
       let data = viaForward
-      if (data === undefined && sent.ended === undefined) await waitFor(peer, scaleTimeout(RAW_GET_LATE_PEER_MS))
+      if (data === undefined && sent.ended === undefined) await settleWithin(peer, scaleTimeout(RAW_GET_LATE_PEER_MS))
       if (data === undefined && sent.ended !== undefined) {
         await sent.ended
         data = Buffer.concat(sent.chunks)
@@ -206,13 +206,6 @@ export class GuestRawTransfer {
 const sizeOf = (quotedPath: string) => `stat -c %s -- ${quotedPath} 2>/dev/null || wc -c < ${quotedPath}`
 
 const newToken = () => randomBytes(TOKEN_BYTES).toString('hex')
-
-/** `promise`, or `ms` without it. */
-async function waitFor(promise: Promise<void>, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined
-  await Promise.race([promise, new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))])
-  clearTimeout(timer)
-}
 
 /**
  * Connect to QEMU's forward of the guest listener, send the token, read until the guest closes. QEMU
